@@ -1,0 +1,440 @@
+//! The connection pool: one HTTP/2 connection carries many tunnels, and
+//! connections are shared only between tunnels with the same source
+//! identity, expected destination identities and HBONE address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode, Uri};
+use mesh_core::Identity;
+use rustls_pki_types::ServerName;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tracing::{Instrument, debug, info_span};
+
+use super::{ConnectError, ConnectRequest, Dialer};
+use crate::authority::{format_authority, format_forwarded};
+use crate::settings::H2Settings;
+use crate::stream::H2Stream;
+use crate::tls::{self, TlsError};
+
+/// Pool limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Tunnels one connection carries before another is opened for the key.
+    pub max_streams_per_connection: usize,
+    /// A connection with no tunnel for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 settings of pooled connections.
+    pub h2: H2Settings,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_connection: 100,
+            idle_timeout: Duration::from_secs(60),
+            h2: H2Settings::default(),
+        }
+    }
+}
+
+/// What a pooled connection is shared by. Two tunnels share a connection
+/// only if all three parts are equal, so identities never mix.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Our identity, presented in the client certificate.
+    pub source: Identity,
+    /// The identities the server may prove, sorted and deduplicated.
+    pub destinations: Vec<Identity>,
+    /// The HBONE server's address.
+    pub addr: SocketAddr,
+}
+
+impl PoolKey {
+    fn of(request: &ConnectRequest) -> Self {
+        let mut destinations = request.expected_identities.clone();
+        destinations.sort();
+        destinations.dedup();
+        Self { source: request.source.identity().clone(), destinations, addr: request.hbone_addr }
+    }
+}
+
+/// Pooled, multiplexed HBONE connections. Clones share the pool.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    config: PoolConfig,
+    dialer: Arc<dyn Dialer>,
+    entries: Mutex<HashMap<PoolKey, Arc<KeyEntry>>>,
+    next_id: AtomicU64,
+    opened: AtomicU64,
+}
+
+#[derive(Default)]
+struct KeyEntry {
+    conns: Mutex<Vec<Arc<Conn>>>,
+    /// Held while dialing, so a burst of tunnels to a new destination opens
+    /// one connection instead of one each.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+struct Conn {
+    id: u64,
+    send: SendRequest<Bytes>,
+    active: AtomicUsize,
+    closed: AtomicBool,
+    last_used: Mutex<Instant>,
+}
+
+/// Counts one tunnel on a connection; dropped when the tunnel is.
+struct StreamToken {
+    conn: Arc<Conn>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing we do under these locks can panic half-way; recover if it did.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// An empty pool dialing with `dialer`.
+    pub fn new(config: PoolConfig, dialer: Arc<dyn Dialer>) -> Self {
+        Self {
+            inner: Arc::new(PoolInner {
+                config,
+                dialer,
+                entries: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                opened: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Opens a tunnel, reusing a pooled connection when one has room.
+    pub async fn connect(&self, request: &ConnectRequest) -> Result<H2Stream, ConnectError> {
+        if request.expected_identities.is_empty() {
+            return Err(ConnectError::NoExpectedIdentity(request.hbone_addr));
+        }
+        let key = PoolKey::of(request);
+        // A pooled connection can die between checkout and use; then try once
+        // more on a fresh one.
+        let mut last_err = None;
+        for _ in 0..2 {
+            let token = self.checkout_or_dial(&key, request).await?;
+            match open_stream(&token.conn, request).await {
+                Ok((send, recv)) => return Ok(H2Stream::new(send, recv, Some(Box::new(token)))),
+                Err(OpenError::ConnectionGone(source)) => {
+                    token.conn.closed.store(true, Ordering::Release);
+                    self.inner.remove(&key, token.conn.id);
+                    last_err = Some(ConnectError::H2 { addr: key.addr, source });
+                }
+                Err(OpenError::Refused(e)) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or(ConnectError::HandshakeTimeout(key.addr)))
+    }
+
+    /// Open connections, all keys together.
+    pub fn connection_count(&self) -> usize {
+        let entries = lock(&self.inner.entries);
+        entries.values().map(|e| lock(&e.conns).len()).sum()
+    }
+
+    /// Connections opened since the pool was made.
+    pub fn connections_opened(&self) -> u64 {
+        self.inner.opened.load(Ordering::Relaxed)
+    }
+
+    async fn checkout_or_dial(
+        &self,
+        key: &PoolKey,
+        request: &ConnectRequest,
+    ) -> Result<StreamToken, ConnectError> {
+        let entry = self.inner.entry(key);
+        let max = self.inner.config.max_streams_per_connection;
+        if let Some(token) = entry.checkout(max) {
+            return Ok(token);
+        }
+        let _dialing = entry.dialing.lock().await;
+        if let Some(token) = entry.checkout(max) {
+            return Ok(token);
+        }
+        let conn = self.dial(key, request).await?;
+        let token = conn.take();
+        lock(&entry.conns).push(conn);
+        Ok(token)
+    }
+
+    async fn dial(&self, key: &PoolKey, request: &ConnectRequest) -> Result<Arc<Conn>, ConnectError> {
+        let addr = key.addr;
+        let settings = &self.inner.config.h2;
+        let tls_config = tls::client_config(&request.source, &key.destinations)
+            .map_err(|source| ConnectError::Tls { addr, source })?;
+        let handshake = async {
+            let tcp = self
+                .inner
+                .dialer
+                .dial(addr)
+                .await
+                .map_err(|source| ConnectError::Dial { addr, source })?;
+            let tls = TlsConnector::from(Arc::new(tls_config))
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .await
+                .map_err(|e| ConnectError::Tls { addr, source: TlsError::from_io(e) })?;
+            tls::check_alpn(tls.get_ref().1.alpn_protocol())
+                .map_err(|source| ConnectError::Tls { addr, source })?;
+            h2::client::Builder::new()
+                .initial_window_size(settings.stream_window)
+                .initial_connection_window_size(settings.connection_window)
+                .max_frame_size(settings.max_frame_size)
+                .enable_push(false)
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(|source| ConnectError::H2 { addr, source })
+        };
+        let (send, mut connection) = tokio::time::timeout(settings.handshake_timeout, handshake)
+            .await
+            .map_err(|_| ConnectError::HandshakeTimeout(addr))??;
+        let conn = Arc::new(Conn {
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            send,
+            active: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
+        });
+        self.inner.opened.fetch_add(1, Ordering::Relaxed);
+        debug!(%addr, id = conn.id, source = %key.source, "HBONE connection opened");
+
+        let ping_pong = connection.ping_pong();
+        let driver = Driver {
+            pool: Arc::downgrade(&self.inner),
+            key: key.clone(),
+            conn: conn.clone(),
+            idle_timeout: self.inner.config.idle_timeout,
+        };
+        let keepalive = crate::keepalive::run(
+            ping_pong,
+            settings.keepalive_interval,
+            settings.keepalive_timeout,
+        );
+        tokio::spawn(
+            driver
+                .run(connection, keepalive)
+                .instrument(info_span!("hbone_outbound", %addr, id = conn.id)),
+        );
+        Ok(conn)
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("config", &self.inner.config)
+            .field("connections", &self.connection_count())
+            .finish()
+    }
+}
+
+// === impl PoolInner ===
+
+impl PoolInner {
+    fn entry(&self, key: &PoolKey) -> Arc<KeyEntry> {
+        lock(&self.entries).entry(key.clone()).or_default().clone()
+    }
+
+    /// Removes a connection, and its key's entry once it holds none.
+    fn remove(&self, key: &PoolKey, id: u64) {
+        let mut entries = lock(&self.entries);
+        if let Some(entry) = entries.get(key) {
+            let empty = {
+                let mut conns = lock(&entry.conns);
+                conns.retain(|c| c.id != id);
+                conns.is_empty()
+            };
+            // An entry someone is dialing into stays, so their new
+            // connection lands where others will find it.
+            if empty && entry.dialing.try_lock().is_ok() {
+                entries.remove(key);
+            }
+        }
+    }
+
+    /// Removes `conn` if it is still idle; checkout takes the same lock, so
+    /// a connection cannot be handed out while it is being retired.
+    fn retire_if_idle(&self, key: &PoolKey, conn: &Conn) -> bool {
+        let entries = lock(&self.entries);
+        let Some(entry) = entries.get(key).cloned() else {
+            return true;
+        };
+        drop(entries);
+        {
+            let conns = lock(&entry.conns);
+            if conn.active.load(Ordering::Acquire) != 0 {
+                return false;
+            }
+            conn.closed.store(true, Ordering::Release);
+            drop(conns);
+        }
+        self.remove(key, conn.id);
+        true
+    }
+}
+
+// === impl KeyEntry ===
+
+impl KeyEntry {
+    fn checkout(&self, max_streams: usize) -> Option<StreamToken> {
+        let conns = lock(&self.conns);
+        conns
+            .iter()
+            .filter(|c| !c.closed.load(Ordering::Acquire))
+            .find(|c| c.active.load(Ordering::Acquire) < max_streams)
+            .map(|c| c.take())
+    }
+}
+
+// === impl Conn ===
+
+impl Conn {
+    fn take(self: &Arc<Self>) -> StreamToken {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.last_used) = Instant::now();
+        StreamToken { conn: self.clone() }
+    }
+}
+
+impl Drop for StreamToken {
+    fn drop(&mut self) {
+        *lock(&self.conn.last_used) = Instant::now();
+        self.conn.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === the connection task ===
+
+/// Drives one connection until it fails, stops answering pings, or sits
+/// idle for the idle timeout.
+struct Driver {
+    pool: Weak<PoolInner>,
+    key: PoolKey,
+    conn: Arc<Conn>,
+    idle_timeout: Duration,
+}
+
+impl Driver {
+    async fn run<T>(
+        self,
+        connection: h2::client::Connection<T, Bytes>,
+        keepalive: impl std::future::Future<Output = ()>,
+    ) where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        tokio::pin!(connection, keepalive);
+        let mut next_check = Instant::now() + self.idle_timeout;
+        loop {
+            tokio::select! {
+                result = &mut connection => {
+                    match result {
+                        Ok(()) => debug!("HBONE connection closed"),
+                        Err(e) => debug!(error = %e, "HBONE connection failed"),
+                    }
+                    break;
+                }
+                _ = &mut keepalive => {
+                    debug!("HBONE peer stopped answering pings; closing");
+                    break;
+                }
+                _ = tokio::time::sleep_until(next_check) => {
+                    let idle_since = *lock(&self.conn.last_used);
+                    let idle = self.conn.active.load(Ordering::Acquire) == 0;
+                    if idle && idle_since + self.idle_timeout <= Instant::now() {
+                        let retired = match self.pool.upgrade() {
+                            Some(pool) => pool.retire_if_idle(&self.key, &self.conn),
+                            None => true,
+                        };
+                        if retired {
+                            debug!("HBONE connection idle; closing");
+                            break;
+                        }
+                    }
+                    next_check = if idle {
+                        idle_since + self.idle_timeout
+                    } else {
+                        Instant::now() + self.idle_timeout
+                    };
+                }
+            }
+        }
+        self.conn.closed.store(true, Ordering::Release);
+        if let Some(pool) = self.pool.upgrade() {
+            pool.remove(&self.key, self.conn.id);
+        }
+    }
+}
+
+// === opening one stream ===
+
+enum OpenError {
+    /// The connection is unusable; another may work.
+    ConnectionGone(h2::Error),
+    /// The server answered, and the answer is final.
+    Refused(ConnectError),
+}
+
+async fn open_stream(
+    conn: &Conn,
+    request: &ConnectRequest,
+) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), OpenError> {
+    let addr = request.hbone_addr;
+    let target = request.target;
+    let mut send = conn.send.clone().ready().await.map_err(OpenError::ConnectionGone)?;
+    let authority = format_authority(target);
+    let uri: Uri = authority
+        .parse()
+        .map_err(|_| OpenError::Refused(ConnectError::BadHeader(":authority")))?;
+    let mut builder = Request::builder().method(Method::CONNECT).uri(uri);
+    if let Some(src) = request.forwarded_for {
+        builder = builder.header("forwarded", format_forwarded(src));
+    }
+    if let Some(baggage) = &request.baggage {
+        builder = builder.header("baggage", baggage.as_str());
+    }
+    if let Some(traceparent) = &request.traceparent {
+        builder = builder.header("traceparent", traceparent.as_str());
+    }
+    let http_request = builder.body(()).map_err(|_| {
+        OpenError::Refused(ConnectError::BadHeader(if request.baggage.is_some() {
+            "baggage or traceparent"
+        } else {
+            "traceparent"
+        }))
+    })?;
+    let (response, send_stream) =
+        send.send_request(http_request, false).map_err(OpenError::ConnectionGone)?;
+    let response = response.await.map_err(|source| {
+        if source.is_io() || source.is_go_away() {
+            OpenError::ConnectionGone(source)
+        } else {
+            OpenError::Refused(ConnectError::H2 { addr, source })
+        }
+    })?;
+    let refused = |e| Err(OpenError::Refused(e));
+    match response.status() {
+        StatusCode::OK => Ok((send_stream, response.into_body())),
+        StatusCode::UNAUTHORIZED => refused(ConnectError::Denied { addr, target }),
+        StatusCode::SERVICE_UNAVAILABLE => refused(ConnectError::Unavailable { addr, target }),
+        StatusCode::BAD_REQUEST => refused(ConnectError::BadRequest { addr, target }),
+        status => refused(ConnectError::UnexpectedStatus { addr, target, status }),
+    }
+}

@@ -1,0 +1,324 @@
+//! The HBONE server: accepts mTLS + HTTP/2 connections, asks a handler what
+//! to do with each CONNECT, and copies bytes both ways.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use mesh_core::Identity;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::authority::{ForwardedFor, RequestError, parse_authority, parse_forwarded_for};
+use crate::settings::H2Settings;
+use crate::stream::H2Stream;
+use crate::tls::{self, TlsError};
+
+/// Buffer size of each direction of the copy between tunnel and upstream.
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// What the handler is asked about: one CONNECT from a verified peer.
+#[derive(Debug, Clone)]
+pub struct InboundConnect {
+    /// The peer's verified SPIFFE identity.
+    pub peer_identity: Identity,
+    /// The peer's socket address (the HBONE client, not the original source).
+    pub peer_addr: SocketAddr,
+    /// Where the peer wants to go (`:authority`).
+    pub target: SocketAddr,
+    /// The original client, from `Forwarded: for=`.
+    pub forwarded_for: Option<ForwardedFor>,
+    /// W3C `baggage` header, passed on untouched.
+    pub baggage: Option<String>,
+    /// W3C `traceparent` header, passed on untouched.
+    pub traceparent: Option<String>,
+}
+
+/// The handler's answer to a CONNECT.
+pub enum Verdict<U> {
+    /// 200: tunnel to this upstream.
+    Accept(U),
+    /// 401: policy denies it. The reason is logged, not sent.
+    Deny(String),
+    /// 503: the upstream could not be reached.
+    Unavailable(String),
+    /// 400: the request makes no sense for this server.
+    BadRequest(String),
+}
+
+/// Decides what each CONNECT gets. Implemented by the proxies.
+pub trait ConnectHandler: Send + Sync + 'static {
+    /// The upstream byte stream an accepted CONNECT is joined to.
+    type Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Decides on one CONNECT. Connecting the upstream happens here, so a
+    /// 200 is only sent once the upstream is open.
+    fn handle(&self, request: InboundConnect) -> impl Future<Output = Verdict<Self::Upstream>> + Send;
+}
+
+/// Why a connection ended in error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {peer} failed")]
+    Tls {
+        /// Who connected.
+        peer: SocketAddr,
+        /// Why it failed.
+        #[source]
+        source: TlsError,
+    },
+    /// The handshakes took longer than allowed.
+    #[error("handshake with {0} timed out")]
+    HandshakeTimeout(SocketAddr),
+    /// HTTP/2 failed (bad preface, protocol error, connection lost).
+    #[error("HTTP/2 with {peer} failed")]
+    H2 {
+        /// Who connected.
+        peer: SocketAddr,
+        /// Why it failed.
+        #[source]
+        source: h2::Error,
+    },
+}
+
+/// An HBONE server for one certificate. Cheap to share behind an `Arc`.
+pub struct HboneServer<H> {
+    tls: RwLock<TlsAcceptor>,
+    handler: Arc<H>,
+    settings: H2Settings,
+}
+
+impl<H: ConnectHandler> HboneServer<H> {
+    /// A server presenting the certificate in `tls`.
+    pub fn new(tls: ServerConfig, handler: Arc<H>, settings: H2Settings) -> Self {
+        Self { tls: RwLock::new(TlsAcceptor::from(Arc::new(tls))), handler, settings }
+    }
+
+    /// Replaces the TLS configuration (certificate rotation). Connections
+    /// already open keep theirs.
+    pub fn set_tls_config(&self, tls: ServerConfig) {
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        match self.tls.write() {
+            Ok(mut guard) => *guard = acceptor,
+            Err(poisoned) => *poisoned.into_inner() = acceptor,
+        }
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        match self.tls.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Accepts connections until `shutdown` completes. The caller binds the
+    /// listener (port 0 in tests).
+    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off a little.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let server = self.clone();
+            tokio::spawn(
+                async move {
+                    if let Err(e) = server.serve_connection(tcp, peer).await {
+                        debug!(error = %e, cause = %error_chain(&e), "HBONE connection failed");
+                    }
+                }
+                .instrument(info_span!("hbone_inbound", %peer)),
+            );
+        }
+    }
+
+    /// Serves one accepted TCP connection until it closes.
+    pub async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr) -> Result<(), ServeError> {
+        let _ = tcp.set_nodelay(true);
+        let handshake = async {
+            let tls = self
+                .acceptor()
+                .accept(tcp)
+                .await
+                .map_err(|e| ServeError::Tls { peer, source: TlsError::from_io(e) })?;
+            let (_, conn) = tls.get_ref();
+            tls::check_alpn(conn.alpn_protocol())
+                .map_err(|source| ServeError::Tls { peer, source })?;
+            let peer_identity = tls::peer_identity(conn.peer_certificates())
+                .map_err(|source| ServeError::Tls { peer, source })?;
+            let h2 = self
+                .h2_builder()
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(|source| ServeError::H2 { peer, source })?;
+            Ok::<_, ServeError>((peer_identity, h2))
+        };
+        let (peer_identity, mut conn) =
+            tokio::time::timeout(self.settings.handshake_timeout, handshake)
+                .await
+                .map_err(|_| ServeError::HandshakeTimeout(peer))??;
+        debug!(%peer_identity, "HBONE connection established");
+        let keepalive = crate::keepalive::run(
+            conn.ping_pong(),
+            self.settings.keepalive_interval,
+            self.settings.keepalive_timeout,
+        );
+        tokio::pin!(keepalive);
+        loop {
+            let next = tokio::select! {
+                next = conn.accept() => next,
+                _ = &mut keepalive => {
+                    debug!("peer stopped answering pings; closing");
+                    return Ok(());
+                }
+            };
+            match next {
+                None => return Ok(()),
+                Some(Err(source)) => return Err(ServeError::H2 { peer, source }),
+                Some(Ok((request, respond))) => {
+                    let handler = self.handler.clone();
+                    let peer_identity = peer_identity.clone();
+                    tokio::spawn(
+                        serve_stream(handler, peer_identity, peer, request, respond)
+                            .in_current_span(),
+                    );
+                }
+            }
+        }
+    }
+
+    fn h2_builder(&self) -> h2::server::Builder {
+        let s = &self.settings;
+        let mut builder = h2::server::Builder::new();
+        builder
+            .initial_window_size(s.stream_window)
+            .initial_connection_window_size(s.connection_window)
+            .max_frame_size(s.max_frame_size)
+            .max_concurrent_streams(s.max_concurrent_streams);
+        builder
+    }
+}
+
+/// Reads the CONNECT into what the handler needs, or the reason for a 400.
+pub fn parse_connect(
+    request: &Request<h2::RecvStream>,
+    peer_identity: Identity,
+    peer_addr: SocketAddr,
+) -> Result<InboundConnect, RequestError> {
+    if request.method() != Method::CONNECT {
+        return Err(RequestError::NotConnect(request.method().to_string()));
+    }
+    let authority = request.uri().authority().ok_or(RequestError::MissingAuthority)?;
+    let target = parse_authority(authority.as_str())?;
+    let headers = request.headers();
+    let text = |name: &'static str| -> Result<Option<String>, RequestError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(str::to_string).map_err(|_| RequestError::BadHeader {
+                    name,
+                    why: "not visible ASCII".to_string(),
+                })
+            })
+            .transpose()
+    };
+    let forwarded_for = match text("forwarded")? {
+        Some(v) => parse_forwarded_for(&v)?,
+        None => None,
+    };
+    Ok(InboundConnect {
+        peer_identity,
+        peer_addr,
+        target,
+        forwarded_for,
+        baggage: text("baggage")?,
+        traceparent: text("traceparent")?,
+    })
+}
+
+async fn serve_stream<H: ConnectHandler>(
+    handler: Arc<H>,
+    peer_identity: Identity,
+    peer: SocketAddr,
+    request: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let connect = match parse_connect(&request, peer_identity, peer) {
+        Ok(connect) => connect,
+        Err(e) => {
+            debug!(error = %e, "bad CONNECT");
+            reply(&mut respond, StatusCode::BAD_REQUEST);
+            return;
+        }
+    };
+    let target = connect.target;
+    let mut upstream = match handler.handle(connect).await {
+        Verdict::Accept(upstream) => upstream,
+        Verdict::Deny(why) => {
+            debug!(%target, %why, "CONNECT denied");
+            reply(&mut respond, StatusCode::UNAUTHORIZED);
+            return;
+        }
+        Verdict::Unavailable(why) => {
+            debug!(%target, %why, "upstream unavailable");
+            reply(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
+            return;
+        }
+        Verdict::BadRequest(why) => {
+            debug!(%target, %why, "CONNECT refused as bad request");
+            reply(&mut respond, StatusCode::BAD_REQUEST);
+            return;
+        }
+    };
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            debug!(error = %e, "client went away before the tunnel opened");
+            return;
+        }
+    };
+    let mut tunnel = H2Stream::new(send, request.into_body(), None);
+    match tokio::io::copy_bidirectional_with_sizes(
+        &mut tunnel,
+        &mut upstream,
+        COPY_BUFFER,
+        COPY_BUFFER,
+    )
+    .await
+    {
+        Ok((from_client, to_client)) => debug!(%target, from_client, to_client, "tunnel closed"),
+        Err(e) => debug!(%target, error = %e, "tunnel failed"),
+    }
+}
+
+fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    // The stream ends with the response: nothing follows a refusal.
+    let _ = respond.send_response(response, true);
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push(c.to_string());
+        cur = c.source();
+    }
+    out.join(": ")
+}
