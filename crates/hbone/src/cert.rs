@@ -83,6 +83,7 @@ pub struct CertificateRequest {
     /// The CSR, PEM encoded (`-----BEGIN CERTIFICATE REQUEST-----`).
     pub csr_pem: String,
     key: PrivatePkcs8KeyDer<'static>,
+    key_pem: String,
 }
 
 /// A workload's certificate chain (leaf first), its private key and the
@@ -146,6 +147,7 @@ impl CertificateRequest {
             identity: identity.clone(),
             csr_pem,
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            key_pem: key.serialize_pem(),
         })
     }
 
@@ -170,6 +172,11 @@ impl CertificateRequest {
     /// The private key, PKCS#8 DER.
     pub fn key(&self) -> &PrivatePkcs8KeyDer<'static> {
         &self.key
+    }
+
+    /// The private key, PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
     }
 }
 
@@ -322,5 +329,3 @@ fn unix_to_system(secs: i64) -> SystemTime {
     }
 }
 
-#[cfg(test)]
-mod tests;

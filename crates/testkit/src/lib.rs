@@ -1,1 +1,17 @@
-//! testkit
+//! Builders for tests: a mesh CA that mints certificates for any identity,
+//! and small servers (echo, server-speaks-first, forwarding HBONE handler).
+//!
+//! A dev-dependency only: nothing here is hardened for production, and
+//! panicking on a broken test fixture is the right outcome, so this crate
+//! allows `unwrap`/`expect`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod ca;
+mod servers;
+
+pub use ca::{LeafOptions, TestCa};
+pub use servers::{
+    ForwardingHandler, PatternSource, Sha256Stream, spawn_echo, spawn_hash_sink, spawn_hbone,
+    spawn_hbone_with, spawn_speak_first,
+};

@@ -1,6 +1,7 @@
 //! The HBONE client: pooled, multiplexed mTLS + HTTP/2 connections over
 //! which each outbound connection becomes one CONNECT stream.
 
+mod capture;
 mod dial;
 mod pool;
 

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tracing::{Instrument, debug, info_span};
 
+use super::capture::{self, CaptureErrors, ErrorSlot};
 use super::{ConnectError, ConnectRequest, Dialer};
 use crate::authority::{format_authority, format_forwarded};
 use crate::settings::H2Settings;
@@ -93,6 +94,8 @@ struct Conn {
     active: AtomicUsize,
     closed: AtomicBool,
     last_used: Mutex<Instant>,
+    /// The connection's first I/O error, with its type intact.
+    io_error: ErrorSlot,
 }
 
 /// Counts one tunnel on a connection; dropped when the tunnel is.
@@ -128,21 +131,23 @@ impl Pool {
         }
         let key = PoolKey::of(request);
         // A pooled connection can die between checkout and use; then try once
-        // more on a fresh one.
-        let mut last_err = None;
-        for _ in 0..2 {
-            let token = self.checkout_or_dial(&key, request).await?;
+        // more. A fresh connection that fails says why (often a TLS alert:
+        // in TLS 1.3 the server judges our certificate after we finished).
+        loop {
+            let (token, fresh) = self.checkout_or_dial(&key, request).await?;
             match open_stream(&token.conn, request).await {
                 Ok((send, recv)) => return Ok(H2Stream::new(send, recv, Some(Box::new(token)))),
                 Err(OpenError::ConnectionGone(source)) => {
                     token.conn.closed.store(true, Ordering::Release);
                     self.inner.remove(&key, token.conn.id);
-                    last_err = Some(ConnectError::H2 { addr: key.addr, source });
+                    if fresh {
+                        return Err(connection_error(key.addr, source, &token.conn.io_error));
+                    }
+                    debug!(addr = %key.addr, error = %source, "pooled connection gone; retrying");
                 }
                 Err(OpenError::Refused(e)) => return Err(e),
             }
         }
-        Err(last_err.unwrap_or(ConnectError::HandshakeTimeout(key.addr)))
     }
 
     /// Open connections, all keys together.
@@ -160,20 +165,20 @@ impl Pool {
         &self,
         key: &PoolKey,
         request: &ConnectRequest,
-    ) -> Result<StreamToken, ConnectError> {
+    ) -> Result<(StreamToken, bool), ConnectError> {
         let entry = self.inner.entry(key);
         let max = self.inner.config.max_streams_per_connection;
         if let Some(token) = entry.checkout(max) {
-            return Ok(token);
+            return Ok((token, false));
         }
         let _dialing = entry.dialing.lock().await;
         if let Some(token) = entry.checkout(max) {
-            return Ok(token);
+            return Ok((token, false));
         }
         let conn = self.dial(key, request).await?;
         let token = conn.take();
         lock(&entry.conns).push(conn);
-        Ok(token)
+        Ok((token, true))
     }
 
     async fn dial(&self, key: &PoolKey, request: &ConnectRequest) -> Result<Arc<Conn>, ConnectError> {
@@ -194,16 +199,18 @@ impl Pool {
                 .map_err(|e| ConnectError::Tls { addr, source: TlsError::from_io(e) })?;
             tls::check_alpn(tls.get_ref().1.alpn_protocol())
                 .map_err(|source| ConnectError::Tls { addr, source })?;
+            let (io, io_error) = CaptureErrors::new(tls);
             h2::client::Builder::new()
                 .initial_window_size(settings.stream_window)
                 .initial_connection_window_size(settings.connection_window)
                 .max_frame_size(settings.max_frame_size)
                 .enable_push(false)
-                .handshake::<_, Bytes>(tls)
+                .handshake::<_, Bytes>(io)
                 .await
+                .map(|(send, connection)| (send, connection, io_error))
                 .map_err(|source| ConnectError::H2 { addr, source })
         };
-        let (send, mut connection) = tokio::time::timeout(settings.handshake_timeout, handshake)
+        let (send, mut connection, io_error) = tokio::time::timeout(settings.handshake_timeout, handshake)
             .await
             .map_err(|_| ConnectError::HandshakeTimeout(addr))??;
         let conn = Arc::new(Conn {
@@ -212,6 +219,7 @@ impl Pool {
             active: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             last_used: Mutex::new(Instant::now()),
+            io_error,
         });
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
         debug!(%addr, id = conn.id, source = %key.source, "HBONE connection opened");
@@ -384,6 +392,20 @@ impl Driver {
 }
 
 // === opening one stream ===
+
+/// Names a failure of a connection: a TLS refusal carried as an I/O error
+/// becomes the TLS error it is.
+fn connection_error(addr: SocketAddr, source: h2::Error, slot: &ErrorSlot) -> ConnectError {
+    if source.is_io() {
+        if let Some(io) = capture::take(slot) {
+            return match TlsError::from_io(io) {
+                TlsError::Io(io) => ConnectError::Dial { addr, source: io },
+                tls => ConnectError::Tls { addr, source: tls },
+            };
+        }
+    }
+    ConnectError::H2 { addr, source }
+}
 
 enum OpenError {
     /// The connection is unusable; another may work.

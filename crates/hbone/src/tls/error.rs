@@ -93,7 +93,12 @@ impl TlsError {
 
     fn from_certificate_error(err: CertificateError) -> Self {
         match err {
-            CertificateError::UnknownIssuer => Self::UntrustedRoot,
+            // An issuer we do not know, or one whose name matches a root of
+            // ours but whose signature does not verify (a rogue CA that
+            // copied our root's name): either way, not our mesh.
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                Self::UntrustedRoot
+            }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => Self::Expired,
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 Self::NotYetValid
