@@ -109,7 +109,10 @@ impl TrustBundle {
         for cert in &certs {
             store.add(cert.clone()).map_err(CertificateError::Root)?;
         }
-        Ok(Self { store: Arc::new(store), certs: certs.into() })
+        Ok(Self {
+            store: Arc::new(store),
+            certs: certs.into(),
+        })
     }
 
     /// Trusts every certificate in a PEM bundle.
@@ -141,7 +144,9 @@ impl CertificateRequest {
         let uri = rcgen::string::Ia5String::try_from(identity.to_string())
             .map_err(CertificateError::Generate)?;
         params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
-        let csr = params.serialize_request(&key).map_err(CertificateError::Generate)?;
+        let csr = params
+            .serialize_request(&key)
+            .map_err(CertificateError::Generate)?;
         let csr_pem = csr.pem().map_err(CertificateError::Generate)?;
         Ok(Self {
             identity: identity.clone(),
@@ -183,7 +188,9 @@ impl CertificateRequest {
 impl std::fmt::Debug for CertificateRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("CertificateRequest").field("identity", &self.identity).finish()
+        f.debug_struct("CertificateRequest")
+            .field("identity", &self.identity)
+            .finish()
     }
 }
 
@@ -199,13 +206,20 @@ impl WorkloadCertificate {
         key: PrivateKeyDer<'static>,
         roots: TrustBundle,
     ) -> Result<Self, CertificateError> {
-        let leaf = chain.first().ok_or(CertificateError::Empty("certificate chain"))?;
+        let leaf = chain
+            .first()
+            .ok_or(CertificateError::Empty("certificate chain"))?;
         let info = parse_certificate(leaf)?;
-        let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
-            .map_err(CertificateError::Key)?;
+        let signing_key =
+            rustls::crypto::ring::sign::any_supported_type(&key).map_err(CertificateError::Key)?;
         let certified = rustls::sign::CertifiedKey::new(chain.clone(), signing_key);
         certified.keys_match().map_err(CertificateError::Key)?;
-        Ok(Self { info, chain: chain.into(), key: Arc::new(key), roots })
+        Ok(Self {
+            info,
+            chain: chain.into(),
+            key: Arc::new(key),
+            roots,
+        })
     }
 
     /// Builds from PEM text: the chain (leaf first) and a PKCS#8, SEC1 or
@@ -216,8 +230,12 @@ impl WorkloadCertificate {
         roots: TrustBundle,
     ) -> Result<Self, CertificateError> {
         let chain = parse_pem_chain(chain_pem, "certificate chain")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|source| CertificateError::Pem { what: "private key", source })?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| {
+            CertificateError::Pem {
+                what: "private key",
+                source,
+            }
+        })?;
         Self::new(chain, key, roots)
     }
 
@@ -328,4 +346,3 @@ fn unix_to_system(secs: i64) -> SystemTime {
         SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
     }
 }
-

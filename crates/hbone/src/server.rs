@@ -59,7 +59,10 @@ pub trait ConnectHandler: Send + Sync + 'static {
 
     /// Decides on one CONNECT. Connecting the upstream happens here, so a
     /// 200 is only sent once the upstream is open.
-    fn handle(&self, request: InboundConnect) -> impl Future<Output = Verdict<Self::Upstream>> + Send;
+    fn handle(
+        &self,
+        request: InboundConnect,
+    ) -> impl Future<Output = Verdict<Self::Upstream>> + Send;
 }
 
 /// Why a connection ended in error.
@@ -98,7 +101,11 @@ pub struct HboneServer<H> {
 impl<H: ConnectHandler> HboneServer<H> {
     /// A server presenting the certificate in `tls`.
     pub fn new(tls: ServerConfig, handler: Arc<H>, settings: H2Settings) -> Self {
-        Self { tls: RwLock::new(TlsAcceptor::from(Arc::new(tls))), handler, settings }
+        Self {
+            tls: RwLock::new(TlsAcceptor::from(Arc::new(tls))),
+            handler,
+            settings,
+        }
     }
 
     /// Replaces the TLS configuration (certificate rotation). Connections
@@ -148,14 +155,21 @@ impl<H: ConnectHandler> HboneServer<H> {
     }
 
     /// Serves one accepted TCP connection until it closes.
-    pub async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr) -> Result<(), ServeError> {
+    pub async fn serve_connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), ServeError> {
         let _ = tcp.set_nodelay(true);
         let handshake = async {
             let tls = self
                 .acceptor()
                 .accept(tcp)
                 .await
-                .map_err(|e| ServeError::Tls { peer, source: TlsError::from_io(e) })?;
+                .map_err(|e| ServeError::Tls {
+                    peer,
+                    source: TlsError::from_io(e),
+                })?;
             let (_, conn) = tls.get_ref();
             tls::check_alpn(conn.alpn_protocol())
                 .map_err(|source| ServeError::Tls { peer, source })?;
@@ -223,17 +237,22 @@ pub fn parse_connect(
     if request.method() != Method::CONNECT {
         return Err(RequestError::NotConnect(request.method().to_string()));
     }
-    let authority = request.uri().authority().ok_or(RequestError::MissingAuthority)?;
+    let authority = request
+        .uri()
+        .authority()
+        .ok_or(RequestError::MissingAuthority)?;
     let target = parse_authority(authority.as_str())?;
     let headers = request.headers();
     let text = |name: &'static str| -> Result<Option<String>, RequestError> {
         headers
             .get(name)
             .map(|v| {
-                v.to_str().map(str::to_string).map_err(|_| RequestError::BadHeader {
-                    name,
-                    why: "not visible ASCII".to_string(),
-                })
+                v.to_str()
+                    .map(str::to_string)
+                    .map_err(|_| RequestError::BadHeader {
+                        name,
+                        why: "not visible ASCII".to_string(),
+                    })
             })
             .transpose()
     };

@@ -34,7 +34,14 @@ impl H2Stream {
         recv: RecvStream,
         guard: Option<StreamGuard>,
     ) -> Self {
-        Self { send, recv, pending: Bytes::new(), recv_done: false, send_done: false, _guard: guard }
+        Self {
+            send,
+            recv,
+            pending: Bytes::new(),
+            recv_done: false,
+            send_done: false,
+            _guard: guard,
+        }
     }
 }
 
@@ -50,7 +57,9 @@ impl std::fmt::Debug for H2Stream {
 
 fn h2_to_io(err: h2::Error) -> io::Error {
     if err.is_io() {
-        return err.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"));
+        return err
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
     }
     let kind = match err.reason() {
         Some(Reason::CANCEL) | Some(Reason::STREAM_CLOSED) => io::ErrorKind::ConnectionReset,

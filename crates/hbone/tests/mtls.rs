@@ -1,12 +1,15 @@
 //! Mutual TLS: every refusal case, seen from the side that refuses.
 
+// Helpers outside #[test] fns panic on broken fixtures, as tests should.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hbone::{
-    ConnectError, ConnectRequest, H2Settings, HboneServer, Pool, PoolConfig, ServeError,
-    TcpDialer, TlsError, TrustBundle, WorkloadCertificate,
+    ConnectError, ConnectRequest, H2Settings, HboneServer, Pool, PoolConfig, ServeError, TcpDialer,
+    TlsError, TrustBundle, WorkloadCertificate,
 };
 use mesh_core::Identity;
 use testkit::{ForwardingHandler, TestCa};
@@ -28,7 +31,11 @@ async fn handshake(
     let addr = listener.local_addr().unwrap();
     let echo = testkit::spawn_echo().await;
     let tls = hbone::tls::server_config(server, &[]).unwrap();
-    let hbone = Arc::new(HboneServer::new(tls, ForwardingHandler::new(), H2Settings::default()));
+    let hbone = Arc::new(HboneServer::new(
+        tls,
+        ForwardingHandler::new(),
+        H2Settings::default(),
+    ));
     let served = tokio::spawn(async move {
         let (tcp, peer) = listener.accept().await.unwrap();
         hbone.serve_connection(tcp, peer).await
@@ -36,11 +43,19 @@ async fn handshake(
     let pool = Pool::new(PoolConfig::default(), Arc::new(TcpDialer));
     let result = pool.connect(&request(client, expected, addr, echo)).await;
     let server = if result.is_err() {
-        Some(tokio::time::timeout(Duration::from_secs(10), served).await.unwrap().unwrap())
+        Some(
+            tokio::time::timeout(Duration::from_secs(10), served)
+                .await
+                .unwrap()
+                .unwrap(),
+        )
     } else {
         None
     };
-    Outcome { client: result, server }
+    Outcome {
+        client: result,
+        server,
+    }
 }
 
 fn request(
@@ -99,7 +114,10 @@ async fn wrong_server_identity_is_refused_by_the_client() {
         other => panic!("expected WrongIdentity, got {other:?}"),
     }
     // The server learns that its certificate was refused.
-    assert!(matches!(server_tls_error(&outcome), TlsError::PeerRefused(_)));
+    assert!(matches!(
+        server_tls_error(&outcome),
+        TlsError::PeerRefused(_)
+    ));
 }
 
 #[tokio::test]
@@ -133,8 +151,14 @@ async fn client_from_an_untrusted_root_is_refused() {
     )
     .unwrap();
     let outcome = handshake(&client, vec![server_id], &server).await;
-    assert!(matches!(server_tls_error(&outcome), TlsError::UntrustedRoot));
-    assert!(matches!(client_tls_error(&outcome), TlsError::PeerRefused(_)));
+    assert!(matches!(
+        server_tls_error(&outcome),
+        TlsError::UntrustedRoot
+    ));
+    assert!(matches!(
+        client_tls_error(&outcome),
+        TlsError::PeerRefused(_)
+    ));
 }
 
 fn shifted(ca: &TestCa, from_now: i64, life: Duration) -> testkit::LeafOptions {
@@ -144,7 +168,11 @@ fn shifted(ca: &TestCa, from_now: i64, life: Duration) -> testkit::LeafOptions {
     } else {
         now - Duration::from_secs(from_now.unsigned_abs())
     };
-    testkit::LeafOptions { not_before: start, not_after: start + life, ..ca.default_options() }
+    testkit::LeafOptions {
+        not_before: start,
+        not_after: start + life,
+        ..ca.default_options()
+    }
 }
 
 #[tokio::test]
@@ -183,9 +211,13 @@ async fn not_yet_valid_certificates_are_refused_on_both_sides() {
 async fn client_from_a_foreign_trust_domain_is_refused() {
     let ca = TestCa::new("cluster.local");
     let foreign = TestCa::new("other.org");
-    let both = TrustBundle::new(vec![ca.roots().certs()[0].clone(), foreign.roots().certs()[0].clone()])
-        .unwrap();
-    let (chain, key) = foreign.issue_raw(&foreign.identity("a", "client"), foreign.default_options());
+    let both = TrustBundle::new(vec![
+        ca.roots().certs()[0].clone(),
+        foreign.roots().certs()[0].clone(),
+    ])
+    .unwrap();
+    let (chain, key) =
+        foreign.issue_raw(&foreign.identity("a", "client"), foreign.default_options());
     let client = WorkloadCertificate::new(chain, key, both.clone()).unwrap();
     let server_id = ca.identity("b", "server");
     let (chain, key) = ca.issue_raw(&server_id, ca.default_options());
@@ -206,8 +238,14 @@ async fn no_expected_identity_is_refused_before_dialing() {
     let client = ca.issue(&ca.identity("a", "client"));
     let pool = Pool::new(PoolConfig::default(), Arc::new(TcpDialer));
     let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let err = pool.connect(&request(&client, vec![], addr, addr)).await.unwrap_err();
-    assert!(matches!(err, ConnectError::NoExpectedIdentity(_)), "{err:?}");
+    let err = pool
+        .connect(&request(&client, vec![], addr, addr))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::NoExpectedIdentity(_)),
+        "{err:?}"
+    );
 }
 
 /// Accepts any server certificate: lets a test client skip verification so
@@ -254,7 +292,11 @@ async fn raw_client_against(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = hbone::tls::server_config(server, &[]).unwrap();
-    let hbone = Arc::new(HboneServer::new(tls, ForwardingHandler::new(), H2Settings::default()));
+    let hbone = Arc::new(HboneServer::new(
+        tls,
+        ForwardingHandler::new(),
+        H2Settings::default(),
+    ));
     let served = tokio::spawn(async move {
         let (tcp, peer) = listener.accept().await.unwrap();
         hbone.serve_connection(tcp, peer).await
@@ -269,7 +311,10 @@ async fn raw_client_against(
         let mut buf = [0u8; 16];
         let _ = tls.read(&mut buf).await;
     }
-    tokio::time::timeout(Duration::from_secs(10), served).await.unwrap().unwrap()
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -286,7 +331,13 @@ async fn missing_client_certificate_is_refused() {
     config.alpn_protocols = vec![b"h2".to_vec()];
     let result = raw_client_against(&server, config).await;
     assert!(
-        matches!(result, Err(ServeError::Tls { source: TlsError::MissingClientCertificate, .. })),
+        matches!(
+            result,
+            Err(ServeError::Tls {
+                source: TlsError::MissingClientCertificate,
+                ..
+            })
+        ),
         "{result:?}"
     );
 }
@@ -307,7 +358,10 @@ async fn tls12_is_refused() {
     config.alpn_protocols = vec![b"h2".to_vec()];
     let result = raw_client_against(&server, config).await;
     match result {
-        Err(ServeError::Tls { source: TlsError::Handshake(rustls::Error::PeerIncompatible(_)), .. }) => {}
+        Err(ServeError::Tls {
+            source: TlsError::Handshake(rustls::Error::PeerIncompatible(_)),
+            ..
+        }) => {}
         other => panic!("expected an incompatible-peer refusal, got {other:?}"),
     }
 }
@@ -319,7 +373,10 @@ async fn garbage_instead_of_tls_is_an_error_not_a_hang() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = hbone::tls::server_config(&server, &[]).unwrap();
-    let settings = H2Settings { handshake_timeout: Duration::from_secs(2), ..Default::default() };
+    let settings = H2Settings {
+        handshake_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
     let hbone = Arc::new(HboneServer::new(tls, ForwardingHandler::new(), settings));
     let served = tokio::spawn(async move {
         let (tcp, peer) = listener.accept().await.unwrap();
@@ -327,21 +384,35 @@ async fn garbage_instead_of_tls_is_an_error_not_a_hang() {
     });
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), served).await.unwrap().unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(result, Err(ServeError::Tls { .. })), "{result:?}");
 
     // And a client that says nothing at all is cut off by the handshake timeout.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = hbone::tls::server_config(&server, &[]).unwrap();
-    let settings = H2Settings { handshake_timeout: Duration::from_millis(200), ..Default::default() };
+    let settings = H2Settings {
+        handshake_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
     let hbone = Arc::new(HboneServer::new(tls, ForwardingHandler::new(), settings));
     let served = tokio::spawn(async move {
         let (tcp, peer) = listener.accept().await.unwrap();
         hbone.serve_connection(tcp, peer).await
     });
     let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), served).await.unwrap().unwrap();
-    assert!(matches!(result, Err(ServeError::HandshakeTimeout(_))), "{result:?}");
+    let result = tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(result, Err(ServeError::HandshakeTimeout(_))),
+        "{result:?}"
+    );
 }

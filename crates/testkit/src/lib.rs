@@ -12,6 +12,6 @@ mod servers;
 
 pub use ca::{LeafOptions, TestCa};
 pub use servers::{
-    ForwardingHandler, PatternSource, Sha256Stream, spawn_echo, spawn_hash_sink, spawn_hbone,
-    spawn_hbone_with, spawn_speak_first,
+    ForwardingHandler, PatternSource, Sha256Stream, spawn_discard, spawn_echo, spawn_hash_sink,
+    spawn_hbone, spawn_hbone_with, spawn_speak_first,
 };

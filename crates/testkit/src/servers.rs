@@ -14,7 +14,9 @@ pub async fn spawn_echo() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = tcp.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -33,7 +35,9 @@ pub async fn spawn_speak_first(greeting: &'static [u8]) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 if tcp.write_all(greeting).await.is_err() {
                     return;
@@ -65,7 +69,10 @@ impl ForwardingHandler {
 
     /// Denies CONNECTs to these target ports.
     pub fn denying_ports(ports: &[u16]) -> Arc<Self> {
-        Arc::new(Self { denied_ports: ports.to_vec(), ..Self::default() })
+        Arc::new(Self {
+            denied_ports: ports.to_vec(),
+            ..Self::default()
+        })
     }
 
     /// Every CONNECT handled so far.
@@ -123,7 +130,9 @@ pub async fn spawn_hash_sink() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut hasher = Sha256Stream::default();
                 let mut buf = vec![0u8; 256 * 1024];
@@ -159,7 +168,12 @@ impl Sha256Stream {
 
     /// The digest so far, lowercase hex.
     pub fn hex(self) -> String {
-        self.0.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        self.0
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 
@@ -184,4 +198,32 @@ impl PatternSource {
             chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
         }
     }
+}
+
+/// Reads and discards until the client half-closes, then writes one byte
+/// (`k`) and closes: a sink for throughput measurements.
+pub async fn spawn_discard() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+                let _ = tcp.write_all(b"k").await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
 }

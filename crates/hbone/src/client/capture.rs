@@ -23,17 +23,23 @@ pub(crate) struct CaptureErrors<T> {
 impl<T> CaptureErrors<T> {
     pub(crate) fn new(inner: T) -> (Self, ErrorSlot) {
         let slot = ErrorSlot::default();
-        (Self { inner, slot: slot.clone() }, slot)
+        (
+            Self {
+                inner,
+                slot: slot.clone(),
+            },
+            slot,
+        )
     }
 
     fn keep<R>(&self, result: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         match result {
             Poll::Ready(Err(e)) => {
                 let copy = io::Error::new(e.kind(), e.to_string());
-                if let Ok(mut slot) = self.slot.lock() {
-                    if slot.is_none() {
-                        *slot = Some(e);
-                    }
+                if let Ok(mut slot) = self.slot.lock()
+                    && slot.is_none()
+                {
+                    *slot = Some(e);
                 }
                 Poll::Ready(Err(copy))
             }

@@ -12,8 +12,10 @@ use tokio::net::TcpStream;
 /// Opens TCP connections to HBONE servers.
 pub trait Dialer: Send + Sync + 'static {
     /// Connects to `addr`.
-    fn dial(&self, addr: SocketAddr)
-    -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>>;
+    fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>>;
 }
 
 /// Dials from the current network namespace, with `TCP_NODELAY`.

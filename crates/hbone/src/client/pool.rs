@@ -62,7 +62,11 @@ impl PoolKey {
         let mut destinations = request.expected_identities.clone();
         destinations.sort();
         destinations.dedup();
-        Self { source: request.source.identity().clone(), destinations, addr: request.hbone_addr }
+        Self {
+            source: request.source.identity().clone(),
+            destinations,
+            addr: request.hbone_addr,
+        }
     }
 }
 
@@ -78,6 +82,8 @@ struct PoolInner {
     entries: Mutex<HashMap<PoolKey, Arc<KeyEntry>>>,
     next_id: AtomicU64,
     opened: AtomicU64,
+    /// Dropped with the pool: tells connection tasks to close once idle.
+    alive: tokio::sync::watch::Sender<()>,
 }
 
 #[derive(Default)]
@@ -120,6 +126,7 @@ impl Pool {
                 entries: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
                 opened: AtomicU64::new(0),
+                alive: tokio::sync::watch::Sender::new(()),
             }),
         }
     }
@@ -181,7 +188,11 @@ impl Pool {
         Ok((token, true))
     }
 
-    async fn dial(&self, key: &PoolKey, request: &ConnectRequest) -> Result<Arc<Conn>, ConnectError> {
+    async fn dial(
+        &self,
+        key: &PoolKey,
+        request: &ConnectRequest,
+    ) -> Result<Arc<Conn>, ConnectError> {
         let addr = key.addr;
         let settings = &self.inner.config.h2;
         let tls_config = tls::client_config(&request.source, &key.destinations)
@@ -196,7 +207,10 @@ impl Pool {
             let tls = TlsConnector::from(Arc::new(tls_config))
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)
                 .await
-                .map_err(|e| ConnectError::Tls { addr, source: TlsError::from_io(e) })?;
+                .map_err(|e| ConnectError::Tls {
+                    addr,
+                    source: TlsError::from_io(e),
+                })?;
             tls::check_alpn(tls.get_ref().1.alpn_protocol())
                 .map_err(|source| ConnectError::Tls { addr, source })?;
             let (io, io_error) = CaptureErrors::new(tls);
@@ -210,9 +224,10 @@ impl Pool {
                 .map(|(send, connection)| (send, connection, io_error))
                 .map_err(|source| ConnectError::H2 { addr, source })
         };
-        let (send, mut connection, io_error) = tokio::time::timeout(settings.handshake_timeout, handshake)
-            .await
-            .map_err(|_| ConnectError::HandshakeTimeout(addr))??;
+        let (send, mut connection, io_error) =
+            tokio::time::timeout(settings.handshake_timeout, handshake)
+                .await
+                .map_err(|_| ConnectError::HandshakeTimeout(addr))??;
         let conn = Arc::new(Conn {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             send,
@@ -230,6 +245,7 @@ impl Pool {
             key: key.clone(),
             conn: conn.clone(),
             idle_timeout: self.inner.config.idle_timeout,
+            pool_alive: self.inner.alive.subscribe(),
         };
         let keepalive = crate::keepalive::run(
             ping_pong,
@@ -338,11 +354,15 @@ struct Driver {
     key: PoolKey,
     conn: Arc<Conn>,
     idle_timeout: Duration,
+    pool_alive: tokio::sync::watch::Receiver<()>,
 }
+
+/// How often a connection whose pool is gone checks for its last stream.
+const ORPHAN_CHECK: Duration = Duration::from_millis(100);
 
 impl Driver {
     async fn run<T>(
-        self,
+        mut self,
         connection: h2::client::Connection<T, Bytes>,
         keepalive: impl std::future::Future<Output = ()>,
     ) where
@@ -350,8 +370,16 @@ impl Driver {
     {
         tokio::pin!(connection, keepalive);
         let mut next_check = Instant::now() + self.idle_timeout;
+        let mut orphaned = false;
         loop {
             tokio::select! {
+                // The pool was dropped: nobody can check this connection out
+                // again, so close it as soon as its last stream ends.
+                _ = self.pool_alive.changed(), if !orphaned => {
+                    orphaned = true;
+                    self.idle_timeout = Duration::ZERO;
+                    next_check = Instant::now();
+                }
                 result = &mut connection => {
                     match result {
                         Ok(()) => debug!("HBONE connection closed"),
@@ -379,7 +407,7 @@ impl Driver {
                     next_check = if idle {
                         idle_since + self.idle_timeout
                     } else {
-                        Instant::now() + self.idle_timeout
+                        Instant::now() + self.idle_timeout.max(ORPHAN_CHECK)
                     };
                 }
             }
@@ -396,13 +424,13 @@ impl Driver {
 /// Names a failure of a connection: a TLS refusal carried as an I/O error
 /// becomes the TLS error it is.
 fn connection_error(addr: SocketAddr, source: h2::Error, slot: &ErrorSlot) -> ConnectError {
-    if source.is_io() {
-        if let Some(io) = capture::take(slot) {
-            return match TlsError::from_io(io) {
-                TlsError::Io(io) => ConnectError::Dial { addr, source: io },
-                tls => ConnectError::Tls { addr, source: tls },
-            };
-        }
+    if source.is_io()
+        && let Some(io) = capture::take(slot)
+    {
+        return match TlsError::from_io(io) {
+            TlsError::Io(io) => ConnectError::Dial { addr, source: io },
+            tls => ConnectError::Tls { addr, source: tls },
+        };
     }
     ConnectError::H2 { addr, source }
 }
@@ -420,7 +448,12 @@ async fn open_stream(
 ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), OpenError> {
     let addr = request.hbone_addr;
     let target = request.target;
-    let mut send = conn.send.clone().ready().await.map_err(OpenError::ConnectionGone)?;
+    let mut send = conn
+        .send
+        .clone()
+        .ready()
+        .await
+        .map_err(OpenError::ConnectionGone)?;
     let authority = format_authority(target);
     let uri: Uri = authority
         .parse()
@@ -442,8 +475,9 @@ async fn open_stream(
             "traceparent"
         }))
     })?;
-    let (response, send_stream) =
-        send.send_request(http_request, false).map_err(OpenError::ConnectionGone)?;
+    let (response, send_stream) = send
+        .send_request(http_request, false)
+        .map_err(OpenError::ConnectionGone)?;
     let response = response.await.map_err(|source| {
         if source.is_io() || source.is_go_away() {
             OpenError::ConnectionGone(source)
@@ -457,6 +491,10 @@ async fn open_stream(
         StatusCode::UNAUTHORIZED => refused(ConnectError::Denied { addr, target }),
         StatusCode::SERVICE_UNAVAILABLE => refused(ConnectError::Unavailable { addr, target }),
         StatusCode::BAD_REQUEST => refused(ConnectError::BadRequest { addr, target }),
-        status => refused(ConnectError::UnexpectedStatus { addr, target, status }),
+        status => refused(ConnectError::UnexpectedStatus {
+            addr,
+            target,
+            status,
+        }),
     }
 }

@@ -68,12 +68,14 @@ pub enum TlsError {
 impl TlsError {
     /// Classifies an error from a tokio-rustls handshake.
     pub fn from_io(err: io::Error) -> Self {
-        let is_rustls = err.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+        let is_rustls = err
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>());
         if is_rustls {
-            if let Some(inner) = err.into_inner() {
-                if let Ok(rustls_err) = inner.downcast::<rustls::Error>() {
-                    return Self::from_rustls(*rustls_err);
-                }
+            if let Some(inner) = err.into_inner()
+                && let Ok(rustls_err) = inner.downcast::<rustls::Error>()
+            {
+                return Self::from_rustls(*rustls_err);
             }
             // Unreachable in practice: the error was checked to be rustls'.
             return Self::Io(io::Error::other("TLS error lost while classifying"));
@@ -96,19 +98,21 @@ impl TlsError {
             // An issuer we do not know, or one whose name matches a root of
             // ours but whose signature does not verify (a rogue CA that
             // copied our root's name): either way, not our mesh.
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                Self::UntrustedRoot
-            }
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => Self::UntrustedRoot,
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => Self::Expired,
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 Self::NotYetValid
             }
             CertificateError::Other(other) => match other.0.downcast_ref::<IdentityRefusal>() {
-                Some(IdentityRefusal::Unexpected { expected, found }) => {
-                    Self::WrongIdentity { expected: expected.clone(), found: found.clone() }
-                }
+                Some(IdentityRefusal::Unexpected { expected, found }) => Self::WrongIdentity {
+                    expected: expected.clone(),
+                    found: found.clone(),
+                },
                 Some(IdentityRefusal::ForeignTrustDomain { found, allowed }) => {
-                    Self::ForeignTrustDomain { found: found.clone(), allowed: allowed.clone() }
+                    Self::ForeignTrustDomain {
+                        found: found.clone(),
+                        allowed: allowed.clone(),
+                    }
                 }
                 Some(IdentityRefusal::NoIdentity(why)) => Self::BadPeerCertificate(why.clone()),
                 None => Self::Handshake(rustls::Error::InvalidCertificate(

@@ -65,12 +65,10 @@ pub fn server_config(
     extra_trust_domains: &[String],
 ) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let webpki = WebPkiClientVerifier::builder_with_provider(
-        cert.roots().store().clone(),
-        provider.clone(),
-    )
-    .build()
-    .map_err(TlsError::Verifier)?;
+    let webpki =
+        WebPkiClientVerifier::builder_with_provider(cert.roots().store().clone(), provider.clone())
+            .build()
+            .map_err(TlsError::Verifier)?;
     let mut trust_domains = vec![cert.identity().trust_domain().to_string()];
     trust_domains.extend(extra_trust_domains.iter().cloned());
     let verifier = verify::SpiffeClientVerifier::new(webpki, trust_domains);
@@ -89,7 +87,9 @@ pub fn server_config(
 
 /// The verified identity of the peer of an established connection.
 pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, TlsError> {
-    let leaf = certs.and_then(|c| c.first()).ok_or(TlsError::MissingClientCertificate)?;
+    let leaf = certs
+        .and_then(|c| c.first())
+        .ok_or(TlsError::MissingClientCertificate)?;
     identity_of(leaf).map_err(|e| TlsError::BadPeerCertificate(e.to_string()))
 }
 
