@@ -229,8 +229,8 @@ impl<H: ConnectHandler> HboneServer<H> {
 }
 
 /// Reads the CONNECT into what the handler needs, or the reason for a 400.
-pub fn parse_connect(
-    request: &Request<h2::RecvStream>,
+pub fn parse_connect<B>(
+    request: &Request<B>,
     peer_identity: Identity,
     peer_addr: SocketAddr,
 ) -> Result<InboundConnect, RequestError> {
@@ -340,4 +340,100 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     out.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id() -> Identity {
+        "spiffe://td/ns/a/sa/b".parse().unwrap()
+    }
+
+    fn peer() -> SocketAddr {
+        "10.0.0.1:5000".parse().unwrap()
+    }
+
+    fn connect(authority: &str) -> http::request::Builder {
+        Request::builder().method(Method::CONNECT).uri(authority)
+    }
+
+    #[test]
+    fn reads_a_full_connect() {
+        let request = connect("10.0.0.2:8080")
+            .header("forwarded", "for=\"10.0.0.9:1234\"")
+            .header("baggage", "a=b")
+            .header("traceparent", "00-abc-def-01")
+            .body(())
+            .unwrap();
+        let got = parse_connect(&request, id(), peer()).unwrap();
+        assert_eq!(got.target, "10.0.0.2:8080".parse().unwrap());
+        assert_eq!(got.forwarded_for.unwrap().port, Some(1234));
+        assert_eq!(got.baggage.as_deref(), Some("a=b"));
+        assert_eq!(got.traceparent.as_deref(), Some("00-abc-def-01"));
+        assert_eq!(got.peer_identity, id());
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_hbone_connect() {
+        let get = Request::get("http://10.0.0.2:80/").body(()).unwrap();
+        assert!(matches!(
+            parse_connect(&get, id(), peer()),
+            Err(RequestError::NotConnect(_))
+        ));
+        let host = connect("example.com:80").body(()).unwrap();
+        assert!(matches!(
+            parse_connect(&host, id(), peer()),
+            Err(RequestError::BadAuthority(_))
+        ));
+        let no_authority = Request::builder()
+            .method(Method::CONNECT)
+            .uri("/x")
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            parse_connect(&no_authority, id(), peer()),
+            Err(RequestError::MissingAuthority)
+        ));
+        let binary = connect("10.0.0.2:80")
+            .header(
+                "baggage",
+                http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+            )
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            parse_connect(&binary, id(), peer()),
+            Err(RequestError::BadHeader {
+                name: "baggage",
+                ..
+            })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_requests_never_panic(
+            method in "[A-Z]{1,8}",
+            authority in "[0-9a-z.:\\[\\]]{0,30}",
+            forwarded in proptest::collection::vec(any::<u8>(), 0..40),
+            baggage in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut builder = Request::builder().method(method.as_str()).uri(authority.as_str());
+            if let Ok(v) = http::HeaderValue::from_bytes(&forwarded) {
+                builder = builder.header("forwarded", v);
+            }
+            if let Ok(v) = http::HeaderValue::from_bytes(&baggage) {
+                builder = builder.header("baggage", v);
+            }
+            // Requests http itself refuses to build never reach us.
+            if let Ok(request) = builder.body(())
+                && let Ok(got) = parse_connect(&request, id(), peer())
+            {
+                prop_assert_eq!(request.method(), Method::CONNECT);
+                prop_assert_ne!(got.target.port(), 0);
+            }
+        }
+    }
 }

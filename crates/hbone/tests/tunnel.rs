@@ -512,7 +512,10 @@ async fn dropping_the_pool_closes_idle_connections_and_spares_busy_streams() {
             if !open {
                 break;
             }
-            assert!(Instant::now() < deadline, "connection from {conn} still open");
+            assert!(
+                Instant::now() < deadline,
+                "connection from {conn} still open"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
