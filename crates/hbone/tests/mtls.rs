@@ -20,6 +20,33 @@ struct Outcome {
     server: Option<Result<(), ServeError>>,
 }
 
+/// Starts an HBONE server for exactly one connection; the handle yields how
+/// that connection ended.
+async fn serve_one(
+    server: &WorkloadCertificate,
+    settings: H2Settings,
+) -> (SocketAddr, tokio::task::JoinHandle<Result<(), ServeError>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = hbone::tls::server_config(server, &[]).unwrap();
+    let hbone = Arc::new(HboneServer::new(tls, ForwardingHandler::new(), settings));
+    let served = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        hbone.serve_connection(tcp, peer).await
+    });
+    (addr, served)
+}
+
+/// Waits for a [`serve_one`] server's verdict.
+async fn verdict(
+    served: tokio::task::JoinHandle<Result<(), ServeError>>,
+) -> Result<(), ServeError> {
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Runs one handshake between a client holding `client` and expecting
 /// `expected`, and a server holding `server`.
 async fn handshake(
@@ -27,28 +54,12 @@ async fn handshake(
     expected: Vec<Identity>,
     server: &WorkloadCertificate,
 ) -> Outcome {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let echo = testkit::spawn_echo().await;
-    let tls = hbone::tls::server_config(server, &[]).unwrap();
-    let hbone = Arc::new(HboneServer::new(
-        tls,
-        ForwardingHandler::new(),
-        H2Settings::default(),
-    ));
-    let served = tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        hbone.serve_connection(tcp, peer).await
-    });
+    let (addr, served) = serve_one(server, H2Settings::default()).await;
     let pool = Pool::new(PoolConfig::default(), Arc::new(TcpDialer));
     let result = pool.connect(&request(client, expected, addr, echo)).await;
     let server = if result.is_err() {
-        Some(
-            tokio::time::timeout(Duration::from_secs(10), served)
-                .await
-                .unwrap()
-                .unwrap(),
-        )
+        Some(verdict(served).await)
     } else {
         None
     };
@@ -289,18 +300,7 @@ async fn raw_client_against(
     server: &WorkloadCertificate,
     config: rustls::ClientConfig,
 ) -> Result<(), ServeError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tls = hbone::tls::server_config(server, &[]).unwrap();
-    let hbone = Arc::new(HboneServer::new(
-        tls,
-        ForwardingHandler::new(),
-        H2Settings::default(),
-    ));
-    let served = tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        hbone.serve_connection(tcp, peer).await
-    });
+    let (addr, served) = serve_one(server, H2Settings::default()).await;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
@@ -311,10 +311,7 @@ async fn raw_client_against(
         let mut buf = [0u8; 16];
         let _ = tls.read(&mut buf).await;
     }
-    tokio::time::timeout(Duration::from_secs(10), served)
-        .await
-        .unwrap()
-        .unwrap()
+    verdict(served).await
 }
 
 #[tokio::test]
@@ -370,47 +367,27 @@ async fn tls12_is_refused() {
 async fn garbage_instead_of_tls_is_an_error_not_a_hang() {
     let ca = TestCa::new("cluster.local");
     let server = ca.issue(&ca.identity("b", "server"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tls = hbone::tls::server_config(&server, &[]).unwrap();
     let settings = H2Settings {
         handshake_timeout: Duration::from_secs(2),
         ..Default::default()
     };
-    let hbone = Arc::new(HboneServer::new(tls, ForwardingHandler::new(), settings));
-    let served = tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        hbone.serve_connection(tcp, peer).await
-    });
+    let (addr, served) = serve_one(&server, settings).await;
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), served)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = verdict(served).await;
     assert!(matches!(result, Err(ServeError::Tls { .. })), "{result:?}");
 
     // And a client that says nothing at all is cut off by the handshake timeout.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tls = hbone::tls::server_config(&server, &[]).unwrap();
     let settings = H2Settings {
         handshake_timeout: Duration::from_millis(200),
         ..Default::default()
     };
-    let hbone = Arc::new(HboneServer::new(tls, ForwardingHandler::new(), settings));
-    let served = tokio::spawn(async move {
-        let (tcp, peer) = listener.accept().await.unwrap();
-        hbone.serve_connection(tcp, peer).await
-    });
+    let (addr, served) = serve_one(&server, settings).await;
     let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let result = tokio::time::timeout(Duration::from_secs(10), served)
-        .await
-        .unwrap()
-        .unwrap();
+    let result = verdict(served).await;
     assert!(
         matches!(result, Err(ServeError::HandshakeTimeout(_))),
         "{result:?}"

@@ -7,49 +7,51 @@ use hbone::{ConnectHandler, InboundConnect, Verdict};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Echoes every byte back; after the client half-closes, finishes echoing
-/// and half-closes too. Returns the address it listens on.
-pub async fn spawn_echo() -> SocketAddr {
+/// Binds `127.0.0.1:0` and runs `serve` on every accepted connection.
+async fn spawn_server<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
+            let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(serve(tcp));
         }
     });
     addr
+}
+
+/// Echoes every byte back; after the client half-closes, finishes echoing
+/// and half-closes too. Returns the address it listens on.
+pub async fn spawn_echo() -> SocketAddr {
+    spawn_server(|mut tcp| async move {
+        let (mut r, mut w) = tcp.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
 }
 
 /// Sends `greeting` as soon as a client connects, then reads until the
 /// client half-closes and answers with the number of bytes it read, as
 /// ASCII, and closes. Returns the address it listens on.
 pub async fn spawn_speak_first(greeting: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                if tcp.write_all(greeting).await.is_err() {
-                    return;
-                }
-                let mut sink = Vec::new();
-                let n = tcp.read_to_end(&mut sink).await.unwrap_or(0);
-                let _ = tcp.write_all(format!("read {n}").as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
+    spawn_server(move |mut tcp| async move {
+        if tcp.write_all(greeting).await.is_err() {
+            return;
         }
-    });
-    addr
+        let mut sink = Vec::new();
+        let n = tcp.read_to_end(&mut sink).await.unwrap_or(0);
+        let _ = tcp.write_all(format!("read {n}").as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await
 }
 
 /// An HBONE handler that connects each CONNECT to its target over plain TCP
@@ -126,29 +128,20 @@ pub async fn spawn_hbone_with<H: ConnectHandler>(
 /// Reads until the client half-closes, then answers with the SHA-256 of
 /// everything it read (64 hex characters) and closes.
 pub async fn spawn_hash_sink() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    spawn_server(|mut tcp| async move {
+        let mut hasher = Sha256Stream::default();
+        let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut hasher = Sha256Stream::default();
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(n) => hasher.update(&buf[..n]),
-                        Err(_) => return,
-                    }
-                }
-                let _ = tcp.write_all(hasher.hex().as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
+            match tcp.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(_) => return,
+            }
         }
-    });
-    addr
+        let _ = tcp.write_all(hasher.hex().as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await
 }
 
 /// SHA-256 over a stream of chunks, for byte-exactness checks.
@@ -203,27 +196,17 @@ impl PatternSource {
 /// Reads and discards until the client half-closes, then writes one byte
 /// (`k`) and closes: a sink for throughput measurements.
 pub async fn spawn_discard() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    spawn_server(|mut tcp| async move {
+        let mut buf = vec![0u8; 256 * 1024];
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let _ = tcp.set_nodelay(true);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(_) => return,
-                    }
-                }
-                let _ = tcp.write_all(b"k").await;
-                let _ = tcp.shutdown().await;
-            });
+            match tcp.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => return,
+            }
         }
-    });
-    addr
+        let _ = tcp.write_all(b"k").await;
+        let _ = tcp.shutdown().await;
+    })
+    .await
 }
