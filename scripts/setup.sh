@@ -18,6 +18,9 @@ for tool in "${!NEEDED[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${NEEDED[$tool]}")
 done
 
+# protoc's well-known types (google/protobuf/*.proto) come in a separate package.
+[[ -f /usr/include/google/protobuf/any.proto ]] || missing+=(libprotobuf-dev)
+
 if ((${#missing[@]})); then
   # de-duplicate
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -1,0 +1,31 @@
+//! Compiles ../../proto with protoc (Debian: protobuf-compiler and
+//! libprotobuf-dev for the well-known types; scripts/setup.sh installs both).
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "istio/workload/workload.proto",
+    "istio/security/authorization.proto",
+    "istio/ca/ca.proto",
+    "istio/zds/zds.proto",
+    "google/rpc/status.proto",
+    "envoy/config/core/v3/base.proto",
+    "envoy/service/discovery/v3/discovery.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let mut config = prost_build::Config::new();
+    // `prost::Name` on every message: type URLs and `Any` packing come from
+    // the generated package and message names, never from strings we type.
+    config.enable_type_names();
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_with_config(config, &files, &[root])?;
+    Ok(())
+}

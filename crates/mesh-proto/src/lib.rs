@@ -1,0 +1,79 @@
+//! Generated Rust for the mesh's wire protocols, from `proto/`.
+//!
+//! Nothing here is written by hand except this module tree (which mirrors
+//! the protobuf packages, as generated code refers to other packages by
+//! relative path), short aliases, and the type URL constants. Conversions to
+//! domain types live in `mesh-core`; servers and clients live with their
+//! owners.
+//!
+//! Package names, message names and field numbers match Istio's and
+//! Envoy's, so our components interoperate with theirs on the wire.
+
+#![allow(missing_docs, unreachable_pub, clippy::all)]
+
+pub mod istio {
+    pub mod workload {
+        tonic::include_proto!("istio.workload");
+        pub mod zds {
+            tonic::include_proto!("istio.workload.zds");
+        }
+    }
+    pub mod security {
+        tonic::include_proto!("istio.security");
+    }
+    pub mod v1 {
+        pub mod auth {
+            tonic::include_proto!("istio.v1.auth");
+        }
+    }
+}
+
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+pub mod envoy {
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    pub mod service {
+        pub mod discovery {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.discovery.v3");
+            }
+        }
+    }
+}
+
+/// `envoy.config.core.v3`: the node description.
+pub use envoy::config::core::v3 as core;
+/// `envoy.service.discovery.v3`: aggregated discovery.
+pub use envoy::service::discovery::v3 as discovery;
+/// `istio.security`: L4 authorization policies.
+pub use istio::security;
+/// `istio.v1.auth`: the mesh CA.
+pub use istio::v1::auth as ca;
+/// `istio.workload`: workloads and services (WDS).
+pub use istio::workload;
+/// `istio.workload.zds`: node agent ↔ node proxy.
+pub use istio::workload::zds;
+
+/// Well-known types, re-exported so users need no direct prost-types dependency.
+pub use prost_types;
+
+/// Type URLs of the resources served over delta ADS.
+pub mod type_url {
+    /// `istio.workload.Address` (workloads and services).
+    pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
+    /// `istio.security.Authorization` (L4 policies).
+    pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+}
+
+#[cfg(test)]
+mod wire_tests;
