@@ -174,7 +174,7 @@ proptest! {
 
     #[test]
     fn services_round_trip(s in service()) {
-        let address = Address::Service(s);
+        let address = Address::Service(Box::new(s));
         let proto = pb::Address::from(&address);
         prop_assert_eq!(Address::try_from(&proto).unwrap(), address);
     }

@@ -8,10 +8,11 @@ use crate::{Service, Workload};
 /// One `istio.workload.Address` resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
-    /// A workload, named by its uid. Boxed: workloads are the larger kind.
+    /// A workload, named by its uid. (Both kinds are boxed: they are large
+    /// and of very different sizes.)
     Workload(Box<Workload>),
     /// A service, named `namespace/hostname`.
-    Service(Service),
+    Service(Box<Service>),
 }
 
 impl Address {
@@ -30,7 +31,7 @@ impl TryFrom<&pb::Address> for Address {
     fn try_from(p: &pb::Address) -> Result<Self, Self::Error> {
         match &p.r#type {
             Some(pb::address::Type::Workload(w)) => Ok(Address::Workload(Box::new(w.try_into()?))),
-            Some(pb::address::Type::Service(s)) => Ok(Address::Service(s.try_into()?)),
+            Some(pb::address::Type::Service(s)) => Ok(Address::Service(Box::new(s.try_into()?))),
             None => Err(ConvertError::Missing("address.type")),
         }
     }
@@ -41,7 +42,7 @@ impl From<&Address> for pb::Address {
         Self {
             r#type: Some(match d {
                 Address::Workload(w) => pb::address::Type::Workload(w.as_ref().into()),
-                Address::Service(s) => pb::address::Type::Service(s.into()),
+                Address::Service(s) => pb::address::Type::Service(s.as_ref().into()),
             }),
         }
     }
