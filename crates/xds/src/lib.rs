@@ -11,16 +11,20 @@
 //!   NACKs with their errors, reconnects with backoff and resumes with
 //!   `initial_resource_versions`.
 //!
+//! - [`tls_channel`]: a gRPC channel to the control plane over mesh TLS.
+//!
 //! It knows nothing of what the resources mean: conversion to domain types
 //! is the handlers' job (proxy-core), and deciding what each proxy may see is
 //! the control plane's ([`NodeFilter`]).
 
 mod backoff;
+mod channel;
 mod client;
 mod server;
 mod store;
 
 pub use backoff::Backoff;
+pub use channel::{plaintext_channel, tls_channel};
 pub use client::{ClientError, Handler, Rejected, Update, XdsClient, XdsClientConfig};
 pub use server::{AllowAll, ClientInfo, DeltaAdsServer, NodeFilter};
 pub use store::{Change, SnapshotStore};

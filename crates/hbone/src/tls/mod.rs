@@ -12,7 +12,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::CertificateDer;
 
-use crate::cert::{WorkloadCertificate, identity_of};
+use crate::cert::{TrustBundle, WorkloadCertificate, identity_of};
 
 pub use error::TlsError;
 
@@ -32,22 +32,44 @@ pub fn client_config(
     cert: &WorkloadCertificate,
     expected: &[Identity],
 ) -> Result<ClientConfig, TlsError> {
+    build_client_config(cert.roots(), Some(cert), expected)
+}
+
+/// Client configuration for a caller that has no mesh certificate yet (a
+/// proxy bootstrapping against the control plane with a token): verifies
+/// the server like [`client_config`] but presents no certificate.
+pub fn client_config_without_cert(
+    roots: &TrustBundle,
+    expected: &[Identity],
+) -> Result<ClientConfig, TlsError> {
+    build_client_config(roots, None, expected)
+}
+
+fn build_client_config(
+    roots: &TrustBundle,
+    cert: Option<&WorkloadCertificate>,
+    expected: &[Identity],
+) -> Result<ClientConfig, TlsError> {
     if expected.is_empty() {
         return Err(TlsError::NoExpectedIdentity);
     }
     let provider = provider();
     let verifier = verify::SpiffeServerVerifier::new(
-        cert.roots().store().clone(),
+        roots.store().clone(),
         expected.to_vec(),
         provider.signature_verification_algorithms,
     );
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(cert.chain().to_vec(), cert.key().clone_key())
-        .map_err(TlsError::Config)?;
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match cert {
+        Some(cert) => builder
+            .with_client_auth_cert(cert.chain().to_vec(), cert.key().clone_key())
+            .map_err(TlsError::Config)?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     // A resumed TLS 1.3 session skips certificate verification, so it would
     // skip the identity check too: a ticket won for one destination identity
@@ -64,11 +86,34 @@ pub fn server_config(
     cert: &WorkloadCertificate,
     extra_trust_domains: &[String],
 ) -> Result<ServerConfig, TlsError> {
+    build_server_config(cert, extra_trust_domains, true)
+}
+
+/// Like [`server_config`], but a client may also connect without a
+/// certificate (a certificate it does present is verified all the same).
+/// For the control plane's port, where proxies bootstrap with a token
+/// before they hold a mesh certificate; never for HBONE.
+pub fn server_config_optional_client_cert(
+    cert: &WorkloadCertificate,
+    extra_trust_domains: &[String],
+) -> Result<ServerConfig, TlsError> {
+    build_server_config(cert, extra_trust_domains, false)
+}
+
+fn build_server_config(
+    cert: &WorkloadCertificate,
+    extra_trust_domains: &[String],
+    client_cert_required: bool,
+) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let webpki =
-        WebPkiClientVerifier::builder_with_provider(cert.roots().store().clone(), provider.clone())
-            .build()
-            .map_err(TlsError::Verifier)?;
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(cert.roots().store().clone(), provider.clone());
+    let builder = if client_cert_required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    let webpki = builder.build().map_err(TlsError::Verifier)?;
     let mut trust_domains = vec![cert.identity().trust_domain().to_string()];
     trust_domains.extend(extra_trust_domains.iter().cloned());
     let verifier = verify::SpiffeClientVerifier::new(webpki, trust_domains);
@@ -85,7 +130,8 @@ pub fn server_config(
     Ok(config)
 }
 
-/// The verified identity of the peer of an established connection.
+/// The verified identity of the peer of an established connection; an
+/// error when it presented no certificate.
 pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, TlsError> {
     let leaf = certs
         .and_then(|c| c.first())
