@@ -23,9 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `prost::Name` on every message: type URLs and `Any` packing come from
     // the generated package and message names, never from strings we type.
     config.enable_type_names();
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_with_config(config, &files, &[root])?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_with_config(
+        config,
+        &files,
+        &[root],
+    )?;
     Ok(())
 }

@@ -114,10 +114,7 @@ pub fn incoming(
                     .1
                     .peer_certificates()
                     .and_then(|certs| hbone::tls::peer_identity(Some(certs)).ok());
-                let info = PeerInfo {
-                    remote_addr,
-                    identity,
-                };
+                let info = PeerInfo { remote_addr, identity };
                 let _ = conn_tx.send(Ok(MeshTlsStream { inner, info })).await;
             });
             if tx.is_closed() {

@@ -42,9 +42,7 @@ fn issue_direct(
     let request = CertificateRequest::generate(identity).unwrap();
     let checked = ca.check_csr(&request.csr_pem).unwrap();
     let chain = ca.sign(&checked, Duration::ZERO).unwrap();
-    request
-        .into_certificate(&chain.concat(), roots.clone())
-        .unwrap()
+    request.into_certificate(&chain.concat(), roots.clone()).unwrap()
 }
 
 async fn start(material: CaMaterial) -> Fixture {
@@ -54,10 +52,8 @@ async fn start(material: CaMaterial) -> Fixture {
     let cp_cert = issue_direct(&ca, &roots, &cp_identity);
     let tls = hbone::tls::server_config_optional_client_cert(&cp_cert, &[]).unwrap();
     let registry = Arc::new(StaticNodeRegistry::default());
-    let auth = Arc::new(LocalAuthenticator::new([(
-        "token-for-a".to_string(),
-        "node-a".to_string(),
-    )]));
+    let auth =
+        Arc::new(LocalAuthenticator::new([("token-for-a".to_string(), "node-a".to_string())]));
     let service = CaService::new(ca.clone(), auth, registry.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -67,13 +63,7 @@ async fn start(material: CaMaterial) -> Fixture {
             .add_service(service.into_service())
             .serve_with_incoming(incoming),
     );
-    Fixture {
-        addr,
-        ca,
-        roots,
-        cp_identity,
-        registry,
-    }
+    Fixture { addr, ca, roots, cp_identity, registry }
 }
 
 impl Fixture {
@@ -87,6 +77,14 @@ impl Fixture {
     }
 }
 
+/// Sends a request that must be refused, and returns the refusal.
+async fn refused(
+    client: &mut IstioCertificateServiceClient<Channel>,
+    request: tonic::Request<IstioCertificateRequest>,
+) -> tonic::Status {
+    client.create_certificate(request).await.expect_err("the CA should refuse this request")
+}
+
 fn request(
     csr: &str,
     validity: i64,
@@ -96,9 +94,7 @@ fn request(
     let metadata = impersonate.map(|who| Struct {
         fields: [(
             "ImpersonatedIdentity".to_string(),
-            Value {
-                kind: Some(Kind::StringValue(who.to_string())),
-            },
+            Value { kind: Some(Kind::StringValue(who.to_string())) },
         )]
         .into(),
     });
@@ -108,9 +104,7 @@ fn request(
         metadata,
     });
     if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
     request
 }
@@ -127,24 +121,11 @@ async fn a_workload_renews_its_own_identity_and_the_chain_works_for_hbone() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        response.cert_chain.len(),
-        1 + 1,
-        "leaf, then the (self-signed) root"
-    );
-    let renewed = renewal
-        .into_certificate(&response.cert_chain.concat(), f.roots.clone())
-        .unwrap();
+    assert_eq!(response.cert_chain.len(), 1 + 1, "leaf, then the (self-signed) root");
+    let renewed = renewal.into_certificate(&response.cert_chain.concat(), f.roots.clone()).unwrap();
     assert_eq!(renewed.identity(), &me);
-    let life = renewed
-        .info()
-        .not_after
-        .duration_since(renewed.info().not_before)
-        .unwrap();
-    assert!(
-        life <= Duration::from_secs(3600 + 60),
-        "requested validity honoured: {life:?}"
-    );
+    let life = renewed.info().not_after.duration_since(renewed.info().not_before).unwrap();
+    assert!(life <= Duration::from_secs(3600 + 60), "requested validity honoured: {life:?}");
 
     // The issued certificate works for HBONE with the hbone verifier.
     let server_id = id("default", "httpbin");
@@ -178,18 +159,9 @@ async fn validity_is_capped() {
         .unwrap()
         .into_inner()
         .cert_chain;
-    let cert = renewal
-        .into_certificate(&chain.concat(), f.roots.clone())
-        .unwrap();
-    let life = cert
-        .info()
-        .not_after
-        .duration_since(cert.info().not_before)
-        .unwrap();
-    assert!(
-        life <= Duration::from_secs(86_400 + 60),
-        "capped at 24h: {life:?}"
-    );
+    let cert = renewal.into_certificate(&chain.concat(), f.roots.clone()).unwrap();
+    let life = cert.info().not_after.duration_since(cert.info().not_before).unwrap();
+    assert!(life <= Duration::from_secs(86_400 + 60), "capped at 24h: {life:?}");
 }
 
 #[tokio::test]
@@ -203,61 +175,30 @@ async fn a_node_proxy_obtains_certificates_for_pods_on_its_node_only() {
 
     let csr = CertificateRequest::generate(&on_a).unwrap();
     let chain = client
-        .create_certificate(request(
-            &csr.csr_pem,
-            0,
-            Some(&on_a.to_string()),
-            Some("token-for-a"),
-        ))
+        .create_certificate(request(&csr.csr_pem, 0, Some(&on_a.to_string()), Some("token-for-a")))
         .await
         .unwrap()
         .into_inner()
         .cert_chain;
-    assert_eq!(
-        csr.into_certificate(&chain.concat(), f.roots.clone())
-            .unwrap()
-            .identity(),
-        &on_a
-    );
+    assert_eq!(csr.into_certificate(&chain.concat(), f.roots.clone()).unwrap().identity(), &on_a);
 
     let csr = CertificateRequest::generate(&on_b).unwrap();
     let status = client
-        .create_certificate(request(
-            &csr.csr_pem,
-            0,
-            Some(&on_b.to_string()),
-            Some("token-for-a"),
-        ))
+        .create_certificate(request(&csr.csr_pem, 0, Some(&on_b.to_string()), Some("token-for-a")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(
-        status.message().contains("no pod with identity"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("no pod with identity"), "{}", status.message());
 
     // Without naming the identity, a node proxy gets nothing.
     let csr = CertificateRequest::generate(&on_a).unwrap();
-    let status = client
-        .create_certificate(request(&csr.csr_pem, 0, None, Some("token-for-a")))
-        .await
-        .unwrap_err();
+    let status = refused(&mut client, request(&csr.csr_pem, 0, None, Some("token-for-a"))).await;
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(
-        status.message().contains("ImpersonatedIdentity"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("ImpersonatedIdentity"), "{}", status.message());
 
     // Naming one identity and asking for another is refused.
     let status = client
-        .create_certificate(request(
-            &csr.csr_pem,
-            0,
-            Some(&on_b.to_string()),
-            Some("token-for-a"),
-        ))
+        .create_certificate(request(&csr.csr_pem, 0, Some(&on_b.to_string()), Some("token-for-a")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -273,29 +214,16 @@ async fn each_refusal_has_its_own_status() {
     let csr = |who: &Identity| CertificateRequest::generate(who).unwrap().csr_pem;
 
     // Unauthenticated: no credentials at all, or a token nobody issued.
-    let status = anonymous
-        .create_certificate(request(&csr(&me), 0, None, None))
-        .await
-        .unwrap_err();
+    let status = refused(&mut anonymous, request(&csr(&me), 0, None, None)).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    let status = anonymous
-        .create_certificate(request(&csr(&me), 0, None, Some("guess")))
-        .await
-        .unwrap_err();
+    let status = refused(&mut anonymous, request(&csr(&me), 0, None, Some("guess"))).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
 
     // Another workload's identity.
     let other = id("default", "other");
-    let status = authenticated
-        .create_certificate(request(&csr(&other), 0, None, None))
-        .await
-        .unwrap_err();
+    let status = refused(&mut authenticated, request(&csr(&other), 0, None, None)).await;
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(
-        status.message().contains("may not obtain"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("may not obtain"), "{}", status.message());
 
     // A workload pretending to be a node proxy.
     let status = authenticated
@@ -306,28 +234,14 @@ async fn each_refusal_has_its_own_status() {
 
     // Another trust domain.
     let foreign = Identity::new("evil.org", "default", "sleep").unwrap();
-    let status = authenticated
-        .create_certificate(request(&csr(&foreign), 0, None, None))
-        .await
-        .unwrap_err();
+    let status = refused(&mut authenticated, request(&csr(&foreign), 0, None, None)).await;
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(
-        status.message().contains("outside trust domain"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("outside trust domain"), "{}", status.message());
 
     // A CSR that is not a CSR.
-    let status = authenticated
-        .create_certificate(request("garbage", 0, None, None))
-        .await
-        .unwrap_err();
+    let status = refused(&mut authenticated, request("garbage", 0, None, None)).await;
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("malformed"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("malformed"), "{}", status.message());
 
     // A CSR whose signature was tampered with.
     let good = csr(&me);
@@ -336,40 +250,24 @@ async fn each_refusal_has_its_own_status() {
     let last = bytes.len() - 2;
     bytes[last] ^= 0x55;
     block = pem::Pem::new(block.tag(), bytes);
-    let status = authenticated
-        .create_certificate(request(&pem::encode(&block), 0, None, None))
-        .await
-        .unwrap_err();
+    let status = refused(&mut authenticated, request(&pem::encode(&block), 0, None, None)).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
     // A CSR asking for a DNS name besides the identity.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["evil.example.com".to_string()]).unwrap();
-    params
-        .subject_alt_names
-        .push(rcgen::SanType::URI(me.to_string().try_into().unwrap()));
+    params.subject_alt_names.push(rcgen::SanType::URI(me.to_string().try_into().unwrap()));
     let two_sans = params.serialize_request(&key).unwrap().pem().unwrap();
-    let status = authenticated
-        .create_certificate(request(&two_sans, 0, None, None))
-        .await
-        .unwrap_err();
+    let status = refused(&mut authenticated, request(&two_sans, 0, None, None)).await;
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("exactly one"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("exactly one"), "{}", status.message());
 
     // A malformed ImpersonatedIdentity.
-    let status = anonymous
-        .create_certificate(request(
-            &csr(&me),
-            0,
-            Some("not-an-identity"),
-            Some("token-for-a"),
-        ))
-        .await
-        .unwrap_err();
+    let status = refused(
+        &mut anonymous,
+        request(&csr(&me), 0, Some("not-an-identity"), Some("token-for-a")),
+    )
+    .await;
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
@@ -378,37 +276,25 @@ async fn an_intermediate_under_a_user_root_signs_and_chains_leaf_first() {
     // The user's root, kept offline; the mesh gets an intermediate.
     let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut root_params = rcgen::CertificateParams::default();
-    root_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "corp root");
+    root_params.distinguished_name.push(rcgen::DnType::CommonName, "corp root");
     root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    root_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
+    root_params.key_usages =
+        vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
     let root = root_params.self_signed(&root_key).unwrap();
     let root_issuer = rcgen::Issuer::new(root_params, root_key);
     let int_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut int_params = rcgen::CertificateParams::default();
-    int_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "mesh intermediate");
+    int_params.distinguished_name.push(rcgen::DnType::CommonName, "mesh intermediate");
     int_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    int_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
+    int_params.key_usages =
+        vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
     let intermediate = int_params.signed_by(&int_key, &root_issuer).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca-cert.pem"), intermediate.pem()).unwrap();
     std::fs::write(dir.path().join("ca-key.pem"), int_key.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("root-cert.pem"), root.pem()).unwrap();
-    std::fs::write(
-        dir.path().join("cert-chain.pem"),
-        intermediate.pem() + &root.pem(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("cert-chain.pem"), intermediate.pem() + &root.pem()).unwrap();
     let material = CaMaterial::load(dir.path()).unwrap().unwrap();
 
     let f = start(material).await;

@@ -62,11 +62,8 @@ async fn push<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, chunk: &[u8]) {
 }
 
 fn throughput(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let s = setup(&rt);
     let pool = Pool::new(PoolConfig::default(), Arc::new(TcpDialer));
     let chunk = vec![0xa5u8; 256 * 1024];
@@ -99,11 +96,8 @@ async fn ping<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
 }
 
 fn stream_open(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let s = setup(&rt);
     let mut group = c.benchmark_group("open_and_first_byte");
     group.bench_function("plain_tcp", |b| {
@@ -117,8 +111,7 @@ fn stream_open(c: &mut Criterion) {
     let warm = Pool::new(PoolConfig::default(), Arc::new(TcpDialer));
     rt.block_on(async { drop(warm.connect(&request).await.unwrap()) });
     group.bench_function("hbone_warm_pool", |b| {
-        b.to_async(&rt)
-            .iter(|| async { ping(warm.connect(&request).await.unwrap()).await })
+        b.to_async(&rt).iter(|| async { ping(warm.connect(&request).await.unwrap()).await })
     });
     group.bench_function("hbone_cold_tls_handshake", |b| {
         b.to_async(&rt).iter(|| async {

@@ -53,10 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let httpbin = ca.issue(&httpbin_id);
     let curl = ca.issue(&ca.identity("other", "curl"));
     for cert in [&sleep, &httpbin, &curl] {
-        let expires = cert
-            .info()
-            .not_after
-            .duration_since(std::time::SystemTime::now())?;
+        let expires = cert.info().not_after.duration_since(std::time::SystemTime::now())?;
         println!(
             "   {} (chain of {}, expires in {}h)",
             cert.identity(),
@@ -100,14 +97,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("4. sleep expects reviews at that address instead: the client refuses the server");
-    match pool
-        .connect(&request(&sleep, ca.identity("demo", "reviews")))
-        .await
-    {
-        Err(ConnectError::Tls {
-            source: TlsError::WrongIdentity { found, .. },
-            ..
-        }) => {
+    match pool.connect(&request(&sleep, ca.identity("demo", "reviews"))).await {
+        Err(ConnectError::Tls { source: TlsError::WrongIdentity { found, .. }, .. }) => {
             println!(
                 "   refused: the server proved {found}, not spiffe://cluster.local/ns/demo/sa/reviews"
             );

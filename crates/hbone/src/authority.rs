@@ -43,9 +43,8 @@ pub struct ForwardedFor {
 
 /// Parses an HBONE CONNECT authority: `1.2.3.4:80` or `[2001:db8::1]:80`.
 pub fn parse_authority(authority: &str) -> Result<SocketAddr, RequestError> {
-    let addr: SocketAddr = authority
-        .parse()
-        .map_err(|_| RequestError::BadAuthority(authority.to_string()))?;
+    let addr: SocketAddr =
+        authority.parse().map_err(|_| RequestError::BadAuthority(authority.to_string()))?;
     if addr.port() == 0 {
         return Err(RequestError::PortZero(authority.to_string()));
     }
@@ -70,10 +69,7 @@ pub fn format_forwarded(src: SocketAddr) -> String {
 /// present but is not an address (obfuscated identifiers such as `_hidden`
 /// and `unknown` are not addresses HBONE can use).
 pub fn parse_forwarded_for(value: &str) -> Result<Option<ForwardedFor>, RequestError> {
-    let bad = |why: String| RequestError::BadHeader {
-        name: "forwarded",
-        why,
-    };
+    let bad = |why: String| RequestError::BadHeader { name: "forwarded", why };
     for element in value.split(',') {
         for pair in element.split(';') {
             let Some((key, raw)) = pair.trim().split_once('=') else {
@@ -99,18 +95,10 @@ pub fn parse_forwarded_for(value: &str) -> Result<Option<ForwardedFor>, RequestE
 
 fn parse_node(node: &str) -> Option<ForwardedFor> {
     if let Ok(addr) = node.parse::<SocketAddr>() {
-        return Some(ForwardedFor {
-            ip: addr.ip(),
-            port: Some(addr.port()),
-        });
+        return Some(ForwardedFor { ip: addr.ip(), port: Some(addr.port()) });
     }
-    let bare = node
-        .strip_prefix('[')
-        .and_then(|n| n.strip_suffix(']'))
-        .unwrap_or(node);
-    bare.parse::<IpAddr>()
-        .ok()
-        .map(|ip| ForwardedFor { ip, port: None })
+    let bare = node.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(node);
+    bare.parse::<IpAddr>().ok().map(|ip| ForwardedFor { ip, port: None })
 }
 
 #[cfg(test)]
@@ -120,37 +108,18 @@ mod tests {
 
     #[test]
     fn authorities() {
-        assert_eq!(
-            parse_authority("10.0.0.1:80").unwrap(),
-            "10.0.0.1:80".parse().unwrap()
-        );
+        assert_eq!(parse_authority("10.0.0.1:80").unwrap(), "10.0.0.1:80".parse().unwrap());
         assert_eq!(parse_authority("[fd00::1]:8080").unwrap().port(), 8080);
-        for bad in [
-            "",
-            "10.0.0.1",
-            "10.0.0.1:",
-            "host:80",
-            "fd00::1:80",
-            "10.0.0.1:99999",
-            "[::1]",
-        ] {
-            assert!(
-                matches!(parse_authority(bad), Err(RequestError::BadAuthority(_))),
-                "{bad}"
-            );
+        for bad in ["", "10.0.0.1", "10.0.0.1:", "host:80", "fd00::1:80", "10.0.0.1:99999", "[::1]"]
+        {
+            assert!(matches!(parse_authority(bad), Err(RequestError::BadAuthority(_))), "{bad}");
         }
-        assert!(matches!(
-            parse_authority("10.0.0.1:0"),
-            Err(RequestError::PortZero(_))
-        ));
+        assert!(matches!(parse_authority("10.0.0.1:0"), Err(RequestError::PortZero(_))));
     }
 
     #[test]
     fn forwarded() {
-        let v4 = ForwardedFor {
-            ip: "10.0.0.1".parse().unwrap(),
-            port: Some(5),
-        };
+        let v4 = ForwardedFor { ip: "10.0.0.1".parse().unwrap(), port: Some(5) };
         assert_eq!(parse_forwarded_for("for=\"10.0.0.1:5\"").unwrap(), Some(v4));
         assert_eq!(
             parse_forwarded_for("proto=http;For=\"10.0.0.1:5\", for=1.1.1.1").unwrap(),
@@ -158,25 +127,11 @@ mod tests {
         );
         assert_eq!(
             parse_forwarded_for("for=10.0.0.1").unwrap(),
-            Some(ForwardedFor {
-                ip: v4.ip,
-                port: None
-            })
+            Some(ForwardedFor { ip: v4.ip, port: None })
         );
-        assert_eq!(
-            parse_forwarded_for("for=\"[fd00::1]\"")
-                .unwrap()
-                .unwrap()
-                .port,
-            None
-        );
+        assert_eq!(parse_forwarded_for("for=\"[fd00::1]\"").unwrap().unwrap().port, None);
         assert_eq!(parse_forwarded_for("by=10.0.0.1").unwrap(), None);
-        for bad in [
-            "for=\"10.0.0.1:5",
-            "for=_hidden",
-            "for=unknown",
-            "for=\"host:80\"",
-        ] {
+        for bad in ["for=\"10.0.0.1:5", "for=_hidden", "for=unknown", "for=\"host:80\""] {
             assert!(parse_forwarded_for(bad).is_err(), "{bad}");
         }
     }

@@ -109,10 +109,7 @@ impl TrustBundle {
         for cert in &certs {
             store.add(cert.clone()).map_err(CertificateError::Root)?;
         }
-        Ok(Self {
-            store: Arc::new(store),
-            certs: certs.into(),
-        })
+        Ok(Self { store: Arc::new(store), certs: certs.into() })
     }
 
     /// Trusts every certificate in a PEM bundle.
@@ -144,9 +141,7 @@ impl CertificateRequest {
         let uri = rcgen::string::Ia5String::try_from(identity.to_string())
             .map_err(CertificateError::Generate)?;
         params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
-        let csr = params
-            .serialize_request(&key)
-            .map_err(CertificateError::Generate)?;
+        let csr = params.serialize_request(&key).map_err(CertificateError::Generate)?;
         let csr_pem = csr.pem().map_err(CertificateError::Generate)?;
         Ok(Self {
             identity: identity.clone(),
@@ -188,9 +183,7 @@ impl CertificateRequest {
 impl std::fmt::Debug for CertificateRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("CertificateRequest")
-            .field("identity", &self.identity)
-            .finish()
+        f.debug_struct("CertificateRequest").field("identity", &self.identity).finish()
     }
 }
 
@@ -206,20 +199,13 @@ impl WorkloadCertificate {
         key: PrivateKeyDer<'static>,
         roots: TrustBundle,
     ) -> Result<Self, CertificateError> {
-        let leaf = chain
-            .first()
-            .ok_or(CertificateError::Empty("certificate chain"))?;
+        let leaf = chain.first().ok_or(CertificateError::Empty("certificate chain"))?;
         let info = parse_certificate(leaf)?;
         let signing_key =
             rustls::crypto::ring::sign::any_supported_type(&key).map_err(CertificateError::Key)?;
         let certified = rustls::sign::CertifiedKey::new(chain.clone(), signing_key);
         certified.keys_match().map_err(CertificateError::Key)?;
-        Ok(Self {
-            info,
-            chain: chain.into(),
-            key: Arc::new(key),
-            roots,
-        })
+        Ok(Self { info, chain: chain.into(), key: Arc::new(key), roots })
     }
 
     /// Builds from PEM text: the chain (leaf first) and a PKCS#8, SEC1 or
@@ -230,12 +216,8 @@ impl WorkloadCertificate {
         roots: TrustBundle,
     ) -> Result<Self, CertificateError> {
         let chain = parse_pem_chain(chain_pem, "certificate chain")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| {
-            CertificateError::Pem {
-                what: "private key",
-                source,
-            }
-        })?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|source| CertificateError::Pem { what: "private key", source })?;
         Self::new(chain, key, roots)
     }
 
@@ -267,11 +249,8 @@ impl WorkloadCertificate {
     /// When this certificate should be replaced: half way through its life,
     /// as Istio does, so a failed renewal still leaves time to retry.
     pub fn refresh_at(&self) -> SystemTime {
-        let life = self
-            .info
-            .not_after
-            .duration_since(self.info.not_before)
-            .unwrap_or(Duration::ZERO);
+        let life =
+            self.info.not_after.duration_since(self.info.not_before).unwrap_or(Duration::ZERO);
         self.info.not_before + life / 2
     }
 }
@@ -283,6 +262,29 @@ impl std::fmt::Debug for WorkloadCertificate {
             .field("chain_len", &self.chain.len())
             .finish()
     }
+}
+
+/// The shape of every workload certificate, for CAs to fill in: no
+/// subject, not a CA, `digitalSignature` and `keyEncipherment`, and both
+/// `serverAuth` and `clientAuth` (HBONE presents the same certificate in
+/// both roles). The caller adds the identity's URI SAN.
+pub fn workload_leaf_params(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    serial: &[u8],
+) -> rcgen::CertificateParams {
+    use rcgen::{ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose};
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params
 }
 
 /// Decodes every certificate in a PEM bundle, in order.
@@ -321,9 +323,8 @@ pub fn identity_of(der: &CertificateDer<'_>) -> Result<Identity, CertificateErro
 }
 
 fn spiffe_identity(cert: &X509Certificate<'_>) -> Result<Identity, CertificateError> {
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| CertificateError::Malformed(e.to_string()))?;
+    let san =
+        cert.subject_alternative_name().map_err(|e| CertificateError::Malformed(e.to_string()))?;
     let uris: Vec<&str> = san
         .iter()
         .flat_map(|ext| ext.value.general_names.iter())

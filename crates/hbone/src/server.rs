@@ -101,11 +101,7 @@ pub struct HboneServer<H> {
 impl<H: ConnectHandler> HboneServer<H> {
     /// A server presenting the certificate in `tls`.
     pub fn new(tls: ServerConfig, handler: Arc<H>, settings: H2Settings) -> Self {
-        Self {
-            tls: RwLock::new(TlsAcceptor::from(Arc::new(tls))),
-            handler,
-            settings,
-        }
+        Self { tls: RwLock::new(TlsAcceptor::from(Arc::new(tls))), handler, settings }
     }
 
     /// Replaces the TLS configuration (certificate rotation). Connections
@@ -166,10 +162,7 @@ impl<H: ConnectHandler> HboneServer<H> {
                 .acceptor()
                 .accept(tcp)
                 .await
-                .map_err(|e| ServeError::Tls {
-                    peer,
-                    source: TlsError::from_io(e),
-                })?;
+                .map_err(|e| ServeError::Tls { peer, source: TlsError::from_io(e) })?;
             let (_, conn) = tls.get_ref();
             tls::check_alpn(conn.alpn_protocol())
                 .map_err(|source| ServeError::Tls { peer, source })?;
@@ -237,22 +230,17 @@ pub fn parse_connect<B>(
     if request.method() != Method::CONNECT {
         return Err(RequestError::NotConnect(request.method().to_string()));
     }
-    let authority = request
-        .uri()
-        .authority()
-        .ok_or(RequestError::MissingAuthority)?;
+    let authority = request.uri().authority().ok_or(RequestError::MissingAuthority)?;
     let target = parse_authority(authority.as_str())?;
     let headers = request.headers();
     let text = |name: &'static str| -> Result<Option<String>, RequestError> {
         headers
             .get(name)
             .map(|v| {
-                v.to_str()
-                    .map(str::to_string)
-                    .map_err(|_| RequestError::BadHeader {
-                        name,
-                        why: "not visible ASCII".to_string(),
-                    })
+                v.to_str().map(str::to_string).map_err(|_| RequestError::BadHeader {
+                    name,
+                    why: "not visible ASCII".to_string(),
+                })
             })
             .transpose()
     };
@@ -378,37 +366,21 @@ mod tests {
     #[test]
     fn refuses_what_is_not_an_hbone_connect() {
         let get = Request::get("http://10.0.0.2:80/").body(()).unwrap();
-        assert!(matches!(
-            parse_connect(&get, id(), peer()),
-            Err(RequestError::NotConnect(_))
-        ));
+        assert!(matches!(parse_connect(&get, id(), peer()), Err(RequestError::NotConnect(_))));
         let host = connect("example.com:80").body(()).unwrap();
-        assert!(matches!(
-            parse_connect(&host, id(), peer()),
-            Err(RequestError::BadAuthority(_))
-        ));
-        let no_authority = Request::builder()
-            .method(Method::CONNECT)
-            .uri("/x")
-            .body(())
-            .unwrap();
+        assert!(matches!(parse_connect(&host, id(), peer()), Err(RequestError::BadAuthority(_))));
+        let no_authority = Request::builder().method(Method::CONNECT).uri("/x").body(()).unwrap();
         assert!(matches!(
             parse_connect(&no_authority, id(), peer()),
             Err(RequestError::MissingAuthority)
         ));
         let binary = connect("10.0.0.2:80")
-            .header(
-                "baggage",
-                http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
-            )
+            .header("baggage", http::HeaderValue::from_bytes(b"caf\xe9").unwrap())
             .body(())
             .unwrap();
         assert!(matches!(
             parse_connect(&binary, id(), peer()),
-            Err(RequestError::BadHeader {
-                name: "baggage",
-                ..
-            })
+            Err(RequestError::BadHeader { name: "baggage", .. })
         ));
     }
 

@@ -57,9 +57,7 @@ impl std::fmt::Debug for H2Stream {
 
 fn h2_to_io(err: h2::Error) -> io::Error {
     if err.is_io() {
-        return err
-            .into_io()
-            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
+        return err.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"));
     }
     let kind = match err.reason() {
         Some(Reason::CANCEL) | Some(Reason::STREAM_CLOSED) => io::ErrorKind::ConnectionReset,

@@ -15,11 +15,7 @@ fn csr_asks_only_for_the_identity_uri() {
     let ca = TestCa::new("cluster.local");
     let id = ca.identity("default", "sleep");
     let request = CertificateRequest::generate(&id).unwrap();
-    assert!(
-        request
-            .csr_pem
-            .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
-    );
+    assert!(request.csr_pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
 
     let der = rustls_pki_types::pem::PemObject::from_pem_slice(request.csr_pem.as_bytes())
         .map(|d: rustls_pki_types::CertificateSigningRequestDer<'static>| d)
@@ -37,10 +33,7 @@ fn csr_asks_only_for_the_identity_uri() {
     }
     assert_eq!(sans.len(), 1, "exactly one SAN: {sans:?}");
     // ECDSA P-256 with SHA-256.
-    assert_eq!(
-        csr.signature_algorithm.algorithm.to_id_string(),
-        "1.2.840.10045.4.3.2"
-    );
+    assert_eq!(csr.signature_algorithm.algorithm.to_id_string(), "1.2.840.10045.4.3.2");
 }
 
 #[test]
@@ -52,11 +45,7 @@ fn signed_csr_becomes_a_workload_certificate() {
     let cert = request.into_certificate(&chain_pem, ca.roots()).unwrap();
     assert_eq!(cert.identity(), &id);
     assert_eq!(cert.chain().len(), 2, "leaf and intermediate");
-    let life = cert
-        .info()
-        .not_after
-        .duration_since(cert.info().not_before)
-        .unwrap();
+    let life = cert.info().not_after.duration_since(cert.info().not_before).unwrap();
     assert_eq!(cert.refresh_at(), cert.info().not_before + life / 2);
 }
 
@@ -68,9 +57,7 @@ fn chain_for_another_identity_is_refused() {
     let request = CertificateRequest::generate(&asked).unwrap();
     let wrong = CertificateRequest::generate(&other).unwrap();
     let chain_pem = ca.sign_csr(&wrong.csr_pem);
-    let err = request
-        .into_certificate(&chain_pem, ca.roots())
-        .unwrap_err();
+    let err = request.into_certificate(&chain_pem, ca.roots()).unwrap_err();
     // Either the identity or the key gives it away; the identity is checked
     // after the key, so the key mismatch is reported first.
     assert!(matches!(err, CertificateError::Key(_)), "{err:?}");
@@ -103,16 +90,10 @@ fn certificates_without_exactly_one_spiffe_uri_are_refused() {
     assert!(matches!(err, CertificateError::NoSpiffeUri), "{err:?}");
 
     let mut two = ca.default_options();
-    two.uris = Some(vec![
-        id.to_string(),
-        "spiffe://cluster.local/ns/a/sa/c".into(),
-    ]);
+    two.uris = Some(vec![id.to_string(), "spiffe://cluster.local/ns/a/sa/c".into()]);
     let (chain, key) = ca.issue_raw(&id, two);
     let err = WorkloadCertificate::new(chain, key, ca.roots()).unwrap_err();
-    assert!(
-        matches!(err, CertificateError::SeveralSpiffeUris(2)),
-        "{err:?}"
-    );
+    assert!(matches!(err, CertificateError::SeveralSpiffeUris(2)), "{err:?}");
 
     let mut bad = ca.default_options();
     bad.uris = Some(vec!["spiffe://cluster.local/ns/a".into()]);
@@ -134,33 +115,18 @@ fn key_must_match_the_leaf() {
 #[test]
 fn bad_pem_is_named() {
     let err = parse_pem_chain("not pem at all", "certificate chain").unwrap_err();
-    assert!(
-        matches!(err, CertificateError::Empty("certificate chain")),
-        "{err:?}"
-    );
+    assert!(matches!(err, CertificateError::Empty("certificate chain")), "{err:?}");
     let err = parse_pem_chain(
         "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
         "certificate chain",
     )
     .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CertificateError::Pem {
-                what: "certificate chain",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, CertificateError::Pem { what: "certificate chain", .. }), "{err:?}");
     assert!(err.to_string().contains("certificate chain"));
     let err = TrustBundle::from_pem("").unwrap_err();
     assert!(matches!(err, CertificateError::Empty("trust bundle")));
     let garbage = rustls_pki_types::CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
-    assert!(matches!(
-        parse_certificate(&garbage),
-        Err(CertificateError::Malformed(_))
-    ));
+    assert!(matches!(parse_certificate(&garbage), Err(CertificateError::Malformed(_))));
 }
 
 #[test]

@@ -41,10 +41,7 @@ async fn serve_one(
 async fn verdict(
     served: tokio::task::JoinHandle<Result<(), ServeError>>,
 ) -> Result<(), ServeError> {
-    tokio::time::timeout(Duration::from_secs(10), served)
-        .await
-        .unwrap()
-        .unwrap()
+    tokio::time::timeout(Duration::from_secs(10), served).await.unwrap().unwrap()
 }
 
 /// Runs one handshake between a client holding `client` and expecting
@@ -58,15 +55,8 @@ async fn handshake(
     let (addr, served) = serve_one(server, H2Settings::default()).await;
     let pool = Pool::new(PoolConfig::default(), Arc::new(TcpDialer));
     let result = pool.connect(&request(client, expected, addr, echo)).await;
-    let server = if result.is_err() {
-        Some(verdict(served).await)
-    } else {
-        None
-    };
-    Outcome {
-        client: result,
-        server,
-    }
+    let server = if result.is_err() { Some(verdict(served).await) } else { None };
+    Outcome { client: result, server }
 }
 
 fn request(
@@ -125,10 +115,7 @@ async fn wrong_server_identity_is_refused_by_the_client() {
         other => panic!("expected WrongIdentity, got {other:?}"),
     }
     // The server learns that its certificate was refused.
-    assert!(matches!(
-        server_tls_error(&outcome),
-        TlsError::PeerRefused(_)
-    ));
+    assert!(matches!(server_tls_error(&outcome), TlsError::PeerRefused(_)));
 }
 
 #[tokio::test]
@@ -155,21 +142,12 @@ async fn client_from_an_untrusted_root_is_refused() {
     let server_id = ca.identity("b", "server");
     let server = ca.issue(&server_id);
     // The rogue client trusts the real root, so only the server can refuse.
-    let client = WorkloadCertificate::new(
-        client.chain().to_vec(),
-        client.key().clone_key(),
-        ca.roots(),
-    )
-    .unwrap();
+    let client =
+        WorkloadCertificate::new(client.chain().to_vec(), client.key().clone_key(), ca.roots())
+            .unwrap();
     let outcome = handshake(&client, vec![server_id], &server).await;
-    assert!(matches!(
-        server_tls_error(&outcome),
-        TlsError::UntrustedRoot
-    ));
-    assert!(matches!(
-        client_tls_error(&outcome),
-        TlsError::PeerRefused(_)
-    ));
+    assert!(matches!(server_tls_error(&outcome), TlsError::UntrustedRoot));
+    assert!(matches!(client_tls_error(&outcome), TlsError::PeerRefused(_)));
 }
 
 fn shifted(ca: &TestCa, from_now: i64, life: Duration) -> testkit::LeafOptions {
@@ -179,11 +157,7 @@ fn shifted(ca: &TestCa, from_now: i64, life: Duration) -> testkit::LeafOptions {
     } else {
         now - Duration::from_secs(from_now.unsigned_abs())
     };
-    testkit::LeafOptions {
-        not_before: start,
-        not_after: start + life,
-        ..ca.default_options()
-    }
+    testkit::LeafOptions { not_before: start, not_after: start + life, ..ca.default_options() }
 }
 
 #[tokio::test]
@@ -222,11 +196,9 @@ async fn not_yet_valid_certificates_are_refused_on_both_sides() {
 async fn client_from_a_foreign_trust_domain_is_refused() {
     let ca = TestCa::new("cluster.local");
     let foreign = TestCa::new("other.org");
-    let both = TrustBundle::new(vec![
-        ca.roots().certs()[0].clone(),
-        foreign.roots().certs()[0].clone(),
-    ])
-    .unwrap();
+    let both =
+        TrustBundle::new(vec![ca.roots().certs()[0].clone(), foreign.roots().certs()[0].clone()])
+            .unwrap();
     let (chain, key) =
         foreign.issue_raw(&foreign.identity("a", "client"), foreign.default_options());
     let client = WorkloadCertificate::new(chain, key, both.clone()).unwrap();
@@ -249,14 +221,8 @@ async fn no_expected_identity_is_refused_before_dialing() {
     let client = ca.issue(&ca.identity("a", "client"));
     let pool = Pool::new(PoolConfig::default(), Arc::new(TcpDialer));
     let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let err = pool
-        .connect(&request(&client, vec![], addr, addr))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, ConnectError::NoExpectedIdentity(_)),
-        "{err:?}"
-    );
+    let err = pool.connect(&request(&client, vec![], addr, addr)).await.unwrap_err();
+    assert!(matches!(err, ConnectError::NoExpectedIdentity(_)), "{err:?}");
 }
 
 /// Accepts any server certificate: lets a test client skip verification so
@@ -328,13 +294,7 @@ async fn missing_client_certificate_is_refused() {
     config.alpn_protocols = vec![b"h2".to_vec()];
     let result = raw_client_against(&server, config).await;
     assert!(
-        matches!(
-            result,
-            Err(ServeError::Tls {
-                source: TlsError::MissingClientCertificate,
-                ..
-            })
-        ),
+        matches!(result, Err(ServeError::Tls { source: TlsError::MissingClientCertificate, .. })),
         "{result:?}"
     );
 }
@@ -367,29 +327,19 @@ async fn tls12_is_refused() {
 async fn garbage_instead_of_tls_is_an_error_not_a_hang() {
     let ca = TestCa::new("cluster.local");
     let server = ca.issue(&ca.identity("b", "server"));
-    let settings = H2Settings {
-        handshake_timeout: Duration::from_secs(2),
-        ..Default::default()
-    };
+    let settings = H2Settings { handshake_timeout: Duration::from_secs(2), ..Default::default() };
     let (addr, served) = serve_one(&server, settings).await;
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let result = verdict(served).await;
     assert!(matches!(result, Err(ServeError::Tls { .. })), "{result:?}");
 
     // And a client that says nothing at all is cut off by the handshake timeout.
-    let settings = H2Settings {
-        handshake_timeout: Duration::from_millis(200),
-        ..Default::default()
-    };
+    let settings =
+        H2Settings { handshake_timeout: Duration::from_millis(200), ..Default::default() };
     let (addr, served) = serve_one(&server, settings).await;
     let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let result = verdict(served).await;
-    assert!(
-        matches!(result, Err(ServeError::HandshakeTimeout(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ServeError::HandshakeTimeout(_))), "{result:?}");
 }

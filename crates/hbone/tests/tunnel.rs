@@ -33,13 +33,7 @@ impl Fixture {
         let client = ca.issue(&ca.identity("ns-a", "client"));
         let server_id = ca.identity("ns-b", "server");
         let hbone_addr = testkit::spawn_hbone(&ca.issue(&server_id), handler.clone()).await;
-        Self {
-            ca,
-            client,
-            server_id,
-            handler,
-            hbone_addr,
-        }
+        Self { ca, client, server_id, handler, hbone_addr }
     }
 
     fn request(&self, target: SocketAddr) -> ConnectRequest {
@@ -56,12 +50,7 @@ impl Fixture {
 
     /// Distinct HBONE connections the server has seen streams on.
     fn server_connections(&self) -> usize {
-        self.handler
-            .seen()
-            .iter()
-            .map(|c| c.peer_addr)
-            .collect::<HashSet<_>>()
-            .len()
+        self.handler.seen().iter().map(|c| c.peer_addr).collect::<HashSet<_>>().len()
     }
 }
 
@@ -99,10 +88,7 @@ async fn a_thousand_concurrent_streams_share_one_connection() {
     const STREAMS: usize = 1000;
     let f = Fixture::new().await;
     let echo = testkit::spawn_echo().await;
-    let config = PoolConfig {
-        max_streams_per_connection: STREAMS,
-        ..Default::default()
-    };
+    let config = PoolConfig { max_streams_per_connection: STREAMS, ..Default::default() };
     let pool = Pool::new(config, Arc::new(TcpDialer));
     let all_open = Arc::new(tokio::sync::Barrier::new(STREAMS));
     let mut tasks = Vec::new();
@@ -137,10 +123,7 @@ async fn a_thousand_concurrent_streams_share_one_connection() {
 async fn streams_beyond_the_per_connection_limit_open_another_connection() {
     let f = Fixture::new().await;
     let echo = testkit::spawn_echo().await;
-    let config = PoolConfig {
-        max_streams_per_connection: 2,
-        ..Default::default()
-    };
+    let config = PoolConfig { max_streams_per_connection: 2, ..Default::default() };
     let pool = Pool::new(config, Arc::new(TcpDialer));
     let mut open = Vec::new();
     for _ in 0..5 {
@@ -211,30 +194,18 @@ async fn the_pool_reuses_connections_and_never_mixes_identities() {
     let mut as_other = f.request(echo);
     as_other.source = other_client.clone();
     let _third = pool.connect(&as_other).await.unwrap();
-    assert_eq!(
-        pool.connections_opened(),
-        2,
-        "another source identity: another connection"
-    );
+    assert_eq!(pool.connections_opened(), 2, "another source identity: another connection");
 
     let mut wider = f.request(echo);
-    wider
-        .expected_identities
-        .push(f.ca.identity("ns-b", "alias"));
+    wider.expected_identities.push(f.ca.identity("ns-b", "alias"));
     let _fourth = pool.connect(&wider).await.unwrap();
-    assert_eq!(
-        pool.connections_opened(),
-        3,
-        "another destination set: another connection"
-    );
+    assert_eq!(pool.connections_opened(), 3, "another destination set: another connection");
 
     // The server saw each stream arrive with the identity that opened it.
     let seen = f.handler.seen();
     assert_eq!(seen.len(), 4);
-    let ids: Vec<String> = seen
-        .iter()
-        .map(|c| c.peer_identity.service_account().to_string())
-        .collect();
+    let ids: Vec<String> =
+        seen.iter().map(|c| c.peer_identity.service_account().to_string()).collect();
     assert_eq!(ids, ["client", "client", "other-client", "client"]);
     // Streams from different identities never shared a connection.
     let by_conn: std::collections::HashMap<SocketAddr, HashSet<&Identity>> =
@@ -259,10 +230,7 @@ async fn headers_reach_the_handler() {
     assert_eq!(got.target, echo);
     assert_eq!(got.peer_identity, f.client.identity().clone());
     let fwd = got.forwarded_for.unwrap();
-    assert_eq!(
-        (fwd.ip.to_string(), fwd.port),
-        ("10.1.2.3".to_string(), Some(4567))
-    );
+    assert_eq!((fwd.ip.to_string(), fwd.port), ("10.1.2.3".to_string(), Some(4567)));
     assert_eq!(got.baggage.as_deref(), Some("k8s.namespace.name=ns-a"));
     assert_eq!(got.traceparent, request.traceparent);
 }
@@ -273,10 +241,7 @@ async fn denied_and_unavailable_targets_get_401_and_503() {
     let pool = pool();
     let denied: SocketAddr = "127.0.0.1:7".parse().unwrap();
     let err = pool.connect(&f.request(denied)).await.unwrap_err();
-    assert!(
-        matches!(err, ConnectError::Denied { target, .. } if target == denied),
-        "{err:?}"
-    );
+    assert!(matches!(err, ConnectError::Denied { target, .. } if target == denied), "{err:?}");
 
     // A port nothing listens on: bind, learn the port, close.
     let closed = {
@@ -293,27 +258,17 @@ async fn denied_and_unavailable_targets_get_401_and_503() {
 async fn idle_connections_are_closed() {
     let f = Fixture::new().await;
     let echo = testkit::spawn_echo().await;
-    let config = PoolConfig {
-        idle_timeout: Duration::from_millis(200),
-        ..Default::default()
-    };
+    let config = PoolConfig { idle_timeout: Duration::from_millis(200), ..Default::default() };
     let pool = Pool::new(config, Arc::new(TcpDialer));
     let stream = pool.connect(&f.request(echo)).await.unwrap();
     assert_eq!(pool.connection_count(), 1);
     // Busy connections stay, however long.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        pool.connection_count(),
-        1,
-        "a connection with an open stream is not idle"
-    );
+    assert_eq!(pool.connection_count(), 1, "a connection with an open stream is not idle");
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(10);
     while pool.connection_count() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "idle connection was never closed"
-        );
+        assert!(Instant::now() < deadline, "idle connection was never closed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The next stream dials afresh.
@@ -327,10 +282,7 @@ async fn raw_h2(f: &Fixture) -> h2::client::SendRequest<bytes::Bytes> {
     let config = hbone::tls::client_config(&f.client, std::slice::from_ref(&f.server_id)).unwrap();
     let tcp = tokio::net::TcpStream::connect(f.hbone_addr).await.unwrap();
     let name = rustls_pki_types::ServerName::IpAddress(f.hbone_addr.ip().into());
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
     send
@@ -351,22 +303,13 @@ async fn malformed_requests_get_400() {
     let echo = testkit::spawn_echo().await;
     let mut send = raw_h2(&f).await;
 
-    let get = http::Request::get(format!("https://{echo}/"))
-        .body(())
-        .unwrap();
+    let get = http::Request::get(format!("https://{echo}/")).body(()).unwrap();
     assert_eq!(status_of(&mut send, get).await, 400, "non-CONNECT methods");
 
     for authority in ["example.com:80", "127.0.0.1:0"] {
-        let connect = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(authority)
-            .body(())
-            .unwrap();
-        assert_eq!(
-            status_of(&mut send, connect).await,
-            400,
-            "authority {authority}"
-        );
+        let connect =
+            http::Request::builder().method(http::Method::CONNECT).uri(authority).body(()).unwrap();
+        assert_eq!(status_of(&mut send, connect).await, 400, "authority {authority}");
     }
 
     let bad_forwarded = http::Request::builder()
@@ -375,22 +318,14 @@ async fn malformed_requests_get_400() {
         .header("forwarded", "for=unknown")
         .body(())
         .unwrap();
-    assert_eq!(
-        status_of(&mut send, bad_forwarded).await,
-        400,
-        "bad Forwarded header"
-    );
+    assert_eq!(status_of(&mut send, bad_forwarded).await, 400, "bad Forwarded header");
 
     let good = http::Request::builder()
         .method(http::Method::CONNECT)
         .uri(echo.to_string())
         .body(())
         .unwrap();
-    assert_eq!(
-        status_of(&mut send, good).await,
-        200,
-        "the same connection still works"
-    );
+    assert_eq!(status_of(&mut send, good).await, 200, "the same connection still works");
     // Only the good request reached the handler.
     assert_eq!(f.handler.seen().len(), 1);
 }
@@ -426,15 +361,10 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let tls = hbone::tls::server_config(&server_cert, &[]).unwrap();
-        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls))
-            .accept(tcp)
-            .await
-            .unwrap();
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(tls)).accept(tcp).await.unwrap();
         let mut conn = h2::server::handshake(tls).await.unwrap();
         let (_request, mut respond) = conn.accept().await.unwrap().unwrap();
-        let _send = respond
-            .send_response(http::Response::new(()), false)
-            .unwrap();
+        let _send = respond.send_response(http::Response::new(()), false).unwrap();
         // Flush the response, then stop polling the connection for good.
         let _ = tokio::time::timeout(Duration::from_millis(100), conn.accept()).await;
         std::future::pending::<()>().await;
@@ -445,11 +375,7 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
         keepalive_timeout: Duration::from_millis(300),
         ..Default::default()
     };
-    let config = PoolConfig {
-        idle_timeout: Duration::from_secs(3600),
-        h2,
-        ..Default::default()
-    };
+    let config = PoolConfig { idle_timeout: Duration::from_secs(3600), h2, ..Default::default() };
     let pool = Pool::new(config, Arc::new(TcpDialer));
     let request = ConnectRequest {
         source: client,
@@ -463,17 +389,12 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
     let mut stream = pool.connect(&request).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while pool.connection_count() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "unresponsive peer was never dropped"
-        );
+        assert!(Instant::now() < deadline, "unresponsive peer was never dropped");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The stream on the dead connection fails instead of hanging.
     let mut buf = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-        .await
-        .unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap();
     assert!(read.is_err() || read.is_ok_and(|n| n == 0));
 }
 
@@ -512,10 +433,7 @@ async fn dropping_the_pool_closes_idle_connections_and_spares_busy_streams() {
             if !open {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "connection from {conn} still open"
-            );
+            assert!(Instant::now() < deadline, "connection from {conn} still open");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -68,15 +68,9 @@ impl FromStr for NamespacedHostname {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once('/') {
             Some((ns, host)) if !ns.is_empty() && !host.is_empty() && !host.contains('/') => {
-                Ok(Self {
-                    namespace: ns.to_string(),
-                    hostname: host.to_string(),
-                })
+                Ok(Self { namespace: ns.to_string(), hostname: host.to_string() })
             }
-            _ => Err(ConvertError::BadNamespacedName {
-                field: "services",
-                value: s.to_string(),
-            }),
+            _ => Err(ConvertError::BadNamespacedName { field: "services", value: s.to_string() }),
         }
     }
 }
@@ -91,19 +85,13 @@ impl TryFrom<&pb::NamespacedHostname> for NamespacedHostname {
         if p.hostname.is_empty() {
             return Err(ConvertError::Missing("gateway.hostname.hostname"));
         }
-        Ok(Self {
-            namespace: p.namespace.clone(),
-            hostname: p.hostname.clone(),
-        })
+        Ok(Self { namespace: p.namespace.clone(), hostname: p.hostname.clone() })
     }
 }
 
 impl From<&NamespacedHostname> for pb::NamespacedHostname {
     fn from(d: &NamespacedHostname) -> Self {
-        Self {
-            namespace: d.namespace.clone(),
-            hostname: d.hostname.clone(),
-        }
+        Self { namespace: d.namespace.clone(), hostname: d.hostname.clone() }
     }
 }
 
@@ -115,19 +103,13 @@ impl NetworkAddress {
         field: &'static str,
         p: &pb::NetworkAddress,
     ) -> Result<Self, ConvertError> {
-        Ok(Self {
-            network: p.network.clone(),
-            address: convert::ip_from_bytes(field, &p.address)?,
-        })
+        Ok(Self { network: p.network.clone(), address: convert::ip_from_bytes(field, &p.address)? })
     }
 }
 
 impl From<&NetworkAddress> for pb::NetworkAddress {
     fn from(d: &NetworkAddress) -> Self {
-        Self {
-            network: d.network.clone(),
-            address: convert::ip_to_bytes(&d.address),
-        }
+        Self { network: d.network.clone(), address: convert::ip_to_bytes(&d.address) }
     }
 }
 
@@ -146,10 +128,7 @@ impl GatewayAddress {
             }
             None => return Err(ConvertError::Missing(field)),
         };
-        Ok(Self {
-            destination,
-            hbone_port: convert::port(field, p.hbone_mtls_port)?,
-        })
+        Ok(Self { destination, hbone_port: convert::port(field, p.hbone_mtls_port)? })
     }
 }
 
@@ -179,9 +158,6 @@ impl PortMapping {
 
 impl From<&PortMapping> for pb::Port {
     fn from(d: &PortMapping) -> Self {
-        Self {
-            service_port: u32::from(d.service_port),
-            target_port: u32::from(d.target_port),
-        }
+        Self { service_port: u32::from(d.service_port), target_port: u32::from(d.target_port) }
     }
 }

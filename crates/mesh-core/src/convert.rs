@@ -66,10 +66,7 @@ pub(crate) fn ip_from_bytes(field: &'static str, bytes: &[u8]) -> Result<IpAddr,
     if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
         return Ok(IpAddr::V6(Ipv6Addr::from(v6)));
     }
-    Err(ConvertError::BadIp {
-        field,
-        len: bytes.len(),
-    })
+    Err(ConvertError::BadIp { field, len: bytes.len() })
 }
 
 /// Writes an IP address as 4 or 16 bytes.

@@ -103,12 +103,7 @@ impl Identity {
     ) -> Result<Self, IdentityError> {
         validate_trust_domain(trust_domain)?;
         validate_k8s_name(Part::Namespace, namespace, MAX_NAMESPACE, false)?;
-        validate_k8s_name(
-            Part::ServiceAccount,
-            service_account,
-            MAX_SERVICE_ACCOUNT,
-            true,
-        )?;
+        validate_k8s_name(Part::ServiceAccount, service_account, MAX_SERVICE_ACCOUNT, true)?;
         Ok(Self {
             trust_domain: trust_domain.into(),
             namespace: namespace.into(),
@@ -188,15 +183,10 @@ fn validate_trust_domain(td: &str) -> Result<(), IdentityError> {
         return Err(IdentityError::Empty(part));
     }
     if td.len() > MAX_TRUST_DOMAIN {
-        return Err(IdentityError::TooLong {
-            part,
-            len: td.len(),
-            max: MAX_TRUST_DOMAIN,
-        });
+        return Err(IdentityError::TooLong { part, len: td.len(), max: MAX_TRUST_DOMAIN });
     }
-    if let Some(found) = td
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(*c)))
+    if let Some(found) =
+        td.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(*c)))
     {
         return Err(IdentityError::BadCharacter {
             part,
@@ -220,11 +210,7 @@ fn validate_k8s_name(
         return Err(IdentityError::Empty(part));
     }
     if name.len() > max {
-        return Err(IdentityError::TooLong {
-            part,
-            len: name.len(),
-            max,
-        });
+        return Err(IdentityError::TooLong { part, len: name.len(), max });
     }
     let allowed_char = |c: char| {
         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots_allowed && c == '.')
@@ -243,10 +229,7 @@ fn validate_k8s_name(
     }
     let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if !edge_ok(name.chars().next()) || !edge_ok(name.chars().last()) {
-        return Err(IdentityError::BadEdge {
-            part,
-            value: name.to_string(),
-        });
+        return Err(IdentityError::BadEdge { part, value: name.to_string() });
     }
     Ok(())
 }

@@ -26,27 +26,20 @@ fn identity() -> impl Strategy<Value = Identity> {
 fn gateway() -> impl Strategy<Value = GatewayAddress> {
     let dest = prop_oneof![
         (name(), name()).prop_map(|(namespace, hostname)| GatewayDestination::Hostname(
-            NamespacedHostname {
-                namespace,
-                hostname
-            }
+            NamespacedHostname { namespace, hostname }
         )),
-        (name(), ip()).prop_map(
-            |(network, address)| GatewayDestination::Address(NetworkAddress { network, address })
-        ),
+        (name(), ip()).prop_map(|(network, address)| GatewayDestination::Address(NetworkAddress {
+            network,
+            address
+        })),
     ];
-    (dest, 1u16..).prop_map(|(destination, hbone_port)| GatewayAddress {
-        destination,
-        hbone_port,
-    })
+    (dest, 1u16..).prop_map(|(destination, hbone_port)| GatewayAddress { destination, hbone_port })
 }
 
 fn ports() -> impl Strategy<Value = Vec<PortMapping>> {
     proptest::collection::vec(
-        (1u16.., any::<u16>()).prop_map(|(service_port, target_port)| PortMapping {
-            service_port,
-            target_port,
-        }),
+        (1u16.., any::<u16>())
+            .prop_map(|(service_port, target_port)| PortMapping { service_port, target_port }),
         0..3,
     )
 }
@@ -221,10 +214,7 @@ fn minimal_workload() -> pb::Workload {
 #[test]
 fn elided_trust_domain_and_service_account_take_defaults() {
     let w = Workload::try_from(&minimal_workload()).unwrap();
-    assert_eq!(
-        w.identity.to_string(),
-        "spiffe://cluster.local/ns/ns1/sa/default"
-    );
+    assert_eq!(w.identity.to_string(), "spiffe://cluster.local/ns/ns1/sa/default");
     assert_eq!(w.capacity, 1);
 }
 
@@ -232,37 +222,19 @@ fn elided_trust_domain_and_service_account_take_defaults() {
 fn each_bad_field_is_named() {
     let cases: Vec<(pb::Workload, ConvertError)> = vec![
         (
-            pb::Workload {
-                addresses: vec![vec![1, 2, 3]],
-                ..minimal_workload()
-            },
-            ConvertError::BadIp {
-                field: "workload.addresses",
-                len: 3,
-            },
+            pb::Workload { addresses: vec![vec![1, 2, 3]], ..minimal_workload() },
+            ConvertError::BadIp { field: "workload.addresses", len: 3 },
         ),
         (
-            pb::Workload {
-                tunnel_protocol: 7,
-                ..minimal_workload()
-            },
-            ConvertError::UnknownEnum {
-                field: "workload.tunnel_protocol",
-                value: 7,
-            },
+            pb::Workload { tunnel_protocol: 7, ..minimal_workload() },
+            ConvertError::UnknownEnum { field: "workload.tunnel_protocol", value: 7 },
         ),
         (
-            pb::Workload {
-                uid: String::new(),
-                ..minimal_workload()
-            },
+            pb::Workload { uid: String::new(), ..minimal_workload() },
             ConvertError::Missing("workload.uid"),
         ),
         (
-            pb::Workload {
-                addresses: vec![],
-                ..minimal_workload()
-            },
+            pb::Workload { addresses: vec![], ..minimal_workload() },
             ConvertError::Missing("workload.addresses or workload.hostname"),
         ),
         (
@@ -270,36 +242,22 @@ fn each_bad_field_is_named() {
                 services: [("no-slash".to_string(), pb::PortList::default())].into(),
                 ..minimal_workload()
             },
-            ConvertError::BadNamespacedName {
-                field: "services",
-                value: "no-slash".into(),
-            },
+            ConvertError::BadNamespacedName { field: "services", value: "no-slash".into() },
         ),
         (
             pb::Workload {
                 services: [(
                     "ns/h".to_string(),
-                    pb::PortList {
-                        ports: vec![pb::Port {
-                            service_port: 70000,
-                            target_port: 1,
-                        }],
-                    },
+                    pb::PortList { ports: vec![pb::Port { service_port: 70000, target_port: 1 }] },
                 )]
                 .into(),
                 ..minimal_workload()
             },
-            ConvertError::BadPort {
-                field: "ports.service_port",
-                value: 70000,
-            },
+            ConvertError::BadPort { field: "ports.service_port", value: 70000 },
         ),
         (
             pb::Workload {
-                waypoint: Some(pb::GatewayAddress {
-                    destination: None,
-                    hbone_mtls_port: 15008,
-                }),
+                waypoint: Some(pb::GatewayAddress { destination: None, hbone_mtls_port: 15008 }),
                 ..minimal_workload()
             },
             ConvertError::Missing("workload.waypoint"),
@@ -309,14 +267,8 @@ fn each_bad_field_is_named() {
         assert_eq!(Workload::try_from(&proto).unwrap_err(), expected);
         assert!(!expected.to_string().is_empty());
     }
-    let bad_sa = pb::Workload {
-        service_account: "Not_Valid".into(),
-        ..minimal_workload()
-    };
-    assert!(matches!(
-        Workload::try_from(&bad_sa),
-        Err(ConvertError::Identity(_))
-    ));
+    let bad_sa = pb::Workload { service_account: "Not_Valid".into(), ..minimal_workload() };
+    assert!(matches!(Workload::try_from(&bad_sa), Err(ConvertError::Identity(_))));
     assert_eq!(
         Address::try_from(&pb::Address { r#type: None }).unwrap_err(),
         ConvertError::Missing("address.type")
@@ -325,34 +277,19 @@ fn each_bad_field_is_named() {
 
 #[test]
 fn bad_policy_fields_are_named() {
-    let base = spb::Authorization {
-        name: "p".into(),
-        namespace: "ns".into(),
-        ..Default::default()
-    };
+    let base =
+        spb::Authorization { name: "p".into(), namespace: "ns".into(), ..Default::default() };
     let with_match = |m: spb::Match| spb::Authorization {
-        rules: vec![spb::Rule {
-            clauses: vec![spb::Clause { matches: vec![m] }],
-        }],
+        rules: vec![spb::Rule { clauses: vec![spb::Clause { matches: vec![m] }] }],
         ..base.clone()
     };
     assert_eq!(
-        Authorization::try_from(&spb::Authorization {
-            action: 9,
-            ..base.clone()
-        })
-        .unwrap_err(),
-        ConvertError::UnknownEnum {
-            field: "authorization.action",
-            value: 9
-        }
+        Authorization::try_from(&spb::Authorization { action: 9, ..base.clone() }).unwrap_err(),
+        ConvertError::UnknownEnum { field: "authorization.action", value: 9 }
     );
     assert_eq!(
         Authorization::try_from(&with_match(spb::Match {
-            source_ips: vec![spb::Address {
-                address: vec![10, 0, 0, 0],
-                length: 33
-            }],
+            source_ips: vec![spb::Address { address: vec![10, 0, 0, 0], length: 33 }],
             ..Default::default()
         }))
         .unwrap_err(),
@@ -376,9 +313,6 @@ fn bad_policy_fields_are_named() {
             ..Default::default()
         }))
         .unwrap_err(),
-        ConvertError::BadPort {
-            field: "match.destination_ports",
-            value: 0
-        }
+        ConvertError::BadPort { field: "match.destination_ports", value: 0 }
     );
 }

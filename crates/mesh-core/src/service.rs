@@ -101,10 +101,7 @@ pub enum IpFamilies {
 impl Service {
     /// The xDS resource name: `namespace/hostname`.
     pub fn key(&self) -> NamespacedHostname {
-        NamespacedHostname {
-            namespace: self.namespace.clone(),
-            hostname: self.hostname.clone(),
-        }
+        NamespacedHostname { namespace: self.namespace.clone(), hostname: self.hostname.clone() }
     }
 }
 
@@ -127,22 +124,14 @@ impl TryFrom<&pb::Service> for Service {
                 .iter()
                 .map(|a| NetworkAddress::from_proto("service.addresses", a))
                 .collect::<Result<_, _>>()?,
-            ports: p
-                .ports
-                .iter()
-                .map(PortMapping::from_proto)
-                .collect::<Result<_, _>>()?,
+            ports: p.ports.iter().map(PortMapping::from_proto).collect::<Result<_, _>>()?,
             subject_alt_names: p.subject_alt_names.clone(),
             waypoint: p
                 .waypoint
                 .as_ref()
                 .map(|g| GatewayAddress::from_proto("service.waypoint", g))
                 .transpose()?,
-            load_balancing: p
-                .load_balancing
-                .as_ref()
-                .map(load_balancing_from)
-                .transpose()?,
+            load_balancing: p.load_balancing.as_ref().map(load_balancing_from).transpose()?,
             ip_families: match convert::enumeration("service.ip_families", p.ip_families)? {
                 pb::IpFamilies::Automatic => IpFamilies::Automatic,
                 pb::IpFamilies::Ipv4Only => IpFamilies::Ipv4Only,
@@ -160,22 +149,20 @@ fn load_balancing_from(p: &pb::LoadBalancing) -> Result<LoadBalancing, ConvertEr
         .routing_preference
         .iter()
         .map(|v| {
-            Ok(
-                match convert::enumeration("load_balancing.routing_preference", *v)? {
-                    PS::UnspecifiedScope => {
-                        return Err(ConvertError::UnknownEnum {
-                            field: "load_balancing.routing_preference",
-                            value: *v,
-                        });
-                    }
-                    PS::Region => Scope::Region,
-                    PS::Zone => Scope::Zone,
-                    PS::Subzone => Scope::Subzone,
-                    PS::Node => Scope::Node,
-                    PS::Cluster => Scope::Cluster,
-                    PS::Network => Scope::Network,
-                },
-            )
+            Ok(match convert::enumeration("load_balancing.routing_preference", *v)? {
+                PS::UnspecifiedScope => {
+                    return Err(ConvertError::UnknownEnum {
+                        field: "load_balancing.routing_preference",
+                        value: *v,
+                    });
+                }
+                PS::Region => Scope::Region,
+                PS::Zone => Scope::Zone,
+                PS::Subzone => Scope::Subzone,
+                PS::Node => Scope::Node,
+                PS::Cluster => Scope::Cluster,
+                PS::Network => Scope::Network,
+            })
         })
         .collect::<Result<_, _>>()?;
     Ok(LoadBalancing {

@@ -137,9 +137,7 @@ impl TryFrom<&pb::Workload> for Workload {
             return Err(ConvertError::Missing("workload.uid"));
         }
         if p.addresses.is_empty() && p.hostname.is_empty() {
-            return Err(ConvertError::Missing(
-                "workload.addresses or workload.hostname",
-            ));
+            return Err(ConvertError::Missing("workload.addresses or workload.hostname"));
         }
         let addresses = p
             .addresses
@@ -158,18 +156,13 @@ impl TryFrom<&pb::Workload> for Workload {
         )
         .map_err(ConvertError::Identity)?;
         let gateway = |field, g: &Option<pb::GatewayAddress>| {
-            g.as_ref()
-                .map(|g| GatewayAddress::from_proto(field, g))
-                .transpose()
+            g.as_ref().map(|g| GatewayAddress::from_proto(field, g)).transpose()
         };
         let mut services = BTreeMap::new();
         for (key, ports) in &p.services {
             let key: NamespacedHostname = key.parse()?;
-            let ports = ports
-                .ports
-                .iter()
-                .map(PortMapping::from_proto)
-                .collect::<Result<_, _>>()?;
+            let ports =
+                ports.ports.iter().map(PortMapping::from_proto).collect::<Result<_, _>>()?;
             services.insert(key, ports);
         }
         Ok(Self {
@@ -251,12 +244,7 @@ impl From<&Workload> for pb::Workload {
                 .services
                 .iter()
                 .map(|(k, ports)| {
-                    (
-                        k.to_string(),
-                        pb::PortList {
-                            ports: ports.iter().map(Into::into).collect(),
-                        },
-                    )
+                    (k.to_string(), pb::PortList { ports: ports.iter().map(Into::into).collect() })
                 })
                 .collect(),
             authorization_policies: d.authorization_policies.clone(),

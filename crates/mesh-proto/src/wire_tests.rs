@@ -10,11 +10,7 @@ use crate::workload::{Address, TunnelProtocol, Workload, address};
 use crate::zds::{KeepWorkload, WorkloadRequest, workload_request};
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 #[test]
@@ -28,10 +24,7 @@ fn workload_fields() {
         capacity: Some(5),
         ..Default::default()
     };
-    let bytes = Address {
-        r#type: Some(address::Type::Workload(w)),
-    }
-    .encode_to_vec();
+    let bytes = Address { r#type: Some(address::Type::Workload(w)) }.encode_to_vec();
     assert_eq!(
         hex(&bytes),
         [
@@ -57,10 +50,7 @@ fn authorization_fields() {
         action: Action::Deny as i32,
         rules: vec![Rule {
             clauses: vec![Clause {
-                matches: vec![Match {
-                    destination_ports: vec![80],
-                    ..Default::default()
-                }],
+                matches: vec![Match { destination_ports: vec![80], ..Default::default() }],
             }],
         }],
     };
@@ -100,11 +90,7 @@ fn delta_discovery_fields() {
         .join(" ")
     );
     let response = DeltaDiscoveryResponse {
-        resources: vec![Resource {
-            version: "v".into(),
-            name: "r".into(),
-            ..Default::default()
-        }],
+        resources: vec![Resource { version: "v".into(), name: "r".into(), ..Default::default() }],
         type_url: "t".into(),
         nonce: "n".into(),
         removed_resources: vec!["x".into()],
@@ -133,9 +119,7 @@ fn ca_and_zds_fields() {
     assert_eq!(hex(&csr.encode_to_vec()), "0a 01 63 18 90 1c");
 
     let keep = WorkloadRequest {
-        payload: Some(workload_request::Payload::Keep(KeepWorkload {
-            uid: "u".into(),
-        })),
+        payload: Some(workload_request::Payload::Keep(KeepWorkload { uid: "u".into() })),
     };
     // WorkloadRequest.keep = 5, KeepWorkload.uid = 1.
     assert_eq!(hex(&keep.encode_to_vec()), "2a 03 0a 01 75");
@@ -145,17 +129,11 @@ fn ca_and_zds_fields() {
 fn type_urls_name_the_messages() {
     assert_eq!(
         crate::type_url::ADDRESS,
-        format!(
-            "type.googleapis.com/{}",
-            <Address as prost::Name>::full_name()
-        )
+        format!("type.googleapis.com/{}", <Address as prost::Name>::full_name())
     );
     assert_eq!(
         crate::type_url::AUTHORIZATION,
-        format!(
-            "type.googleapis.com/{}",
-            <Authorization as prost::Name>::full_name()
-        )
+        format!("type.googleapis.com/{}", <Authorization as prost::Name>::full_name())
     );
 }
 

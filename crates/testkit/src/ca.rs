@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use hbone::{TrustBundle, WorkloadCertificate};
 use mesh_core::Identity;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -75,11 +75,7 @@ impl TestCa {
             params.serial_number = Some(SerialNumber::from_slice(&[0x7f, 2]));
             let key = new_key();
             let cert = params.signed_by(&key, &root_issuer).unwrap();
-            (
-                Issuer::new(params, key),
-                Some(cert.der().clone()),
-                cert.pem(),
-            )
+            (Issuer::new(params, key), Some(cert.der().clone()), cert.pem())
         } else {
             (root_issuer, None, String::new())
         };
@@ -147,10 +143,7 @@ impl TestCa {
     ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = new_key();
         let chain = self.sign_leaf(&key, identity, &options);
-        (
-            chain,
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
+        (chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
     }
 
     /// Signs a PEM CSR as the mesh CA would, returning the PEM chain leaf
@@ -171,14 +164,9 @@ impl TestCa {
         options: &LeafOptions,
     ) -> Vec<CertificateDer<'static>> {
         let mut params = CertificateParams::default();
-        let uris = options
-            .uris
-            .clone()
-            .unwrap_or_else(|| vec![identity.to_string()]);
-        params.subject_alt_names = uris
-            .into_iter()
-            .map(|u| SanType::URI(u.try_into().unwrap()))
-            .collect();
+        let uris = options.uris.clone().unwrap_or_else(|| vec![identity.to_string()]);
+        params.subject_alt_names =
+            uris.into_iter().map(|u| SanType::URI(u.try_into().unwrap())).collect();
         self.leaf_params(&mut params, options);
         let cert = params.signed_by(key, &self.signer).unwrap();
         let mut chain = vec![cert.der().clone()];
@@ -187,33 +175,22 @@ impl TestCa {
     }
 
     fn leaf_params(&self, params: &mut CertificateParams, options: &LeafOptions) {
-        params.distinguished_name = DistinguishedName::new();
-        params.not_before = options.not_before.into();
-        params.not_after = options.not_after.into();
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        params.serial_number = Some(SerialNumber::from_slice(&serial.to_be_bytes()));
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
+        let sans = std::mem::take(&mut params.subject_alt_names);
+        *params = hbone::cert::workload_leaf_params(
+            options.not_before,
+            options.not_after,
+            &serial.to_be_bytes(),
+        );
+        params.subject_alt_names = sans;
     }
 }
 
 fn ca_params(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "mesh test");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, common_name);
+    params.distinguished_name.push(DnType::OrganizationName, "mesh test");
+    params.distinguished_name.push(DnType::CommonName, common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

@@ -71,10 +71,7 @@ impl ForwardingHandler {
 
     /// Denies CONNECTs to these target ports.
     pub fn denying_ports(ports: &[u16]) -> Arc<Self> {
-        Arc::new(Self {
-            denied_ports: ports.to_vec(),
-            ..Self::default()
-        })
+        Arc::new(Self { denied_ports: ports.to_vec(), ..Self::default() })
     }
 
     /// Every CONNECT handled so far.
@@ -161,12 +158,7 @@ impl Sha256Stream {
 
     /// The digest so far, lowercase hex.
     pub fn hex(self) -> String {
-        self.0
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        self.0.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

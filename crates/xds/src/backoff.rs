@@ -17,11 +17,7 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `initial`, never above `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
+        Self { initial, max, next: initial }
     }
 
     /// The next delay.
@@ -54,10 +50,7 @@ mod tests {
         for _ in 0..10 {
             assert!(b.next_delay() <= Duration::from_secs(1));
         }
-        assert!(
-            b.next_delay() >= Duration::from_millis(500),
-            "at the cap, jitter halves at most"
-        );
+        assert!(b.next_delay() >= Duration::from_millis(500), "at the cap, jitter halves at most");
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }

@@ -22,9 +22,7 @@ pub fn tls_channel(addr: SocketAddr, tls: rustls::ClientConfig) -> Channel {
         async move {
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
-            let tls = connector
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                .await?;
+            let tls = connector.connect(ServerName::IpAddress(addr.ip().into()), tcp).await?;
             Ok::<_, io::Error>(TokioIo::new(tls))
         }
     }))

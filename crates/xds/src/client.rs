@@ -94,13 +94,7 @@ pub struct XdsClient {
 impl XdsClient {
     /// A client over `channel` (which carries the TLS settings and address).
     pub fn new(channel: Channel, config: XdsClientConfig, handlers: Vec<Box<dyn Handler>>) -> Self {
-        Self {
-            channel,
-            config,
-            handlers,
-            known: HashMap::new(),
-            synced: watch::Sender::new(false),
-        }
+        Self { channel, config, handlers, known: HashMap::new(), synced: watch::Sender::new(false) }
     }
 
     /// Becomes true once every type has received its first response.
@@ -158,10 +152,8 @@ impl XdsClient {
         }
         let mut client = AggregatedDiscoveryServiceClient::new(self.channel.clone())
             .max_decoding_message_size(64 * 1024 * 1024);
-        let mut responses = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut responses =
+            client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
         let mut synced_types = std::collections::HashSet::new();
         while let Some(response) = responses.message().await? {
             *progressed = true;
@@ -190,11 +182,8 @@ impl XdsClient {
             reply.error_detail = Some(nack(format!("no handler for type {type_url}")));
             return reply;
         };
-        let versions: HashMap<String, String> = response
-            .resources
-            .iter()
-            .map(|r| (r.name.clone(), r.version.clone()))
-            .collect();
+        let versions: HashMap<String, String> =
+            response.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
         let update = Update {
             resources: response
                 .resources
@@ -235,9 +224,5 @@ impl XdsClient {
 }
 
 fn nack(message: String) -> RpcStatus {
-    RpcStatus {
-        code: INVALID_ARGUMENT,
-        message,
-        details: Vec::new(),
-    }
+    RpcStatus { code: INVALID_ARGUMENT, message, details: Vec::new() }
 }

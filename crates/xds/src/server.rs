@@ -146,11 +146,7 @@ impl AggregatedDiscoveryService for DeltaAdsServer {
         };
         let requests = request.into_inner();
         let closing = self.closing.subscribe();
-        tokio::spawn(
-            stream
-                .run(requests, closing)
-                .instrument(info_span!("xds_stream", id)),
-        );
+        tokio::spawn(stream.run(requests, closing).instrument(info_span!("xds_stream", id)));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -228,10 +224,9 @@ impl ClientStream {
 
     fn registry(&self, update: impl FnOnce(&mut ClientInfo)) {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        let info = clients.entry(self.id).or_insert_with(|| ClientInfo {
-            stream: self.id,
-            ..ClientInfo::default()
-        });
+        let info = clients
+            .entry(self.id)
+            .or_insert_with(|| ClientInfo { stream: self.id, ..ClientInfo::default() });
         info.node_id.clone_from(&self.node.id);
         update(info);
     }
@@ -242,10 +237,7 @@ impl ClientStream {
         }
         let type_url = request.type_url;
         if type_url.is_empty() {
-            let _ = self
-                .tx
-                .send(Err(Status::invalid_argument("type_url is required")))
-                .await;
+            let _ = self.tx.send(Err(Status::invalid_argument("type_url is required"))).await;
             return Err(Closed);
         }
         if !request.response_nonce.is_empty() {
@@ -324,12 +316,8 @@ impl ClientStream {
         let names: Vec<String> = match candidates {
             Since::Names(names) => names,
             Since::Everything => {
-                let mut all: HashSet<String> = self
-                    .store
-                    .all(type_url)
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .collect();
+                let mut all: HashSet<String> =
+                    self.store.all(type_url).into_iter().map(|(n, _)| n).collect();
                 all.extend(sub.held.keys().cloned());
                 all.extend(sub.names.iter().cloned());
                 all.into_iter().collect()
@@ -343,10 +331,8 @@ impl ClientStream {
                 continue;
             }
             let visible = sub.wants(&name) && self.filter.allows(&self.node, type_url, &name);
-            match (
-                visible.then(|| self.store.get(type_url, &name)).flatten(),
-                sub.held.get(&name),
-            ) {
+            match (visible.then(|| self.store.get(type_url, &name)).flatten(), sub.held.get(&name))
+            {
                 (Some(entry), held) if held != Some(&entry.version) => {
                     sub.held.insert(name.clone(), entry.version.clone());
                     resources.push(Resource {

@@ -80,10 +80,7 @@ impl Default for SnapshotStore {
 impl SnapshotStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self {
-            state: Arc::default(),
-            generation: watch::Sender::new(0),
-        }
+        Self { state: Arc::default(), generation: watch::Sender::new(0) }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -102,15 +99,8 @@ impl SnapshotStore {
         let mut changed = false;
         for change in changes {
             let (type_url, name, entry) = match change {
-                Change::Put {
-                    type_url,
-                    name,
-                    body,
-                } => {
-                    let entry = Entry {
-                        version: version_of(&body),
-                        body,
-                    };
+                Change::Put { type_url, name, body } => {
+                    let entry = Entry { version: version_of(&body), body };
                     (type_url, name, Some(entry))
                 }
                 Change::Remove { type_url, name } => (type_url, name, None),
@@ -145,19 +135,12 @@ impl SnapshotStore {
 
     /// Adds or replaces one resource.
     pub fn put(&self, type_url: &str, name: &str, body: Any) {
-        self.apply([Change::Put {
-            type_url: type_url.into(),
-            name: name.into(),
-            body,
-        }]);
+        self.apply([Change::Put { type_url: type_url.into(), name: name.into(), body }]);
     }
 
     /// Removes one resource.
     pub fn remove(&self, type_url: &str, name: &str) {
-        self.apply([Change::Remove {
-            type_url: type_url.into(),
-            name: name.into(),
-        }]);
+        self.apply([Change::Remove { type_url: type_url.into(), name: name.into() }]);
     }
 
     /// Names of the resources of a type.
@@ -171,12 +154,7 @@ impl SnapshotStore {
 
     /// The version of one resource.
     pub fn version(&self, type_url: &str, name: &str) -> Option<String> {
-        self.read()
-            .types
-            .get(type_url)?
-            .resources
-            .get(name)
-            .map(|e| e.version.clone())
+        self.read().types.get(type_url)?.resources.get(name).map(|e| e.version.clone())
     }
 
     /// The current generation (bumped by every effective change).
@@ -189,12 +167,7 @@ impl SnapshotStore {
     }
 
     pub(crate) fn get(&self, type_url: &str, name: &str) -> Option<Arc<Entry>> {
-        self.read()
-            .types
-            .get(type_url)?
-            .resources
-            .get(name)
-            .cloned()
+        self.read().types.get(type_url)?.resources.get(name).cloned()
     }
 
     /// Every (name, entry) of a type.
@@ -202,12 +175,7 @@ impl SnapshotStore {
         self.read()
             .types
             .get(type_url)
-            .map(|t| {
-                t.resources
-                    .iter()
-                    .map(|(n, e)| (n.clone(), e.clone()))
-                    .collect()
-            })
+            .map(|t| t.resources.iter().map(|(n, e)| (n.clone(), e.clone())).collect())
             .unwrap_or_default()
     }
 
@@ -232,10 +200,7 @@ fn version_of(body: &Any) -> String {
     ctx.update(body.type_url.as_bytes());
     ctx.update(&[0]);
     ctx.update(&body.value);
-    ctx.finish().as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    ctx.finish().as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -243,10 +208,7 @@ mod tests {
     use super::*;
 
     fn any(v: &[u8]) -> Any {
-        Any {
-            type_url: "t".into(),
-            value: v.to_vec(),
-        }
+        Any { type_url: "t".into(), value: v.to_vec() }
     }
 
     #[test]
@@ -261,11 +223,7 @@ mod tests {
         assert_ne!(store.version("t", "a").unwrap(), v1);
         assert_eq!(store.generation(), g1 + 1);
         store.remove("t", "missing");
-        assert_eq!(
-            store.generation(),
-            g1 + 1,
-            "removing nothing is not a change"
-        );
+        assert_eq!(store.generation(), g1 + 1, "removing nothing is not a change");
     }
 
     #[test]
@@ -274,15 +232,8 @@ mod tests {
         store.put("t", "a", any(b"1"));
         let g = store.generation();
         store.apply([
-            Change::Put {
-                type_url: "t".into(),
-                name: "b".into(),
-                body: any(b"1"),
-            },
-            Change::Remove {
-                type_url: "t".into(),
-                name: "a".into(),
-            },
+            Change::Put { type_url: "t".into(), name: "b".into(), body: any(b"1") },
+            Change::Remove { type_url: "t".into(), name: "a".into() },
         ]);
         match store.changed_since("t", g) {
             Since::Names(names) => assert_eq!(names, ["b", "a"]),

@@ -25,10 +25,7 @@ use xds::{
 const T: &str = "type.googleapis.com/test.Thing";
 
 fn body(value: &str) -> Any {
-    Any {
-        type_url: T.into(),
-        value: value.as_bytes().to_vec(),
-    }
+    Any { type_url: T.into(), value: value.as_bytes().to_vec() }
 }
 
 struct Running {
@@ -59,12 +56,7 @@ async fn serve_on(server: DeltaAdsServer, listener: TcpListener) -> Running {
             .await
             .unwrap();
     });
-    Running {
-        addr,
-        ads,
-        stop: Some(stop),
-        done,
-    }
+    Running { addr, ads, stop: Some(stop), done }
 }
 
 async fn serve(server: DeltaAdsServer) -> Running {
@@ -72,9 +64,7 @@ async fn serve(server: DeltaAdsServer) -> Running {
 }
 
 fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy()
+    Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy()
 }
 
 /// Records what it holds and every update; rejects bodies starting "bad".
@@ -113,10 +103,7 @@ impl Handler for Recorder {
         for (name, any) in update.resources {
             let text = String::from_utf8(any.value).unwrap();
             if text.starts_with("bad") {
-                rejected.push(Rejected {
-                    name,
-                    reason: "bodies must not start with bad".into(),
-                });
+                rejected.push(Rejected { name, reason: "bodies must not start with bad".into() });
             } else {
                 state.held.insert(name, text);
             }
@@ -124,11 +111,7 @@ impl Handler for Recorder {
         for name in update.removed {
             state.held.remove(&name);
         }
-        if rejected.is_empty() {
-            Ok(())
-        } else {
-            Err(rejected)
-        }
+        if rejected.is_empty() { Ok(()) } else { Err(rejected) }
     }
 }
 
@@ -141,18 +124,12 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 fn held(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn start_client(addr: SocketAddr, recorder: &Recorder) -> oneshot::Sender<()> {
     let config = XdsClientConfig {
-        node: Node {
-            id: "test~node".into(),
-            ..Default::default()
-        },
+        node: Node { id: "test~node".into(), ..Default::default() },
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
     };
@@ -172,30 +149,17 @@ async fn add_update_remove() {
     let server = serve(DeltaAdsServer::new(store.clone())).await;
     let recorder = Recorder::default();
     let _client = start_client(server.addr, &recorder);
-    eventually("initial state", || {
-        recorder.held() == held(&[("a", "1"), ("b", "1")])
-    })
-    .await;
+    eventually("initial state", || recorder.held() == held(&[("a", "1"), ("b", "1")])).await;
 
     store.put(T, "a", body("2"));
-    eventually("update", || {
-        recorder.held() == held(&[("a", "2"), ("b", "1")])
-    })
-    .await;
+    eventually("update", || recorder.held() == held(&[("a", "2"), ("b", "1")])).await;
     store.remove(T, "b");
     eventually("removal", || recorder.held() == held(&[("a", "2")])).await;
 
     // Only what changed was sent each time.
     let log = recorder.log();
     assert_eq!(log.len(), 3, "{log:?}");
-    assert_eq!(
-        log[1]
-            .resources
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>(),
-        ["a"]
-    );
+    assert_eq!(log[1].resources.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a"]);
     assert!(log[1].removed.is_empty());
     assert!(log[2].resources.is_empty());
     assert_eq!(log[2].removed, ["b"]);
@@ -209,37 +173,18 @@ async fn a_nacked_resource_does_not_stop_the_others() {
     let recorder = Recorder::default();
     let _client = start_client(server.addr, &recorder);
     store.apply([
-        xds::Change::Put {
-            type_url: T.into(),
-            name: "good1".into(),
-            body: body("ok"),
-        },
-        xds::Change::Put {
-            type_url: T.into(),
-            name: "broken".into(),
-            body: body("bad!"),
-        },
-        xds::Change::Put {
-            type_url: T.into(),
-            name: "good2".into(),
-            body: body("ok"),
-        },
+        xds::Change::Put { type_url: T.into(), name: "good1".into(), body: body("ok") },
+        xds::Change::Put { type_url: T.into(), name: "broken".into(), body: body("bad!") },
+        xds::Change::Put { type_url: T.into(), name: "good2".into(), body: body("ok") },
     ]);
     eventually("good resources applied", || {
         recorder.held() == held(&[("good1", "ok"), ("good2", "ok")])
     })
     .await;
-    eventually("server saw the NACK", || {
-        ads.clients().iter().any(|c| c.nacks >= 1)
-    })
-    .await;
+    eventually("server saw the NACK", || ads.clients().iter().any(|c| c.nacks >= 1)).await;
     let info = ads.clients().into_iter().find(|c| c.nacks >= 1).unwrap();
     assert_eq!(info.node_id, "test~node");
-    assert!(
-        info.last_nack
-            .unwrap()
-            .contains("broken: bodies must not start with bad")
-    );
+    assert!(info.last_nack.unwrap().contains("broken: bodies must not start with bad"));
 
     // Later changes still flow, and a fixed resource is accepted.
     store.put(T, "good1", body("ok2"));
@@ -270,23 +215,14 @@ async fn reconnect_resends_only_differences() {
     store.put(T, "b", body("2"));
     store.put(T, "d", body("1"));
     // It comes back on the same address with the same store.
-    let server = serve_on(
-        DeltaAdsServer::new(store.clone()),
-        TcpListener::bind(addr).await.unwrap(),
-    )
-    .await;
-    eventually("caught up", || {
-        recorder.held() == held(&[("b", "2"), ("c", "1"), ("d", "1")])
-    })
-    .await;
+    let server =
+        serve_on(DeltaAdsServer::new(store.clone()), TcpListener::bind(addr).await.unwrap()).await;
+    eventually("caught up", || recorder.held() == held(&[("b", "2"), ("c", "1"), ("d", "1")]))
+        .await;
 
     let log = recorder.log();
     let after: Vec<&Update> = log[updates_before..].iter().collect();
-    assert_eq!(
-        after.len(),
-        1,
-        "one response with the differences: {after:?}"
-    );
+    assert_eq!(after.len(), 1, "one response with the differences: {after:?}");
     let mut names: Vec<&str> = after[0].resources.iter().map(|(n, _)| n.as_str()).collect();
     names.sort();
     assert_eq!(names, ["b", "d"], "c was unchanged and not resent");
@@ -294,11 +230,8 @@ async fn reconnect_resends_only_differences() {
 
     // A reconnect with nothing changed sends nothing at all.
     server.stop().await;
-    let _server = serve_on(
-        DeltaAdsServer::new(store.clone()),
-        TcpListener::bind(addr).await.unwrap(),
-    )
-    .await;
+    let _server =
+        serve_on(DeltaAdsServer::new(store.clone()), TcpListener::bind(addr).await.unwrap()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(recorder.log().len(), log.len(), "no duplicate deliveries");
 }
@@ -313,11 +246,7 @@ impl Handler for Counter {
         T
     }
     fn apply(&mut self, update: Update) -> Result<(), Vec<Rejected>> {
-        if update
-            .resources
-            .iter()
-            .any(|(n, b)| n == "x" && b.value == b"2")
-        {
+        if update.resources.iter().any(|(n, b)| n == "x" && b.value == b"2") {
             self.seen.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -338,10 +267,7 @@ async fn a_thousand_clients_receive_a_change() {
     let mut stops = Vec::new();
     for i in 0..CLIENTS {
         let config = XdsClientConfig {
-            node: Node {
-                id: format!("client-{i}"),
-                ..Default::default()
-            },
+            node: Node { id: format!("client-{i}"), ..Default::default() },
             ..Default::default()
         };
         let handler = Box::new(Counter { seen: seen.clone() });
@@ -354,10 +280,7 @@ async fn a_thousand_clients_receive_a_change() {
     }
     eventually("all clients connected", || ads.clients().len() == CLIENTS).await;
     store.put(T, "x", body("2"));
-    eventually("every client got the change", || {
-        seen.load(Ordering::Relaxed) == CLIENTS
-    })
-    .await;
+    eventually("every client got the change", || seen.load(Ordering::Relaxed) == CLIENTS).await;
 }
 
 /// Opens a raw stream for tests that speak the protocol by hand.
@@ -369,11 +292,8 @@ async fn raw_stream(
 ) {
     let (tx, rx) = mpsc::channel(8);
     let mut client = AggregatedDiscoveryServiceClient::new(channel(addr));
-    let responses = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let responses =
+        client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
     (tx, responses)
 }
 
@@ -392,14 +312,7 @@ async fn explicit_subscriptions_get_only_their_names() {
     .await
     .unwrap();
     let first = responses.message().await.unwrap().unwrap();
-    assert_eq!(
-        first
-            .resources
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>(),
-        ["a"]
-    );
+    assert_eq!(first.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a"]);
     // ACK, then a change to b (not subscribed) and to a (subscribed).
     tx.send(DeltaDiscoveryRequest {
         type_url: T.into(),
@@ -411,13 +324,7 @@ async fn explicit_subscriptions_get_only_their_names() {
     store.put(T, "b", body("2"));
     store.put(T, "a", body("2"));
     let next = responses.message().await.unwrap().unwrap();
-    assert_eq!(
-        next.resources
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>(),
-        ["a"]
-    );
+    assert_eq!(next.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a"]);
     assert_ne!(next.nonce, first.nonce, "every response has its own nonce");
     // The subscribed name that appears later is sent when it does.
     store.put(T, "missing", body("here now"));
@@ -438,21 +345,13 @@ async fn a_filter_scopes_what_each_client_sees() {
     let store = SnapshotStore::new();
     store.put(T, "public", body("1"));
     store.put(T, "secret-1", body("1"));
-    let server = serve(DeltaAdsServer::with_filter(
-        store.clone(),
-        Arc::new(HideSecrets),
-    ))
-    .await;
-    for (node, expected) in [
-        ("restricted", vec!["public"]),
-        ("trusted", vec!["public", "secret-1"]),
-    ] {
+    let server = serve(DeltaAdsServer::with_filter(store.clone(), Arc::new(HideSecrets))).await;
+    for (node, expected) in
+        [("restricted", vec!["public"]), ("trusted", vec!["public", "secret-1"])]
+    {
         let (tx, mut responses) = raw_stream(server.addr).await;
         tx.send(DeltaDiscoveryRequest {
-            node: Some(Node {
-                id: node.into(),
-                ..Default::default()
-            }),
+            node: Some(Node { id: node.into(), ..Default::default() }),
             type_url: T.into(),
             resource_names_subscribe: vec!["*".into()],
             ..Default::default()
@@ -476,9 +375,6 @@ async fn protocol_errors_are_named() {
 
     let mut client = AggregatedDiscoveryServiceClient::new(channel(server.addr));
     let (_tx, rx) = mpsc::channel(1);
-    let status = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap_err();
+    let status = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
 }

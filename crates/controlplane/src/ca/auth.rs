@@ -56,9 +56,7 @@ pub struct LocalAuthenticator {
 impl LocalAuthenticator {
     /// Trusts these `(token, node)` pairs.
     pub fn new(node_tokens: impl IntoIterator<Item = (String, String)>) -> Self {
-        Self {
-            node_tokens: node_tokens.into_iter().collect(),
-        }
+        Self { node_tokens: node_tokens.into_iter().collect() }
     }
 }
 
@@ -137,13 +135,12 @@ pub fn authorize(
 ) -> Result<(), CaError> {
     match (caller, impersonated) {
         (Caller::Workload(own), None) if own == requested => Ok(()),
-        (Caller::Workload(own), None) => Err(CaError::IdentityNotAllowed {
-            caller: own.clone(),
-            requested: requested.clone(),
-        }),
-        (Caller::Workload(own), Some(_)) => Err(CaError::ImpersonationNotAllowed {
-            caller: own.clone(),
-        }),
+        (Caller::Workload(own), None) => {
+            Err(CaError::IdentityNotAllowed { caller: own.clone(), requested: requested.clone() })
+        }
+        (Caller::Workload(own), Some(_)) => {
+            Err(CaError::ImpersonationNotAllowed { caller: own.clone() })
+        }
         (Caller::NodeProxy { node }, None) => {
             Err(CaError::NodeProxyMustImpersonate { node: node.clone() })
         }
@@ -154,10 +151,7 @@ pub fn authorize(
             })
         }
         (Caller::NodeProxy { node }, Some(named)) if !registry.runs_on(node, named) => {
-            Err(CaError::NotOnNode {
-                node: node.clone(),
-                identity: named.clone(),
-            })
+            Err(CaError::NotOnNode { node: node.clone(), identity: named.clone() })
         }
         (Caller::NodeProxy { .. }, Some(_)) => Ok(()),
     }
@@ -176,12 +170,8 @@ mod tests {
         let registry = StaticNodeRegistry::default();
         registry.add("node-a", id("on-a"));
         let workload = Caller::Workload(id("me"));
-        let proxy_a = Caller::NodeProxy {
-            node: "node-a".into(),
-        };
-        let proxy_b = Caller::NodeProxy {
-            node: "node-b".into(),
-        };
+        let proxy_a = Caller::NodeProxy { node: "node-a".into() };
+        let proxy_b = Caller::NodeProxy { node: "node-b".into() };
 
         assert!(authorize(&workload, &id("me"), None, &registry).is_ok());
         assert!(matches!(

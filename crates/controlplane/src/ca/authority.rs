@@ -3,10 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use mesh_core::Identity;
-use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
-};
+use rcgen::{CertificateSigningRequestParams, Issuer, KeyPair, SanType};
 
 use super::CaError;
 use super::material::CaMaterial;
@@ -63,12 +60,7 @@ impl CertificateAuthority {
         if material.cert_pem != material.root_pem {
             chain_tail.push(material.root_pem.clone());
         }
-        Ok(Self {
-            issuer,
-            chain_tail,
-            root_pem: material.root_pem.clone(),
-            config,
-        })
+        Ok(Self { issuer, chain_tail, root_pem: material.root_pem.clone(), config })
     }
 
     /// The root workloads must trust, PEM.
@@ -115,32 +107,18 @@ impl CertificateAuthority {
     /// Signs a checked CSR for `requested` validity (0: the default),
     /// capped by the configuration. Returns PEM certificates, leaf first.
     pub fn sign(&self, csr: &CheckedCsr, requested: Duration) -> Result<Vec<String>, CaError> {
-        let validity = if requested.is_zero() {
-            self.config.default_validity
-        } else {
-            requested
-        }
-        .min(self.config.max_validity);
+        let validity = if requested.is_zero() { self.config.default_validity } else { requested }
+            .min(self.config.max_validity);
         let now = SystemTime::now();
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
         // A minute of slack for peers whose clocks are slightly behind.
-        params.not_before = (now - Duration::from_secs(60)).into();
-        params.not_after = (now + validity).into();
-        params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
+        let mut params = hbone::cert::workload_leaf_params(
+            now - Duration::from_secs(60),
+            now + validity,
+            &random_serial(),
+        );
         let uri = rcgen::string::Ia5String::try_from(csr.identity.to_string())
             .map_err(|e| CaError::Signing(e.to_string()))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
         // Only the CSR's public key is used; everything else is ours.
         let leaf = params
             .signed_by(&csr.params.public_key, &self.issuer)

@@ -100,12 +100,8 @@ impl CaMaterial {
             .map_err(MaterialError::Generate)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, trust_domain);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "mesh root CA");
+        params.distinguished_name.push(DnType::OrganizationName, trust_domain);
+        params.distinguished_name.push(DnType::CommonName, "mesh root CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -116,9 +112,8 @@ impl CaMaterial {
         // A little slack for clocks that are behind ours.
         params.not_before = (now - Duration::from_secs(3600)).into();
         params.not_after = (now + GENERATED_ROOT_LIFETIME).into();
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(
-            &super::authority::random_serial(),
-        ));
+        params.serial_number =
+            Some(rcgen::SerialNumber::from_slice(&super::authority::random_serial()));
         let cert = params.self_signed(&key).map_err(MaterialError::Generate)?;
         let pem = cert.pem();
         Ok(Self {
@@ -137,10 +132,9 @@ impl CaMaterial {
         if present.iter().all(|p| !p) {
             return Ok(None);
         }
-        if let (Some(have), Some(lack)) = (
-            present.iter().position(|p| *p),
-            present.iter().position(|p| !p),
-        ) {
+        if let (Some(have), Some(lack)) =
+            (present.iter().position(|p| *p), present.iter().position(|p| !p))
+        {
             return Err(MaterialError::Incomplete {
                 dir: dir.to_path_buf(),
                 present: files[have],
@@ -162,10 +156,7 @@ impl CaMaterial {
             let root = single_der(&root_pem, ROOT_CERT)?;
             CertificateDer::pem_slice_iter(read(CERT_CHAIN)?.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| MaterialError::Bad {
-                    file: CERT_CHAIN,
-                    why: e.to_string(),
-                })?
+                .map_err(|e| MaterialError::Bad { file: CERT_CHAIN, why: e.to_string() })?
                 .into_iter()
                 .filter(|der| der.as_ref() != own.as_slice() && der.as_ref() != root.as_slice())
                 .map(|der| to_pem(&der))
@@ -173,12 +164,7 @@ impl CaMaterial {
         } else {
             Vec::new()
         };
-        let material = Self {
-            cert_pem,
-            key_pem,
-            intermediates_pem,
-            root_pem,
-        };
+        let material = Self { cert_pem, key_pem, intermediates_pem, root_pem };
         material.validate()?;
         Ok(Some(material))
     }
@@ -236,10 +222,7 @@ impl CaMaterial {
         let (_, cert) =
             X509Certificate::from_der(&cert_der).map_err(|e| bad(CA_CERT, e.to_string()))?;
         if !cert.is_ca() {
-            return Err(bad(
-                CA_CERT,
-                "is not a CA certificate (basicConstraints CA:false)".into(),
-            ));
+            return Err(bad(CA_CERT, "is not a CA certificate (basicConstraints CA:false)".into()));
         }
         let key = KeyPair::from_pem(&self.key_pem).map_err(|e| bad(CA_KEY, e.to_string()))?;
         if rcgen::PublicKeyData::der_bytes(&key)
@@ -261,14 +244,12 @@ impl CaMaterial {
                 X509Certificate::from_der(&pair[0]).map_err(|e| bad(CERT_CHAIN, e.to_string()))?;
             let (_, parent) =
                 X509Certificate::from_der(&pair[1]).map_err(|e| bad(CERT_CHAIN, e.to_string()))?;
-            child
-                .verify_signature(Some(parent.public_key()))
-                .map_err(|_| {
-                    bad(
-                        CERT_CHAIN,
-                        format!("{} is not signed by {}", child.subject(), parent.subject()),
-                    )
-                })?;
+            child.verify_signature(Some(parent.public_key())).map_err(|_| {
+                bad(
+                    CERT_CHAIN,
+                    format!("{} is not signed by {}", child.subject(), parent.subject()),
+                )
+            })?;
         }
         Ok(())
     }
@@ -276,10 +257,8 @@ impl CaMaterial {
     /// The signing certificate's expiry.
     pub fn not_after(&self) -> Result<SystemTime, MaterialError> {
         let der = single_der(&self.cert_pem, CA_CERT)?;
-        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| MaterialError::Bad {
-            file: CA_CERT,
-            why: e.to_string(),
-        })?;
+        let (_, cert) = X509Certificate::from_der(&der)
+            .map_err(|e| MaterialError::Bad { file: CA_CERT, why: e.to_string() })?;
         let secs = cert.validity().not_after.timestamp();
         Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
     }
@@ -289,18 +268,11 @@ fn single_der(pem: &str, file: &'static str) -> Result<Vec<u8>, MaterialError> {
     let mut ders = CertificateDer::pem_slice_iter(pem.as_bytes());
     match (ders.next(), ders.next()) {
         (Some(Ok(der)), None) => Ok(der.to_vec()),
-        (Some(Err(e)), _) => Err(MaterialError::Bad {
-            file,
-            why: e.to_string(),
-        }),
-        (None, _) => Err(MaterialError::Bad {
-            file,
-            why: "holds no certificate".into(),
-        }),
-        (Some(Ok(_)), Some(_)) => Err(MaterialError::Bad {
-            file,
-            why: "holds more than one certificate".into(),
-        }),
+        (Some(Err(e)), _) => Err(MaterialError::Bad { file, why: e.to_string() }),
+        (None, _) => Err(MaterialError::Bad { file, why: "holds no certificate".into() }),
+        (Some(Ok(_)), Some(_)) => {
+            Err(MaterialError::Bad { file, why: "holds more than one certificate".into() })
+        }
     }
 }
 

@@ -34,11 +34,7 @@ impl CaService {
         authenticator: Arc<dyn Authenticator>,
         registry: Arc<dyn NodeRegistry>,
     ) -> Self {
-        Self {
-            ca,
-            authenticator,
-            registry,
-        }
+        Self { ca, authenticator, registry }
     }
 
     /// The tonic service.
@@ -55,12 +51,7 @@ impl CaService {
         let caller = self.authenticator.authenticate(credentials).await?;
         let csr = self.ca.check_csr(&request.csr)?;
         let impersonated = impersonated_identity(request)?;
-        auth::authorize(
-            &caller,
-            &csr.identity,
-            impersonated.as_ref(),
-            self.registry.as_ref(),
-        )?;
+        auth::authorize(&caller, &csr.identity, impersonated.as_ref(), self.registry.as_ref())?;
         let requested = Duration::from_secs(u64::try_from(request.validity_duration).unwrap_or(0));
         let chain = self.ca.sign(&csr, requested)?;
         info!(identity = %csr.identity, ?caller, "issued certificate");
@@ -70,10 +61,7 @@ impl CaService {
 
 /// Reads `ImpersonatedIdentity` from the request's metadata struct.
 fn impersonated_identity(request: &IstioCertificateRequest) -> Result<Option<Identity>, CaError> {
-    let Some(value) = request
-        .metadata
-        .as_ref()
-        .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+    let Some(value) = request.metadata.as_ref().and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
     else {
         return Ok(None);
     };
@@ -82,9 +70,7 @@ fn impersonated_identity(request: &IstioCertificateRequest) -> Result<Option<Ide
             .parse()
             .map(Some)
             .map_err(|e| CaError::BadMetadata(format!("{IMPERSONATED_IDENTITY} {s:?}: {e}"))),
-        _ => Err(CaError::BadMetadata(format!(
-            "{IMPERSONATED_IDENTITY} must be a string"
-        ))),
+        _ => Err(CaError::BadMetadata(format!("{IMPERSONATED_IDENTITY} must be a string"))),
     }
 }
 
@@ -96,14 +82,8 @@ pub fn credentials<T>(request: &Request<T>) -> Credentials {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let peer_identity = request
-        .extensions()
-        .get::<PeerInfo>()
-        .and_then(|p| p.identity.clone());
-    Credentials {
-        bearer_token,
-        peer_identity,
-    }
+    let peer_identity = request.extensions().get::<PeerInfo>().and_then(|p| p.identity.clone());
+    Credentials { bearer_token, peer_identity }
 }
 
 #[tonic::async_trait]

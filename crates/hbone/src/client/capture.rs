@@ -23,13 +23,7 @@ pub(crate) struct CaptureErrors<T> {
 impl<T> CaptureErrors<T> {
     pub(crate) fn new(inner: T) -> (Self, ErrorSlot) {
         let slot = ErrorSlot::default();
-        (
-            Self {
-                inner,
-                slot: slot.clone(),
-            },
-            slot,
-        )
+        (Self { inner, slot: slot.clone() }, slot)
     }
 
     fn keep<R>(&self, result: Poll<io::Result<R>>) -> Poll<io::Result<R>> {

@@ -62,11 +62,7 @@ impl PoolKey {
         let mut destinations = request.expected_identities.clone();
         destinations.sort();
         destinations.dedup();
-        Self {
-            source: request.source.identity().clone(),
-            destinations,
-            addr: request.hbone_addr,
-        }
+        Self { source: request.source.identity().clone(), destinations, addr: request.hbone_addr }
     }
 }
 
@@ -207,10 +203,7 @@ impl Pool {
             let tls = TlsConnector::from(Arc::new(tls_config))
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)
                 .await
-                .map_err(|e| ConnectError::Tls {
-                    addr,
-                    source: TlsError::from_io(e),
-                })?;
+                .map_err(|e| ConnectError::Tls { addr, source: TlsError::from_io(e) })?;
             tls::check_alpn(tls.get_ref().1.alpn_protocol())
                 .map_err(|source| ConnectError::Tls { addr, source })?;
             let (io, io_error) = CaptureErrors::new(tls);
@@ -448,16 +441,10 @@ async fn open_stream(
 ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), OpenError> {
     let addr = request.hbone_addr;
     let target = request.target;
-    let mut send = conn
-        .send
-        .clone()
-        .ready()
-        .await
-        .map_err(OpenError::ConnectionGone)?;
+    let mut send = conn.send.clone().ready().await.map_err(OpenError::ConnectionGone)?;
     let authority = format_authority(target);
-    let uri: Uri = authority
-        .parse()
-        .map_err(|_| OpenError::Refused(ConnectError::BadHeader(":authority")))?;
+    let uri: Uri =
+        authority.parse().map_err(|_| OpenError::Refused(ConnectError::BadHeader(":authority")))?;
     let mut builder = Request::builder().method(Method::CONNECT).uri(uri);
     if let Some(src) = request.forwarded_for {
         builder = builder.header("forwarded", format_forwarded(src));
@@ -475,9 +462,8 @@ async fn open_stream(
             "traceparent"
         }))
     })?;
-    let (response, send_stream) = send
-        .send_request(http_request, false)
-        .map_err(OpenError::ConnectionGone)?;
+    let (response, send_stream) =
+        send.send_request(http_request, false).map_err(OpenError::ConnectionGone)?;
     let response = response.await.map_err(|source| {
         if source.is_io() || source.is_go_away() {
             OpenError::ConnectionGone(source)
@@ -491,10 +477,6 @@ async fn open_stream(
         StatusCode::UNAUTHORIZED => refused(ConnectError::Denied { addr, target }),
         StatusCode::SERVICE_UNAVAILABLE => refused(ConnectError::Unavailable { addr, target }),
         StatusCode::BAD_REQUEST => refused(ConnectError::BadRequest { addr, target }),
-        status => refused(ConnectError::UnexpectedStatus {
-            addr,
-            target,
-            status,
-        }),
+        status => refused(ConnectError::UnexpectedStatus { addr, target, status }),
     }
 }

@@ -68,9 +68,7 @@ pub enum TlsError {
 impl TlsError {
     /// Classifies an error from a tokio-rustls handshake.
     pub fn from_io(err: io::Error) -> Self {
-        let is_rustls = err
-            .get_ref()
-            .is_some_and(|inner| inner.is::<rustls::Error>());
+        let is_rustls = err.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
         if is_rustls {
             if let Some(inner) = err.into_inner()
                 && let Ok(rustls_err) = inner.downcast::<rustls::Error>()
@@ -104,15 +102,11 @@ impl TlsError {
                 Self::NotYetValid
             }
             CertificateError::Other(other) => match other.0.downcast_ref::<IdentityRefusal>() {
-                Some(IdentityRefusal::Unexpected { expected, found }) => Self::WrongIdentity {
-                    expected: expected.clone(),
-                    found: found.clone(),
-                },
+                Some(IdentityRefusal::Unexpected { expected, found }) => {
+                    Self::WrongIdentity { expected: expected.clone(), found: found.clone() }
+                }
                 Some(IdentityRefusal::ForeignTrustDomain { found, allowed }) => {
-                    Self::ForeignTrustDomain {
-                        found: found.clone(),
-                        allowed: allowed.clone(),
-                    }
+                    Self::ForeignTrustDomain { found: found.clone(), allowed: allowed.clone() }
                 }
                 Some(IdentityRefusal::NoIdentity(why)) => Self::BadPeerCertificate(why.clone()),
                 None => Self::Handshake(rustls::Error::InvalidCertificate(

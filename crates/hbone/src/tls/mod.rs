@@ -108,11 +108,7 @@ fn build_server_config(
     let provider = provider();
     let builder =
         WebPkiClientVerifier::builder_with_provider(cert.roots().store().clone(), provider.clone());
-    let builder = if client_cert_required {
-        builder
-    } else {
-        builder.allow_unauthenticated()
-    };
+    let builder = if client_cert_required { builder } else { builder.allow_unauthenticated() };
     let webpki = builder.build().map_err(TlsError::Verifier)?;
     let mut trust_domains = vec![cert.identity().trust_domain().to_string()];
     trust_domains.extend(extra_trust_domains.iter().cloned());
@@ -133,9 +129,7 @@ fn build_server_config(
 /// The verified identity of the peer of an established connection; an
 /// error when it presented no certificate.
 pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, TlsError> {
-    let leaf = certs
-        .and_then(|c| c.first())
-        .ok_or(TlsError::MissingClientCertificate)?;
+    let leaf = certs.and_then(|c| c.first()).ok_or(TlsError::MissingClientCertificate)?;
     identity_of(leaf).map_err(|e| TlsError::BadPeerCertificate(e.to_string()))
 }
 

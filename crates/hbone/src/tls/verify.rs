@@ -42,10 +42,7 @@ pub(crate) enum IdentityRefusal {
 }
 
 fn list(ids: &[Identity]) -> String {
-    ids.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn refuse(refusal: IdentityRefusal) -> rustls::Error {
@@ -70,11 +67,7 @@ impl SpiffeServerVerifier {
         expected: Vec<Identity>,
         algorithms: WebPkiSupportedAlgorithms,
     ) -> Self {
-        Self {
-            roots,
-            expected,
-            algorithms,
-        }
+        Self { roots, expected, algorithms }
     }
 }
 
@@ -140,10 +133,7 @@ pub(crate) struct SpiffeClientVerifier {
 
 impl SpiffeClientVerifier {
     pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>, trust_domains: Vec<String>) -> Self {
-        Self {
-            inner,
-            trust_domains,
-        }
+        Self { inner, trust_domains }
     }
 }
 
@@ -168,15 +158,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
         let found = identity_of(end_entity)
             .map_err(|e| refuse(IdentityRefusal::NoIdentity(e.to_string())))?;
-        if !self
-            .trust_domains
-            .iter()
-            .any(|td| td == found.trust_domain())
-        {
+        if !self.trust_domains.iter().any(|td| td == found.trust_domain()) {
             return Err(refuse(IdentityRefusal::ForeignTrustDomain {
                 found,
                 allowed: self.trust_domains.clone(),

@@ -3,9 +3,7 @@ use proptest::prelude::*;
 
 #[test]
 fn parses_and_displays() {
-    let id: Identity = "spiffe://cluster.local/ns/default/sa/sleep"
-        .parse()
-        .unwrap();
+    let id: Identity = "spiffe://cluster.local/ns/default/sa/sleep".parse().unwrap();
     assert_eq!(id.trust_domain(), "cluster.local");
     assert_eq!(id.namespace(), "default");
     assert_eq!(id.service_account(), "sleep");
@@ -23,77 +21,25 @@ fn rejects_each_malformed_form_with_its_own_error() {
     use IdentityError::*;
     type Expect = fn(&IdentityError) -> bool;
     let cases: &[(&str, Expect)] = &[
-        ("http://cluster.local/ns/a/sa/b", |e| {
-            matches!(e, WrongScheme(_))
-        }),
+        ("http://cluster.local/ns/a/sa/b", |e| matches!(e, WrongScheme(_))),
         ("cluster.local/ns/a/sa/b", |e| matches!(e, WrongScheme(_))),
-        ("spiffe:///ns/a/sa/b", |e| {
-            matches!(e, Empty(Part::TrustDomain))
-        }),
-        ("spiffe://td/ns//sa/b", |e| {
-            matches!(e, Empty(Part::Namespace))
-        }),
-        ("spiffe://td/ns/a/sa/", |e| {
-            matches!(e, Empty(Part::ServiceAccount))
-        }),
+        ("spiffe:///ns/a/sa/b", |e| matches!(e, Empty(Part::TrustDomain))),
+        ("spiffe://td/ns//sa/b", |e| matches!(e, Empty(Part::Namespace))),
+        ("spiffe://td/ns/a/sa/", |e| matches!(e, Empty(Part::ServiceAccount))),
         ("spiffe://Cluster.local/ns/a/sa/b", |e| {
-            matches!(
-                e,
-                BadCharacter {
-                    part: Part::TrustDomain,
-                    found: 'C',
-                    ..
-                }
-            )
+            matches!(e, BadCharacter { part: Part::TrustDomain, found: 'C', .. })
         }),
         ("spiffe://td/ns/a_b/sa/b", |e| {
-            matches!(
-                e,
-                BadCharacter {
-                    part: Part::Namespace,
-                    found: '_',
-                    ..
-                }
-            )
+            matches!(e, BadCharacter { part: Part::Namespace, found: '_', .. })
         }),
         ("spiffe://td/ns/a.b/sa/b", |e| {
-            matches!(
-                e,
-                BadCharacter {
-                    part: Part::Namespace,
-                    found: '.',
-                    ..
-                }
-            )
+            matches!(e, BadCharacter { part: Part::Namespace, found: '.', .. })
         }),
         ("spiffe://td/ns/a/sa/B", |e| {
-            matches!(
-                e,
-                BadCharacter {
-                    part: Part::ServiceAccount,
-                    found: 'B',
-                    ..
-                }
-            )
+            matches!(e, BadCharacter { part: Part::ServiceAccount, found: 'B', .. })
         }),
-        ("spiffe://td/ns/-a/sa/b", |e| {
-            matches!(
-                e,
-                BadEdge {
-                    part: Part::Namespace,
-                    ..
-                }
-            )
-        }),
-        ("spiffe://td/ns/a/sa/b.", |e| {
-            matches!(
-                e,
-                BadEdge {
-                    part: Part::ServiceAccount,
-                    ..
-                }
-            )
-        }),
+        ("spiffe://td/ns/-a/sa/b", |e| matches!(e, BadEdge { part: Part::Namespace, .. })),
+        ("spiffe://td/ns/a/sa/b.", |e| matches!(e, BadEdge { part: Part::ServiceAccount, .. })),
         ("spiffe://td", |e| matches!(e, BadPath(_))),
         ("spiffe://td/", |e| matches!(e, BadPath(_))),
         ("spiffe://td/ns/a", |e| matches!(e, BadPath(_))),
@@ -113,28 +59,11 @@ fn rejects_each_malformed_form_with_its_own_error() {
 #[test]
 fn rejects_overlong_parts() {
     let ns = "a".repeat(64);
-    let err = format!("spiffe://td/ns/{ns}/sa/b")
-        .parse::<Identity>()
-        .unwrap_err();
-    assert_eq!(
-        err,
-        IdentityError::TooLong {
-            part: Part::Namespace,
-            len: 64,
-            max: 63
-        }
-    );
+    let err = format!("spiffe://td/ns/{ns}/sa/b").parse::<Identity>().unwrap_err();
+    assert_eq!(err, IdentityError::TooLong { part: Part::Namespace, len: 64, max: 63 });
     let td = "a".repeat(256);
-    let err = format!("spiffe://{td}/ns/a/sa/b")
-        .parse::<Identity>()
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        IdentityError::TooLong {
-            part: Part::TrustDomain,
-            ..
-        }
-    ));
+    let err = format!("spiffe://{td}/ns/a/sa/b").parse::<Identity>().unwrap_err();
+    assert!(matches!(err, IdentityError::TooLong { part: Part::TrustDomain, .. }));
 }
 
 fn label() -> impl Strategy<Value = String> {

@@ -95,11 +95,7 @@ fn ip_net_from(field: &'static str, p: &pb::Address) -> Result<IpNet, ConvertErr
     u8::try_from(p.length)
         .ok()
         .and_then(|prefix| IpNet::new(address, prefix))
-        .ok_or(ConvertError::BadPrefix {
-            field,
-            address,
-            length: p.length,
-        })
+        .ok_or(ConvertError::BadPrefix { field, address, length: p.length })
 }
 
 impl From<&Authorization> for pb::Authorization {
@@ -123,9 +119,7 @@ impl From<&Authorization> for pb::Authorization {
                     clauses: r
                         .clauses
                         .iter()
-                        .map(|c| pb::Clause {
-                            matches: c.matches.iter().map(match_to).collect(),
-                        })
+                        .map(|c| pb::Clause { matches: c.matches.iter().map(match_to).collect() })
                         .collect(),
                 })
                 .collect(),

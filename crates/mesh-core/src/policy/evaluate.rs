@@ -52,10 +52,7 @@ pub struct Decision {
 impl Decision {
     /// Whether the connection may proceed.
     pub fn allowed(&self) -> bool {
-        matches!(
-            self.reason,
-            DecisionReason::AllowedByPolicy(_) | DecisionReason::NoPolicies
-        )
+        matches!(self.reason, DecisionReason::AllowedByPolicy(_) | DecisionReason::NoPolicies)
     }
 }
 
@@ -71,10 +68,7 @@ pub fn evaluate<'a>(
     let mut any_allow = false;
     let mut allowed_by = None;
     for policy in policies {
-        let matched = policy
-            .rules
-            .iter()
-            .position(|rule| rule_matches(rule, &facts));
+        let matched = policy.rules.iter().position(|rule| rule_matches(rule, &facts));
         match (policy.action, matched) {
             (Action::Deny, Some(rule)) => {
                 return Decision {
@@ -99,11 +93,7 @@ pub fn evaluate<'a>(
 }
 
 fn reference(policy: &Authorization, rule: usize) -> PolicyRef {
-    PolicyRef {
-        namespace: policy.namespace.clone(),
-        name: policy.name.clone(),
-        rule,
-    }
+    PolicyRef { namespace: policy.namespace.clone(), name: policy.name.clone(), rule }
 }
 
 /// The connection's attributes in the forms policies compare against.
@@ -118,23 +108,10 @@ struct Facts<'a> {
 impl<'a> Facts<'a> {
     fn of(conn: &'a Connection) -> Self {
         let principal = conn.source_identity.as_ref().map(|id| {
-            format!(
-                "{}/ns/{}/sa/{}",
-                id.trust_domain(),
-                id.namespace(),
-                id.service_account()
-            )
+            format!("{}/ns/{}/sa/{}", id.trust_domain(), id.namespace(), id.service_account())
         });
-        let namespace = conn
-            .source_identity
-            .as_ref()
-            .map(Identity::namespace)
-            .unwrap_or("");
-        Self {
-            conn,
-            principal,
-            namespace,
-        }
+        let namespace = conn.source_identity.as_ref().map(Identity::namespace).unwrap_or("");
+        Self { conn, principal, namespace }
     }
 }
 
@@ -143,10 +120,7 @@ fn rule_matches(rule: &Rule, facts: &Facts<'_>) -> bool {
     rule.clauses.iter().all(|clause| {
         // An empty clause constrains nothing; an empty match matches nothing.
         clause.matches.is_empty()
-            || clause
-                .matches
-                .iter()
-                .any(|m| !m.is_empty() && match_matches(m, facts))
+            || clause.matches.iter().any(|m| !m.is_empty() && match_matches(m, facts))
     })
 }
 

@@ -30,9 +30,7 @@ fn policy(name: &str, action: Action, rules: Vec<Rule>) -> Authorization {
 
 /// A rule of one clause of one match.
 fn rule(m: Match) -> Rule {
-    Rule {
-        clauses: vec![Clause { matches: vec![m] }],
-    }
+    Rule { clauses: vec![Clause { matches: vec![m] }] }
 }
 
 fn allow(m: Match) -> Authorization {
@@ -54,17 +52,11 @@ fn conn() -> Connection {
 }
 
 fn plaintext() -> Connection {
-    Connection {
-        source_identity: None,
-        ..conn()
-    }
+    Connection { source_identity: None, ..conn() }
 }
 
 fn from(identity: &str) -> Connection {
-    Connection {
-        source_identity: Some(identity.parse::<Identity>().unwrap()),
-        ..conn()
-    }
+    Connection { source_identity: Some(identity.parse::<Identity>().unwrap()), ..conn() }
 }
 
 #[test]
@@ -75,19 +67,13 @@ fn table() {
         // principals
         (
             "principal exact",
-            vec![allow(Match {
-                principals: vec![exact("cluster.local/ns/foo/sa/bar")],
-                ..m()
-            })],
+            vec![allow(Match { principals: vec![exact("cluster.local/ns/foo/sa/bar")], ..m() })],
             conn(),
             true,
         ),
         (
             "principal exact, other caller",
-            vec![allow(Match {
-                principals: vec![exact("cluster.local/ns/foo/sa/bar")],
-                ..m()
-            })],
+            vec![allow(Match { principals: vec![exact("cluster.local/ns/foo/sa/bar")], ..m() })],
             from("spiffe://cluster.local/ns/foo/sa/other"),
             false,
         ),
@@ -102,28 +88,19 @@ fn table() {
         ),
         (
             "principal suffix",
-            vec![allow(Match {
-                principals: vec![StringMatch::Suffix("/sa/bar".into())],
-                ..m()
-            })],
+            vec![allow(Match { principals: vec![StringMatch::Suffix("/sa/bar".into())], ..m() })],
             conn(),
             true,
         ),
         (
             "principal presence needs an identity",
-            vec![allow(Match {
-                principals: vec![StringMatch::Presence],
-                ..m()
-            })],
+            vec![allow(Match { principals: vec![StringMatch::Presence], ..m() })],
             plaintext(),
             false,
         ),
         (
             "principal presence with identity",
-            vec![allow(Match {
-                principals: vec![StringMatch::Presence],
-                ..m()
-            })],
+            vec![allow(Match { principals: vec![StringMatch::Presence], ..m() })],
             conn(),
             true,
         ),
@@ -156,194 +133,116 @@ fn table() {
         ),
         (
             "not_principals lets plaintext in",
-            vec![allow(Match {
-                not_principals: vec![StringMatch::Presence],
-                ..m()
-            })],
+            vec![allow(Match { not_principals: vec![StringMatch::Presence], ..m() })],
             plaintext(),
             true,
         ),
         // namespaces
-        (
-            "namespace",
-            vec![allow(Match {
-                namespaces: vec![exact("foo")],
-                ..m()
-            })],
-            conn(),
-            true,
-        ),
+        ("namespace", vec![allow(Match { namespaces: vec![exact("foo")], ..m() })], conn(), true),
         (
             "other namespace",
-            vec![allow(Match {
-                namespaces: vec![exact("baz")],
-                ..m()
-            })],
+            vec![allow(Match { namespaces: vec![exact("baz")], ..m() })],
             conn(),
             false,
         ),
         (
             "not_namespaces excludes",
-            vec![allow(Match {
-                not_namespaces: vec![exact("foo")],
-                ..m()
-            })],
+            vec![allow(Match { not_namespaces: vec![exact("foo")], ..m() })],
             conn(),
             false,
         ),
         (
             "not_namespaces others",
-            vec![allow(Match {
-                not_namespaces: vec![exact("baz")],
-                ..m()
-            })],
+            vec![allow(Match { not_namespaces: vec![exact("baz")], ..m() })],
             conn(),
             true,
         ),
         (
             "namespace needs identity",
-            vec![allow(Match {
-                namespaces: vec![exact("foo")],
-                ..m()
-            })],
+            vec![allow(Match { namespaces: vec![exact("foo")], ..m() })],
             plaintext(),
             false,
         ),
         // source IPs
         (
             "source block",
-            vec![allow(Match {
-                source_ips: vec![net("10.0.0.0/24")],
-                ..m()
-            })],
+            vec![allow(Match { source_ips: vec![net("10.0.0.0/24")], ..m() })],
             conn(),
             true,
         ),
         (
             "source outside block",
-            vec![allow(Match {
-                source_ips: vec![net("10.0.9.0/24")],
-                ..m()
-            })],
+            vec![allow(Match { source_ips: vec![net("10.0.9.0/24")], ..m() })],
             conn(),
             false,
         ),
         (
             "source /32",
-            vec![allow(Match {
-                source_ips: vec![net("10.0.0.5/32")],
-                ..m()
-            })],
+            vec![allow(Match { source_ips: vec![net("10.0.0.5/32")], ..m() })],
             conn(),
             true,
         ),
         (
             "source /0",
-            vec![allow(Match {
-                source_ips: vec![net("0.0.0.0/0")],
-                ..m()
-            })],
+            vec![allow(Match { source_ips: vec![net("0.0.0.0/0")], ..m() })],
             conn(),
             true,
         ),
         (
             "source block other family",
-            vec![allow(Match {
-                source_ips: vec![net("::/0")],
-                ..m()
-            })],
+            vec![allow(Match { source_ips: vec![net("::/0")], ..m() })],
             conn(),
             false,
         ),
         (
             "not_source_ips excludes",
-            vec![allow(Match {
-                not_source_ips: vec![net("10.0.0.0/8")],
-                ..m()
-            })],
+            vec![allow(Match { not_source_ips: vec![net("10.0.0.0/8")], ..m() })],
             conn(),
             false,
         ),
         (
             "not_source_ips others",
-            vec![allow(Match {
-                not_source_ips: vec![net("192.168.0.0/16")],
-                ..m()
-            })],
+            vec![allow(Match { not_source_ips: vec![net("192.168.0.0/16")], ..m() })],
             conn(),
             true,
         ),
         // destination IPs
         (
             "destination block",
-            vec![allow(Match {
-                destination_ips: vec![net("10.0.1.0/24")],
-                ..m()
-            })],
+            vec![allow(Match { destination_ips: vec![net("10.0.1.0/24")], ..m() })],
             conn(),
             true,
         ),
         (
             "destination outside",
-            vec![allow(Match {
-                destination_ips: vec![net("10.0.2.0/24")],
-                ..m()
-            })],
+            vec![allow(Match { destination_ips: vec![net("10.0.2.0/24")], ..m() })],
             conn(),
             false,
         ),
         (
             "not_destination_ips excludes",
-            vec![allow(Match {
-                not_destination_ips: vec![net("10.0.1.9/32")],
-                ..m()
-            })],
+            vec![allow(Match { not_destination_ips: vec![net("10.0.1.9/32")], ..m() })],
             conn(),
             false,
         ),
         (
             "not_destination_ips others",
-            vec![allow(Match {
-                not_destination_ips: vec![net("10.0.2.0/24")],
-                ..m()
-            })],
+            vec![allow(Match { not_destination_ips: vec![net("10.0.2.0/24")], ..m() })],
             conn(),
             true,
         ),
         // ports
-        (
-            "port",
-            vec![allow(Match {
-                destination_ports: vec![80, 8080],
-                ..m()
-            })],
-            conn(),
-            true,
-        ),
-        (
-            "other port",
-            vec![allow(Match {
-                destination_ports: vec![80],
-                ..m()
-            })],
-            conn(),
-            false,
-        ),
+        ("port", vec![allow(Match { destination_ports: vec![80, 8080], ..m() })], conn(), true),
+        ("other port", vec![allow(Match { destination_ports: vec![80], ..m() })], conn(), false),
         (
             "not_destination_ports excludes",
-            vec![allow(Match {
-                not_destination_ports: vec![8080],
-                ..m()
-            })],
+            vec![allow(Match { not_destination_ports: vec![8080], ..m() })],
             conn(),
             false,
         ),
         (
             "not_destination_ports others",
-            vec![allow(Match {
-                not_destination_ports: vec![9090],
-                ..m()
-            })],
+            vec![allow(Match { not_destination_ports: vec![9090], ..m() })],
             conn(),
             true,
         ),
@@ -373,38 +272,23 @@ fn table() {
         (
             "deny wins over allow",
             vec![
-                allow(Match {
-                    namespaces: vec![exact("foo")],
-                    ..m()
-                }),
-                deny(Match {
-                    destination_ports: vec![8080],
-                    ..m()
-                }),
+                allow(Match { namespaces: vec![exact("foo")], ..m() }),
+                deny(Match { destination_ports: vec![8080], ..m() }),
             ],
             conn(),
             false,
         ),
         (
             "unmatched deny allows",
-            vec![deny(Match {
-                destination_ports: vec![22],
-                ..m()
-            })],
+            vec![deny(Match { destination_ports: vec![22], ..m() })],
             conn(),
             true,
         ),
         (
             "unmatched deny, unmatched allow",
             vec![
-                deny(Match {
-                    destination_ports: vec![22],
-                    ..m()
-                }),
-                allow(Match {
-                    destination_ports: vec![22],
-                    ..m()
-                }),
+                deny(Match { destination_ports: vec![22], ..m() }),
+                allow(Match { destination_ports: vec![22], ..m() }),
             ],
             conn(),
             false,
@@ -428,21 +312,10 @@ fn table() {
             plaintext(),
             true,
         ),
-        (
-            "empty match matches nothing",
-            vec![allow(Match::default())],
-            conn(),
-            false,
-        ),
+        ("empty match matches nothing", vec![allow(Match::default())], conn(), false),
         (
             "empty clause constrains nothing",
-            vec![policy(
-                "c",
-                Action::Allow,
-                vec![Rule {
-                    clauses: vec![Clause::default()],
-                }],
-            )],
+            vec![policy("c", Action::Allow, vec![Rule { clauses: vec![Clause::default()] }])],
             conn(),
             true,
         ),
@@ -453,18 +326,8 @@ fn table() {
                 Action::Allow,
                 vec![Rule {
                     clauses: vec![
-                        Clause {
-                            matches: vec![Match {
-                                namespaces: vec![exact("foo")],
-                                ..m()
-                            }],
-                        },
-                        Clause {
-                            matches: vec![Match {
-                                destination_ports: vec![80],
-                                ..m()
-                            }],
-                        },
+                        Clause { matches: vec![Match { namespaces: vec![exact("foo")], ..m() }] },
+                        Clause { matches: vec![Match { destination_ports: vec![80], ..m() }] },
                     ],
                 }],
             )],
@@ -479,14 +342,8 @@ fn table() {
                 vec![Rule {
                     clauses: vec![Clause {
                         matches: vec![
-                            Match {
-                                destination_ports: vec![80],
-                                ..m()
-                            },
-                            Match {
-                                namespaces: vec![exact("foo")],
-                                ..m()
-                            },
+                            Match { destination_ports: vec![80], ..m() },
+                            Match { namespaces: vec![exact("foo")], ..m() },
                         ],
                     }],
                 }],
@@ -496,15 +353,8 @@ fn table() {
         ),
         (
             "ipv6",
-            vec![allow(Match {
-                source_ips: vec![net("fd00::/64")],
-                ..m()
-            })],
-            Connection {
-                source_ip: ip("fd00::7"),
-                destination_ip: ip("fd00::9"),
-                ..conn()
-            },
+            vec![allow(Match { source_ips: vec![net("fd00::/64")], ..m() })],
+            Connection { source_ip: ip("fd00::7"), destination_ip: ip("fd00::9"), ..conn() },
             true,
         ),
     ];
@@ -520,14 +370,8 @@ fn the_deciding_policy_and_rule_are_named() {
         "two-rules",
         Action::Deny,
         vec![
-            rule(Match {
-                destination_ports: vec![22],
-                ..Match::default()
-            }),
-            rule(Match {
-                destination_ports: vec![8080],
-                ..Match::default()
-            }),
+            rule(Match { destination_ports: vec![22], ..Match::default() }),
+            rule(Match { destination_ports: vec![8080], ..Match::default() }),
         ],
     );
     let d = evaluate([&p], &conn());
@@ -539,22 +383,13 @@ fn the_deciding_policy_and_rule_are_named() {
             rule: 1
         })
     );
-    let a = allow(Match {
-        destination_ports: vec![8080],
-        ..Match::default()
-    });
+    let a = allow(Match { destination_ports: vec![8080], ..Match::default() });
     assert!(matches!(
         evaluate([&a], &conn()).reason,
         DecisionReason::AllowedByPolicy(PolicyRef { rule: 0, .. })
     ));
-    let miss = allow(Match {
-        destination_ports: vec![1],
-        ..Match::default()
-    });
-    assert_eq!(
-        evaluate([&miss], &conn()).reason,
-        DecisionReason::NoAllowPolicyMatched
-    );
+    let miss = allow(Match { destination_ports: vec![1], ..Match::default() });
+    assert_eq!(evaluate([&miss], &conn()).reason, DecisionReason::NoAllowPolicyMatched);
     assert_eq!(evaluate([], &conn()).reason, DecisionReason::NoPolicies);
 }
 
