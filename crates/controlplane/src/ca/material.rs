@@ -46,11 +46,11 @@ pub enum MaterialError {
     },
     /// Some of the files are there, some not.
     #[error(
-        "{dir}: has {present} but not {missing}; provide ca-cert.pem, ca-key.pem and root-cert.pem together"
+        "{origin}: has {present} but not {missing}; provide ca-cert.pem, ca-key.pem and root-cert.pem together"
     )]
     Incomplete {
-        /// The directory.
-        dir: PathBuf,
+        /// The directory or Secret.
+        origin: String,
         /// A file that exists.
         present: &'static str,
         /// A file that does not.
@@ -67,6 +67,14 @@ pub enum MaterialError {
     /// Generating the root failed.
     #[error("could not generate the CA")]
     Generate(#[source] rcgen::Error),
+    /// The Kubernetes API failed while reading or writing the Secret.
+    #[error("Secret {secret}: {why}")]
+    Kubernetes {
+        /// The Secret's name.
+        secret: String,
+        /// What went wrong.
+        why: String,
+    },
 }
 
 /// The signing certificate, its key, the chain up to the root, and the root.
@@ -127,46 +135,79 @@ impl CaMaterial {
     /// Loads the `cacerts` layout from `dir`; `Ok(None)` if none of its
     /// files exist.
     pub fn load(dir: &Path) -> Result<Option<Self>, MaterialError> {
-        let files = [CA_CERT, CA_KEY, ROOT_CERT];
-        let present: Vec<bool> = files.iter().map(|f| dir.join(f).exists()).collect();
-        if present.iter().all(|p| !p) {
+        Self::from_parts(&dir.display().to_string(), |name| {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(MaterialError::Io { path, source }),
+            }
+        })
+    }
+
+    /// Builds from the `cacerts` parts, wherever they are kept (files, a
+    /// Secret's data): `get(name)` returns a part's text if present.
+    /// `Ok(None)` when none of the required parts is present.
+    pub fn from_parts(
+        origin: &str,
+        get: impl Fn(&'static str) -> Result<Option<String>, MaterialError>,
+    ) -> Result<Option<Self>, MaterialError> {
+        let required = [CA_CERT, CA_KEY, ROOT_CERT];
+        let mut found = Vec::new();
+        for name in required {
+            found.push(get(name)?);
+        }
+        if found.iter().all(Option::is_none) {
             return Ok(None);
         }
-        if let (Some(have), Some(lack)) =
-            (present.iter().position(|p| *p), present.iter().position(|p| !p))
-        {
-            return Err(MaterialError::Incomplete {
-                dir: dir.to_path_buf(),
-                present: files[have],
-                missing: files[lack],
-            });
+        let missing = required.iter().zip(&found).find(|(_, f)| f.is_none()).map(|(n, _)| *n);
+        let present = required.iter().zip(&found).find(|(_, f)| f.is_some()).map(|(n, _)| *n);
+        if let (Some(missing), Some(present)) = (missing, present) {
+            return Err(MaterialError::Incomplete { origin: origin.to_string(), present, missing });
         }
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| MaterialError::Io { path, source })
+        let mut parts = found.into_iter().flatten();
+        let (Some(cert_pem), Some(key_pem), Some(root_pem)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Ok(None);
         };
-        let cert_pem = read(CA_CERT)?;
-        let key_pem = read(CA_KEY)?;
-        let root_pem = read(ROOT_CERT)?;
-        let intermediates_pem = if dir.join(CERT_CHAIN).exists() {
+        let intermediates_pem = match get(CERT_CHAIN)? {
             // cert-chain.pem starts with ca-cert.pem and may end with the
             // root; keep only what lies between (compared as DER: the same
             // certificate may be PEM-encoded differently).
-            let own = single_der(&cert_pem, CA_CERT)?;
-            let root = single_der(&root_pem, ROOT_CERT)?;
-            CertificateDer::pem_slice_iter(read(CERT_CHAIN)?.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| MaterialError::Bad { file: CERT_CHAIN, why: e.to_string() })?
-                .into_iter()
-                .filter(|der| der.as_ref() != own.as_slice() && der.as_ref() != root.as_slice())
-                .map(|der| to_pem(&der))
-                .collect()
-        } else {
-            Vec::new()
+            Some(chain) => {
+                let own = single_der(&cert_pem, CA_CERT)?;
+                let root = single_der(&root_pem, ROOT_CERT)?;
+                CertificateDer::pem_slice_iter(chain.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| MaterialError::Bad { file: CERT_CHAIN, why: e.to_string() })?
+                    .into_iter()
+                    .filter(|der| der.as_ref() != own.as_slice() && der.as_ref() != root.as_slice())
+                    .map(|der| to_pem(&der))
+                    .collect()
+            }
+            None => Vec::new(),
         };
         let material = Self { cert_pem, key_pem, intermediates_pem, root_pem };
         material.validate()?;
         Ok(Some(material))
+    }
+
+    /// The `cacerts` parts: (file name, text, private?).
+    pub fn to_parts(&self) -> Vec<(&'static str, String, bool)> {
+        let mut chain = self.cert_pem.clone();
+        for c in &self.intermediates_pem {
+            chain.push_str(c);
+        }
+        if self.cert_pem != self.root_pem {
+            chain.push_str(&self.root_pem);
+        }
+        vec![
+            (CA_KEY, self.key_pem.clone(), true),
+            (CA_CERT, self.cert_pem.clone(), false),
+            (ROOT_CERT, self.root_pem.clone(), false),
+            (CERT_CHAIN, chain, false),
+        ]
     }
 
     /// Writes the `cacerts` layout to `dir` (created if needed), the key
@@ -190,17 +231,10 @@ impl CaMaterial {
             // Rename last, so a crash never leaves half a key behind.
             std::fs::rename(&tmp, &path).map_err(io(path))
         };
-        write(CA_KEY, &self.key_pem, true)?;
-        write(CA_CERT, &self.cert_pem, false)?;
-        write(ROOT_CERT, &self.root_pem, false)?;
-        let mut chain = self.cert_pem.clone();
-        for c in &self.intermediates_pem {
-            chain.push_str(c);
+        for (name, text, private) in self.to_parts() {
+            write(name, &text, private)?;
         }
-        if self.cert_pem != self.root_pem {
-            chain.push_str(&self.root_pem);
-        }
-        write(CERT_CHAIN, &chain, false)
+        Ok(())
     }
 
     /// Loads from `dir`, or generates a root for `trust_domain` and saves it

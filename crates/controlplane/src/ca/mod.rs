@@ -4,10 +4,12 @@
 //!   provided by the user;
 //! - [`authority`]: checking CSRs and signing;
 //! - [`auth`]: who is calling and what they may ask for;
+//! - [`kubernetes`]: TokenReview authentication and the CA Secret;
 //! - [`service`]: the gRPC service tying them together.
 
 pub mod auth;
 pub mod authority;
+pub mod kubernetes;
 pub mod material;
 pub mod service;
 
@@ -83,6 +85,9 @@ pub enum CaError {
     /// Request metadata is malformed.
     #[error("bad request metadata: {0}")]
     BadMetadata(String),
+    /// A service the CA depends on (the Kubernetes API) failed.
+    #[error("{0}")]
+    Upstream(String),
     /// Signing failed (our fault, not the caller's).
     #[error("signing failed: {0}")]
     Signing(String),
@@ -108,6 +113,7 @@ impl CaError {
             | CaError::ImpersonationNotAllowed { .. }
             | CaError::NodeProxyMustImpersonate { .. }
             | CaError::NotOnNode { .. } => Status::permission_denied(message),
+            CaError::Upstream(_) => Status::unavailable(message),
             // Do not tell callers about our internals.
             CaError::Signing(_) | CaError::Material(_) => {
                 Status::internal("certificate signing failed")
