@@ -11,4 +11,6 @@
 //! the proxies.
 
 pub mod ca;
+pub mod config;
+pub mod model;
 pub mod tls;

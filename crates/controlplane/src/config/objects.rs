@@ -1,0 +1,291 @@
+//! Kubernetes objects as the model reads them, parsed from YAML or JSON
+//! documents one at a time, so one bad object never stops the others.
+
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use serde_json::Value;
+
+use super::istio::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+
+/// A namespaced Istio resource: where it is and its spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named<S> {
+    /// Namespace (`default` when the document names none).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The spec.
+    pub spec: S,
+}
+
+/// An object the model uses.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// `v1` Namespace.
+    Namespace(Box<Namespace>),
+    /// `v1` Pod.
+    Pod(Box<Pod>),
+    /// `v1` Service.
+    Service(Box<Service>),
+    /// `v1` ServiceAccount.
+    ServiceAccount(Box<ServiceAccount>),
+    /// `v1` Node.
+    Node(Box<Node>),
+    /// `security.istio.io` AuthorizationPolicy.
+    AuthorizationPolicy(Named<AuthorizationPolicySpec>),
+    /// `security.istio.io` PeerAuthentication.
+    PeerAuthentication(Named<PeerAuthenticationSpec>),
+}
+
+/// Kind, namespace and name: how errors name an object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    /// Kind, e.g. `Pod`.
+    pub kind: String,
+    /// Namespace, for namespaced kinds.
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
+            None => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// An object that was skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadObject {
+    /// Where it came from (file and document number).
+    pub source: String,
+    /// The object, when its kind and name could be read.
+    pub object: Option<ObjectRef>,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for BadObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.object {
+            Some(o) => write!(f, "{}: {o}: {}", self.source, self.reason),
+            None => write!(f, "{}: {}", self.source, self.reason),
+        }
+    }
+}
+
+impl Object {
+    /// Kind, namespace and name.
+    pub fn reference(&self) -> ObjectRef {
+        use kube::Resource;
+        let meta = |kind: &str, ns: Option<&String>, name: Option<&String>| ObjectRef {
+            kind: kind.to_string(),
+            namespace: ns.cloned(),
+            name: name.cloned().unwrap_or_default(),
+        };
+        match self {
+            Object::Namespace(o) => meta("Namespace", None, o.meta().name.as_ref()),
+            Object::Node(o) => meta("Node", None, o.meta().name.as_ref()),
+            Object::Pod(o) => meta("Pod", o.meta().namespace.as_ref(), o.meta().name.as_ref()),
+            Object::Service(o) => {
+                meta("Service", o.meta().namespace.as_ref(), o.meta().name.as_ref())
+            }
+            Object::ServiceAccount(o) => {
+                meta("ServiceAccount", o.meta().namespace.as_ref(), o.meta().name.as_ref())
+            }
+            Object::AuthorizationPolicy(n) => {
+                meta("AuthorizationPolicy", Some(&n.namespace), Some(&n.name))
+            }
+            Object::PeerAuthentication(n) => {
+                meta("PeerAuthentication", Some(&n.namespace), Some(&n.name))
+            }
+        }
+    }
+}
+
+/// Parses every document of a YAML (or JSON) text. `source` names the text
+/// in errors. `kind: List` documents are expanded. Kinds the model does not
+/// use are skipped silently.
+pub fn parse_documents(text: &str, source: &str) -> (Vec<Object>, Vec<BadObject>) {
+    let mut objects = Vec::new();
+    let mut bad = Vec::new();
+    for (index, document) in split_documents(text).into_iter().enumerate() {
+        let where_ = format!("{source} (document {})", index + 1);
+        let value: Value = match serde_saphyr::from_str(document) {
+            Ok(Value::Null) => continue,
+            Ok(value) => value,
+            Err(e) => {
+                bad.push(BadObject {
+                    source: where_,
+                    object: None,
+                    reason: format!("not valid YAML: {e}"),
+                });
+                continue;
+            }
+        };
+        let items = match (value.get("kind").and_then(Value::as_str), value.get("items")) {
+            (Some("List"), Some(Value::Array(items))) => items.clone(),
+            _ => vec![value],
+        };
+        for item in items {
+            match parse_object(item) {
+                Ok(Some(object)) => objects.push(object),
+                Ok(None) => {}
+                Err((object, reason)) => {
+                    bad.push(BadObject { source: where_.clone(), object, reason })
+                }
+            }
+        }
+    }
+    (objects, bad)
+}
+
+/// Splits on `---` separator lines. (A YAML parser's multi-document mode
+/// fails the whole stream on one broken document; we want the others.)
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") {
+            documents.push(&text[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    documents.push(&text[start..]);
+    documents.into_iter().filter(|d| !d.trim().is_empty()).collect()
+}
+
+type ParseError = (Option<ObjectRef>, String);
+
+fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
+    let api_version =
+        value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or((None, "document has no kind".to_string()))?
+        .to_string();
+    let metadata = value.get("metadata");
+    let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default();
+    let namespace = metadata.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+    let namespaced = !matches!(kind.as_str(), "Namespace" | "Node");
+    let reference = ObjectRef {
+        kind: kind.clone(),
+        namespace: namespaced.then(|| namespace.unwrap_or("default").to_string()),
+        name: name.to_string(),
+    };
+    if name.is_empty() {
+        return Err((Some(reference), "metadata.name is missing".to_string()));
+    }
+    let fail = |e: serde_json::Error| (Some(reference.clone()), format!("invalid: {e}"));
+    let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+    let object = match (group, kind.as_str()) {
+        ("", "Namespace") => Object::Namespace(serde_json::from_value(value).map_err(fail)?),
+        ("", "Node") => Object::Node(serde_json::from_value(value).map_err(fail)?),
+        ("", "Pod") => {
+            let mut pod: Pod = serde_json::from_value(value).map_err(fail)?;
+            pod.metadata.namespace.get_or_insert_with(|| "default".to_string());
+            Object::Pod(Box::new(pod))
+        }
+        ("", "Service") => {
+            let mut svc: Service = serde_json::from_value(value).map_err(fail)?;
+            svc.metadata.namespace.get_or_insert_with(|| "default".to_string());
+            Object::Service(Box::new(svc))
+        }
+        ("", "ServiceAccount") => {
+            let mut sa: ServiceAccount = serde_json::from_value(value).map_err(fail)?;
+            sa.metadata.namespace.get_or_insert_with(|| "default".to_string());
+            Object::ServiceAccount(Box::new(sa))
+        }
+        ("security.istio.io", "AuthorizationPolicy") => {
+            Object::AuthorizationPolicy(named(&value, &reference).map_err(fail)?)
+        }
+        ("security.istio.io", "PeerAuthentication") => {
+            Object::PeerAuthentication(named(&value, &reference).map_err(fail)?)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(object))
+}
+
+fn named<S: serde::de::DeserializeOwned + Default>(
+    value: &Value,
+    reference: &ObjectRef,
+) -> Result<Named<S>, serde_json::Error> {
+    let spec = match value.get("spec") {
+        Some(spec) => serde_json::from_value(spec.clone())?,
+        None => S::default(),
+    };
+    let labels = match value.get("metadata").and_then(|m| m.get("labels")) {
+        Some(labels) => serde_json::from_value(labels.clone())?,
+        None => Default::default(),
+    };
+    Ok(Named {
+        namespace: reference.namespace.clone().unwrap_or_default(),
+        name: reference.name.clone(),
+        labels,
+        spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_documents_are_named_and_skipped() {
+        let text = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: broken, namespace: apps}
+spec: {containers: 7}
+---
+: : not yaml [
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: apps}
+spec: {action: DENY, rules: [{}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ignored}
+---
+kind: Pod
+metadata: {namespace: apps}
+";
+        let (objects, bad) = parse_documents(text, "cluster.yaml");
+        let kinds: Vec<String> = objects.iter().map(|o| o.reference().to_string()).collect();
+        assert_eq!(kinds, ["Namespace apps", "AuthorizationPolicy apps/deny-all"]);
+        assert_eq!(bad.len(), 3, "{bad:#?}");
+        assert_eq!(bad[0].object.as_ref().unwrap().to_string(), "Pod apps/broken");
+        assert!(bad[0].reason.starts_with("invalid"), "{}", bad[0]);
+        assert!(bad[0].source.contains("document 2"));
+        assert!(bad[1].reason.contains("not valid YAML"), "{}", bad[1]);
+        assert!(bad[2].reason.contains("metadata.name"), "{}", bad[2]);
+    }
+
+    #[test]
+    fn lists_are_expanded_and_namespaces_default() {
+        let text = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b", "namespace": "x"}}]}"#;
+        let (objects, bad) = parse_documents(text, "list.json");
+        assert!(bad.is_empty(), "{bad:?}");
+        let refs: Vec<String> = objects.iter().map(|o| o.reference().to_string()).collect();
+        assert_eq!(refs, ["Service default/a", "Service x/b"]);
+    }
+}

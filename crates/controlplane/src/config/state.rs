@@ -1,0 +1,75 @@
+//! Every object the model reads, at one moment.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+
+use super::istio::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use super::objects::{BadObject, Named, Object};
+
+/// (namespace, name).
+pub type Key = (String, String);
+
+/// The cluster as the model sees it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    /// By name.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Pods.
+    pub pods: BTreeMap<Key, Pod>,
+    /// Services.
+    pub services: BTreeMap<Key, Service>,
+    /// AuthorizationPolicies.
+    pub authorization_policies: BTreeMap<Key, Named<AuthorizationPolicySpec>>,
+    /// PeerAuthentications.
+    pub peer_authentications: BTreeMap<Key, Named<PeerAuthenticationSpec>>,
+    /// Node names.
+    pub nodes: std::collections::BTreeSet<String>,
+}
+
+impl ClusterState {
+    /// Builds from objects; a second object with the same kind and name is
+    /// reported and skipped (the first wins).
+    pub fn from_objects(
+        objects: impl IntoIterator<Item = (Object, String)>,
+    ) -> (Self, Vec<BadObject>) {
+        let mut state = Self::default();
+        let mut bad = Vec::new();
+        for (object, source) in objects {
+            let reference = object.reference();
+            let key = || (reference.namespace.clone().unwrap_or_default(), reference.name.clone());
+            let fresh = match object {
+                Object::Namespace(ns) => insert(&mut state.namespaces, reference.name.clone(), *ns),
+                Object::Node(_) => state.nodes.insert(reference.name.clone()),
+                Object::Pod(pod) => insert(&mut state.pods, key(), *pod),
+                Object::Service(svc) => insert(&mut state.services, key(), *svc),
+                Object::ServiceAccount(_) => true,
+                Object::AuthorizationPolicy(p) => {
+                    insert(&mut state.authorization_policies, key(), p)
+                }
+                Object::PeerAuthentication(p) => insert(&mut state.peer_authentications, key(), p),
+            };
+            if !fresh {
+                bad.push(BadObject {
+                    source,
+                    object: Some(reference),
+                    reason: "defined more than once; the first definition is used".into(),
+                });
+            }
+        }
+        (state, bad)
+    }
+
+    /// A namespace's labels (empty when the namespace is not declared).
+    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.namespaces.get(namespace).and_then(|ns| ns.metadata.labels.clone()).unwrap_or_default()
+    }
+}
+
+fn insert<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
+    if map.contains_key(&key) {
+        return false;
+    }
+    map.insert(key, value);
+    true
+}

@@ -1,0 +1,85 @@
+//! The ambient model: from Kubernetes objects to what proxies are sent.
+//!
+//! Pure functions of a [`ClusterState`]: no I/O, so every rule is tested
+//! with objects built in the test.
+//!
+//! - [`enrollment`]: which pods the mesh captures;
+//! - [`workloads`]: pods and services as `istio.workload.Address`es;
+//! - [`policies`]: AuthorizationPolicy and PeerAuthentication as L4
+//!   `istio.security.Authorization`s, failing closed where L4 cannot say
+//!   what a rule says.
+
+pub mod enrollment;
+pub mod policies;
+pub mod workloads;
+
+use mesh_core::policy::Authorization;
+use mesh_core::{Address, Service, Workload};
+
+use crate::config::{ClusterState, ObjectRef};
+
+/// Mesh-wide settings the model needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// Trust domain of every identity.
+    pub trust_domain: String,
+    /// Kubernetes cluster DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// Policies here apply mesh-wide (Istio's root namespace).
+    pub root_namespace: String,
+    /// Cluster id written into workloads.
+    pub cluster_id: String,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            cluster_id: "Kubernetes".into(),
+        }
+    }
+}
+
+/// A note about an object the model translated with a change of meaning
+/// (or skipped). Shown in logs, metrics and the admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The object.
+    pub object: ObjectRef,
+    /// What happened to it.
+    pub message: String,
+}
+
+/// Everything proxies are sent, computed from one [`ClusterState`].
+#[derive(Debug, Clone, Default)]
+pub struct Model {
+    /// Workloads.
+    pub workloads: Vec<Workload>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// L4 policies.
+    pub policies: Vec<Authorization>,
+    /// Notes about translations.
+    pub warnings: Vec<Warning>,
+}
+
+impl Model {
+    /// Computes the model.
+    pub fn compute(state: &ClusterState, mesh: &MeshConfig) -> Self {
+        let mut warnings = Vec::new();
+        let services = workloads::services(state, mesh);
+        let workloads = workloads::workloads(state, mesh, &mut warnings);
+        let policies = policies::authorizations(state, mesh, &mut warnings);
+        Self { workloads, services, policies, warnings }
+    }
+
+    /// The WDS resources: workloads and services.
+    pub fn addresses(&self) -> impl Iterator<Item = Address> + '_ {
+        self.workloads
+            .iter()
+            .map(|w| Address::Workload(Box::new(w.clone())))
+            .chain(self.services.iter().map(|s| Address::Service(Box::new(s.clone()))))
+    }
+}
