@@ -341,11 +341,7 @@ fn blocks<'a>(
             None => value
                 .parse::<IpAddr>()
                 .ok()
-                .map(|ip| {
-                    let len = if ip.is_ipv4() { 32 } else { 128 };
-                    IpNet::new(ip, len)
-                })
-                .flatten(),
+                .and_then(|ip| IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 })),
         };
         match parsed {
             Some(net) => out.push(net),
