@@ -1,11 +1,15 @@
 //! The mesh's control plane.
 //!
-//! Today: the mesh CA ([`ca`]): signing workload certificates over Istio's
-//! `IstioCertificateService`, deciding who may ask for which identity, and
-//! keeping the CA's key material; and [`tls`], serving gRPC over the mesh's
-//! mTLS with the caller's verified identity available to handlers. Config
-//! sources (Kubernetes, files), the ambient model and xDS serving join with
-//! their issue.
+//! - [`config`]: the Kubernetes objects it reads (today from a directory of
+//!   YAML, watched), bad objects named and skipped;
+//! - [`model`]: the ambient model, pure: pods and services as workloads and
+//!   services, AuthorizationPolicy and PeerAuthentication as L4 policies;
+//! - [`push`]: the model into the delta xDS store (`xds` crate);
+//! - [`ca`]: the mesh CA, over Istio's `IstioCertificateService`;
+//! - [`tls`]: gRPC over the mesh's mTLS, with the caller's identity.
+//!
+//! - [`server`]: the process, wiring them together (the binary's flags are
+//!   read in `src/bin/controlplane/config.rs`).
 //!
 //! This is the only crate that will talk to Kubernetes. It never depends on
 //! the proxies.
@@ -13,4 +17,6 @@
 pub mod ca;
 pub mod config;
 pub mod model;
+pub mod push;
+pub mod server;
 pub mod tls;

@@ -105,6 +105,11 @@ impl StaticNodeRegistry {
         nodes.entry(node.to_string()).or_default().insert(identity);
     }
 
+    /// Replaces everything known with `nodes` (node → identities).
+    pub fn replace(&self, nodes: HashMap<String, HashSet<Identity>>) {
+        *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = nodes;
+    }
+
     /// Forgets `identity` on `node`.
     pub fn remove(&self, node: &str, identity: &Identity) {
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());

@@ -109,6 +109,16 @@ impl CertificateAuthority {
     pub fn sign(&self, csr: &CheckedCsr, requested: Duration) -> Result<Vec<String>, CaError> {
         let validity = if requested.is_zero() { self.config.default_validity } else { requested }
             .min(self.config.max_validity);
+        self.sign_for(csr, validity)
+    }
+
+    /// Signs for exactly `validity`, uncapped: only for the control plane's
+    /// own serving certificate, never for a caller's request.
+    pub(crate) fn sign_for(
+        &self,
+        csr: &CheckedCsr,
+        validity: Duration,
+    ) -> Result<Vec<String>, CaError> {
         let now = SystemTime::now();
         // A minute of slack for peers whose clocks are slightly behind.
         let mut params = hbone::cert::workload_leaf_params(

@@ -1,0 +1,182 @@
+//! The control-plane process: config source → model → xDS, plus the CA.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::{CertificateRequest, TrustBundle, WorkloadCertificate};
+use mesh_core::Identity;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use xds::{DeltaAdsServer, SnapshotStore};
+
+use crate::ca::{
+    CaConfig, CaError, CaMaterial, CaService, CertificateAuthority, LocalAuthenticator,
+    MaterialError, StaticNodeRegistry,
+};
+use crate::config::files::{self, Snapshot};
+use crate::model::{MeshConfig, Model};
+
+/// Lifetime of the control plane's own serving certificate. It is signed by
+/// our own CA at start; restart (or roll) the control plane within it.
+const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
+/// Everything the process needs, already validated and bound.
+pub struct Settings {
+    /// Directory of Kubernetes YAML to serve.
+    pub config_dir: PathBuf,
+    /// How often to look for changes there.
+    pub poll_interval: Duration,
+    /// Where the CA's key material is kept.
+    pub ca_dir: PathBuf,
+    /// Mesh-wide settings.
+    pub mesh: MeshConfig,
+    /// The control plane's own identity (its serving certificate).
+    pub identity: Identity,
+    /// xDS + CA over mesh TLS (15012).
+    pub grpc: TcpListener,
+    /// xDS in plaintext (15010), for local debugging only.
+    pub plaintext: Option<TcpListener>,
+    /// Per-node bootstrap tokens: (token, node).
+    pub bootstrap_tokens: Vec<(String, String)>,
+}
+
+/// Why the process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The CA's key material.
+    #[error("CA key material in {dir}")]
+    Material {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: MaterialError,
+    },
+    /// The CA or the serving certificate.
+    #[error("could not set up the CA")]
+    Ca(#[source] CaError),
+    /// The serving TLS configuration.
+    #[error("could not set up TLS")]
+    Tls(#[source] hbone::TlsError),
+    /// The serving certificate.
+    #[error("could not issue the serving certificate")]
+    Certificate(#[source] hbone::CertificateError),
+    /// A gRPC server failed.
+    #[error("gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let material = CaMaterial::load_or_generate(&settings.ca_dir, &settings.mesh.trust_domain)
+        .map_err(|source| StartError::Material { dir: settings.ca_dir.clone(), source })?;
+    let ca = Arc::new(
+        CertificateAuthority::new(&material, CaConfig::new(&settings.mesh.trust_domain))
+            .map_err(StartError::Ca)?,
+    );
+    let roots = TrustBundle::from_pem(&material.root_pem).map_err(StartError::Certificate)?;
+    let serving = serving_certificate(&ca, &roots, &settings.identity)?;
+    let tls =
+        hbone::tls::server_config_optional_client_cert(&serving, &[]).map_err(StartError::Tls)?;
+
+    let store = SnapshotStore::new();
+    let ads = DeltaAdsServer::new(store.clone());
+    let registry = Arc::new(StaticNodeRegistry::default());
+    let authenticator = Arc::new(LocalAuthenticator::new(settings.bootstrap_tokens.clone()));
+    let ca_service = CaService::new(ca, authenticator, registry.clone());
+
+    let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+    tokio::spawn(files::watch_dir(
+        settings.config_dir.clone(),
+        settings.poll_interval,
+        snapshots_tx,
+    ));
+    tokio::spawn(apply_snapshots(snapshots, store, registry, settings.mesh.clone()));
+
+    let (stop_tx, stop) = watch::channel(false);
+    let ads_for_shutdown = ads.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("shutting down: closing xDS streams");
+        ads_for_shutdown.close_streams();
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+
+    let grpc_addr = settings.grpc.local_addr().ok();
+    let secure = tonic::transport::Server::builder()
+        .add_service(ads.clone().into_service())
+        .add_service(ca_service.into_service())
+        .serve_with_incoming_shutdown(
+            crate::tls::incoming(settings.grpc, Arc::new(tls)),
+            stopped(stop.clone()),
+        );
+    info!(addr = ?grpc_addr, "serving xDS and CA over mesh TLS");
+    match settings.plaintext {
+        Some(listener) => {
+            warn!(addr = ?listener.local_addr().ok(), "serving xDS in plaintext: for local debugging only");
+            let plain = tonic::transport::Server::builder()
+                .add_service(ads.into_service())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stopped(stop),
+                );
+            let (a, b) = tokio::join!(secure, plain);
+            a.and(b).map_err(StartError::Serve)
+        }
+        None => secure.await.map_err(StartError::Serve),
+    }
+}
+
+fn serving_certificate(
+    ca: &CertificateAuthority,
+    roots: &TrustBundle,
+    identity: &Identity,
+) -> Result<WorkloadCertificate, StartError> {
+    let request = CertificateRequest::generate(identity).map_err(StartError::Certificate)?;
+    let checked = ca.check_csr(&request.csr_pem).map_err(StartError::Ca)?;
+    let chain = ca.sign_for(&checked, SERVING_CERT_LIFETIME).map_err(StartError::Ca)?;
+    request.into_certificate(&chain.concat(), roots.clone()).map_err(StartError::Certificate)
+}
+
+/// Recomputes and publishes the model for every new snapshot.
+async fn apply_snapshots(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    store: SnapshotStore,
+    registry: Arc<StaticNodeRegistry>,
+    mesh: MeshConfig,
+) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let model = Model::compute(&snapshot.state, &mesh);
+        for w in &model.warnings {
+            warn!(object = %w.object, "{}", w.message);
+        }
+        let mut nodes: std::collections::HashMap<String, std::collections::HashSet<Identity>> =
+            Default::default();
+        for w in &model.workloads {
+            if !w.node.is_empty() {
+                nodes.entry(w.node.clone()).or_default().insert(w.identity.clone());
+            }
+        }
+        registry.replace(nodes);
+        crate::push::publish(&store, &model);
+        info!(
+            workloads = model.workloads.len(),
+            services = model.services.len(),
+            policies = model.policies.len(),
+            generation = store.generation(),
+            "model published"
+        );
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
+}

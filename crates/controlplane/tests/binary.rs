@@ -1,0 +1,195 @@
+//! The real `controlplane` binary against a directory of YAML: changes to
+//! pods and policies reach a connected xDS client, and node proxies get
+//! certificates for their pods.
+
+// Helpers outside #[test] fns panic on broken fixtures, as tests should.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_core::Identity;
+use mesh_proto::type_url;
+use prost::Message;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use xds::{Handler, Rejected, Update, XdsClient, XdsClientConfig};
+
+struct Running {
+    _child: Child,
+    grpc: SocketAddr,
+    plaintext: SocketAddr,
+    config: tempfile::TempDir,
+    ca: tempfile::TempDir,
+}
+
+async fn start() -> Running {
+    let config = tempfile::tempdir().unwrap();
+    let ca = tempfile::tempdir().unwrap();
+    let tokens = config.path().join("tokens.txt");
+    // Not YAML: the config source ignores it.
+    std::fs::write(&tokens, "# node token\nnode-a secret-a\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_controlplane"))
+        .args(["--config-dir", config.path().to_str().unwrap()])
+        .args(["--ca-dir", ca.path().to_str().unwrap()])
+        .args(["--grpc-addr", "127.0.0.1:0", "--plaintext-addr", "127.0.0.1:0"])
+        .args(["--bootstrap-tokens", tokens.to_str().unwrap(), "--poll-interval-ms", "100"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("controlplane printed its addresses")
+        .unwrap()
+        .unwrap();
+    let addr = |key: &str| -> SocketAddr {
+        line.split_whitespace().find_map(|kv| kv.strip_prefix(key)).unwrap().parse().unwrap()
+    };
+    let (grpc, plaintext) = (addr("grpc="), addr("plaintext="));
+    Running { _child: child, grpc, plaintext, config, ca }
+}
+
+/// Holds the latest body of each resource of one type.
+#[derive(Clone)]
+struct Latest {
+    type_url: &'static str,
+    held: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+}
+
+impl Latest {
+    fn new(type_url: &'static str) -> Self {
+        Self { type_url, held: Arc::default() }
+    }
+    fn names(&self) -> Vec<String> {
+        self.held.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+impl Handler for Latest {
+    fn type_url(&self) -> &str {
+        self.type_url
+    }
+    fn apply(&mut self, update: Update) -> Result<(), Vec<Rejected>> {
+        let mut held = self.held.lock().unwrap();
+        for (name, body) in update.resources {
+            held.insert(name, body.value);
+        }
+        for name in update.removed {
+            held.remove(&name);
+        }
+        Ok(())
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pod(name: &str, ip: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: apps}}\n\
+         spec: {{serviceAccountName: {name}, nodeName: {node}, containers: [{{name: c, image: x}}]}}\n\
+         status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: 'True'}}]}}\n"
+    )
+}
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}\n";
+
+#[tokio::test]
+async fn pod_and_policy_changes_reach_a_connected_proxy() {
+    let cp = start().await;
+    std::fs::write(cp.config.path().join("ns.yaml"), NAMESPACE).unwrap();
+    std::fs::write(cp.config.path().join("a.yaml"), pod("a", "10.0.1.1", "node-a")).unwrap();
+
+    let addresses = Latest::new(type_url::ADDRESS);
+    let policies = Latest::new(type_url::AUTHORIZATION);
+    let client = XdsClient::new(
+        xds::plaintext_channel(cp.plaintext),
+        XdsClientConfig::default(),
+        vec![Box::new(addresses.clone()), Box::new(policies.clone())],
+    );
+    tokio::spawn(client.run(std::future::pending()));
+    eventually("pod a", || addresses.names() == ["Kubernetes//Pod/apps/a"]).await;
+
+    // A new pod is a new workload; the old one is not resent needlessly.
+    std::fs::write(cp.config.path().join("b.yaml"), pod("b", "10.0.1.2", "node-b")).unwrap();
+    eventually("pod b", || addresses.names().len() == 2).await;
+    let body = addresses.held.lock().unwrap()["Kubernetes//Pod/apps/b"].clone();
+    let address = mesh_proto::workload::Address::decode(body.as_slice()).unwrap();
+    let workload = match mesh_core::Address::try_from(&address).unwrap() {
+        mesh_core::Address::Workload(w) => w,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(workload.identity.to_string(), "spiffe://cluster.local/ns/apps/sa/b");
+
+    // A policy appears, then a pod goes away.
+    std::fs::write(
+        cp.config.path().join("policy.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-22, namespace: apps}\nspec: {action: DENY, rules: [{to: [{operation: {ports: ['22']}}]}]}\n",
+    )
+    .unwrap();
+    eventually("policy", || policies.names() == ["apps/deny-22"]).await;
+    std::fs::remove_file(cp.config.path().join("a.yaml")).unwrap();
+    eventually("pod a removed", || addresses.names() == ["Kubernetes//Pod/apps/b"]).await;
+}
+
+#[tokio::test]
+async fn a_node_proxy_bootstraps_a_certificate_over_tls() {
+    let cp = start().await;
+    std::fs::write(cp.config.path().join("ns.yaml"), NAMESPACE).unwrap();
+    std::fs::write(cp.config.path().join("a.yaml"), pod("a", "10.0.1.1", "node-a")).unwrap();
+    // The CA material is generated as the process starts.
+    let root_file = cp.ca.path().join("root-cert.pem");
+    eventually("CA material written", || root_file.exists()).await;
+    let root = std::fs::read_to_string(&root_file).unwrap();
+    let roots = hbone::TrustBundle::from_pem(&root).unwrap();
+    let control_plane: Identity =
+        "spiffe://cluster.local/ns/istio-system/sa/controlplane".parse().unwrap();
+    let tls = hbone::tls::client_config_without_cert(&roots, &[control_plane]).unwrap();
+    let mut ca =
+        mesh_proto::ca::istio_certificate_service_client::IstioCertificateServiceClient::new(
+            xds::tls_channel(cp.grpc, tls),
+        );
+    let wanted: Identity = "spiffe://cluster.local/ns/apps/sa/a".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let chain = loop {
+        let csr = hbone::CertificateRequest::generate(&wanted).unwrap();
+        let mut request = tonic::Request::new(mesh_proto::ca::IstioCertificateRequest {
+            csr: csr.csr_pem.clone(),
+            validity_duration: 3600,
+            metadata: Some(prost_types::Struct {
+                fields: [(
+                    "ImpersonatedIdentity".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(wanted.to_string())),
+                    },
+                )]
+                .into(),
+            }),
+        });
+        request.metadata_mut().insert("authorization", "Bearer secret-a".parse().unwrap());
+        match ca.create_certificate(request).await {
+            Ok(response) => {
+                break csr
+                    .into_certificate(&response.into_inner().cert_chain.concat(), roots.clone());
+            }
+            // Until the config is loaded, the pod is not known on node-a yet.
+            Err(status)
+                if status.code() == tonic::Code::PermissionDenied && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("certificate refused: {status:?}"),
+        }
+    };
+    assert_eq!(chain.unwrap().identity(), &wanted);
+}

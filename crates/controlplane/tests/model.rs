@@ -1,0 +1,185 @@
+//! The ambient model from YAML: pods and services as proxies will see them.
+
+// Helpers outside #[test] fns panic on broken fixtures, as tests should.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use controlplane::config::{ClusterState, parse_documents};
+use controlplane::model::{MeshConfig, Model};
+use mesh_core::{
+    GatewayDestination, NamespacedHostname, NetworkMode, PortMapping, TunnelProtocol, Workload,
+    WorkloadStatus, WorkloadType,
+};
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: apps-waypoint}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: sidecars, labels: {istio-injection: enabled, istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-7d4f9-abcde
+  namespace: apps
+  labels: {app: web, version: v2}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7d4f9, uid: u1, controller: true}]
+spec:
+  serviceAccountName: web
+  nodeName: node-a
+  containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]
+status:
+  phase: Running
+  podIP: 10.0.1.9
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: batch, namespace: apps, labels: {istio.io/dataplane-mode: none, istio.io/use-waypoint: none},
+  ownerReferences: [{apiVersion: batch/v1, kind: Job, name: nightly, uid: u2, controller: true}]}
+spec: {nodeName: node-b, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.0.2.7, conditions: [{type: Ready, status: "False"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pending, namespace: apps}
+spec: {containers: [{name: c, image: x}]}
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done, namespace: apps}
+spec: {containers: [{name: c, image: x}]}
+status: {phase: Succeeded, podIP: 10.0.1.20}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: legacy}
+spec: {hostNetwork: true, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 192.168.1.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: injected, namespace: sidecars}
+spec: {containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.0.3.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: apps}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}, {name: admin, port: 9000, targetPort: 9001}, {name: missing, port: 81, targetPort: nope}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: apps, labels: {istio.io/use-waypoint: none}}
+spec: {clusterIP: None, selector: {app: web}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: external, namespace: apps}
+spec: {type: ExternalName, externalName: example.com}
+"#;
+
+fn model() -> Model {
+    let (objects, bad) = parse_documents(CLUSTER, "cluster.yaml");
+    assert!(bad.is_empty(), "{bad:?}");
+    let (state, dup) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
+    assert!(dup.is_empty());
+    Model::compute(&state, &MeshConfig::default())
+}
+
+fn workload<'a>(m: &'a Model, name: &str) -> &'a Workload {
+    m.workloads.iter().find(|w| w.name == name).unwrap_or_else(|| panic!("no workload {name}"))
+}
+
+#[test]
+fn running_pods_become_workloads() {
+    let m = model();
+    let mut names: Vec<&str> = m.workloads.iter().map(|w| w.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["batch", "injected", "old", "web-7d4f9-abcde"],
+        "pending and finished pods are not"
+    );
+
+    let web = workload(&m, "web-7d4f9-abcde");
+    assert_eq!(web.uid, "Kubernetes//Pod/apps/web-7d4f9-abcde");
+    assert_eq!(web.addresses, ["10.0.1.9".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(web.identity.to_string(), "spiffe://cluster.local/ns/apps/sa/web");
+    assert_eq!(web.protocol, TunnelProtocol::Hbone);
+    assert_eq!(web.node, "node-a");
+    assert_eq!(web.status, WorkloadStatus::Healthy);
+    assert_eq!((web.workload_type, web.workload_name.as_str()), (WorkloadType::Deployment, "web"));
+    assert_eq!((web.canonical_name.as_str(), web.canonical_revision.as_str()), ("web", "v2"));
+    match &web.waypoint.as_ref().unwrap().destination {
+        GatewayDestination::Hostname(h) => {
+            assert_eq!(h.hostname, "apps-waypoint.apps.svc.cluster.local")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn enrollment_and_opt_outs() {
+    let m = model();
+    let batch = workload(&m, "batch");
+    assert_eq!(batch.protocol, TunnelProtocol::None, "pod opted out of ambient");
+    assert!(batch.waypoint.is_none(), "pod opted out of the namespace waypoint");
+    assert_eq!(batch.status, WorkloadStatus::Unhealthy);
+    assert_eq!((batch.workload_type, batch.workload_name.as_str()), (WorkloadType::Job, "nightly"));
+    assert_eq!(batch.identity.service_account(), "default");
+
+    let old = workload(&m, "old");
+    assert_eq!(old.protocol, TunnelProtocol::None);
+    assert_eq!(old.network_mode, NetworkMode::HostNetwork);
+    assert_eq!(old.workload_type, WorkloadType::Pod);
+
+    assert_eq!(workload(&m, "injected").protocol, TunnelProtocol::Hbone, "sidecars speak HBONE");
+}
+
+#[test]
+fn services_and_their_endpoints_ports() {
+    let m = model();
+    let mut services: Vec<&str> = m.services.iter().map(|s| s.name.as_str()).collect();
+    services.sort();
+    assert_eq!(services, ["headless", "web"], "ExternalName services are not mesh services");
+    let web = m.services.iter().find(|s| s.name == "web").unwrap();
+    assert_eq!(web.hostname, "web.apps.svc.cluster.local");
+    assert_eq!(web.vips.len(), 1);
+    assert_eq!(
+        web.ports[0],
+        PortMapping { service_port: 80, target_port: 0 },
+        "named: per workload"
+    );
+    assert!(web.waypoint.is_some(), "namespace waypoint applies to the service");
+    let headless = m.services.iter().find(|s| s.name == "headless").unwrap();
+    assert!(headless.vips.is_empty());
+    assert!(headless.waypoint.is_none(), "service opted out");
+
+    let pod = workload(&m, "web-7d4f9-abcde");
+    let key = NamespacedHostname {
+        namespace: "apps".into(),
+        hostname: "web.apps.svc.cluster.local".into(),
+    };
+    assert_eq!(
+        pod.services[&key],
+        [
+            PortMapping { service_port: 80, target_port: 8080 },
+            PortMapping { service_port: 9000, target_port: 9001 }
+        ],
+        "named port resolved; a name the pod does not have is left out"
+    );
+    assert_eq!(pod.services.len(), 2, "web and headless");
+    assert!(workload(&m, "batch").services.is_empty());
+}
