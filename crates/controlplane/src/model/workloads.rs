@@ -93,7 +93,9 @@ fn workload(
     name: &str,
     pod: &Pod,
 ) -> Result<Option<Workload>, String> {
-    let status = pod.status.clone().unwrap_or_default();
+    // Borrow, never clone: this runs for every pod on every change.
+    let default_status = Default::default();
+    let status = pod.status.as_ref().unwrap_or(&default_status);
     if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return Ok(None);
     }
@@ -105,11 +107,13 @@ fn workload(
         // Not scheduled or not started yet: nothing to reach.
         return Ok(None);
     }
-    let spec = pod.spec.clone().unwrap_or_default();
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let default_spec = Default::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+    let empty = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     let ns_labels = state.namespace_labels(namespace);
-    let mode = enrollment::mode(&ns_labels, &labels, &annotations);
+    let mode = enrollment::mode(&ns_labels, labels, annotations);
     let service_account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
     let identity = Identity::new(&mesh.trust_domain, namespace, &service_account)
         .map_err(|e| format!("skipped: no valid identity ({e})"))?;
@@ -117,10 +121,10 @@ fn workload(
         status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
     let (workload_type, workload_name) = owner(pod, name);
     let canonical_name =
-        first_label(&labels, &["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
+        first_label(labels, &["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
             .unwrap_or_else(|| workload_name.clone());
     let canonical_revision = first_label(
-        &labels,
+        labels,
         &["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"],
     )
     .unwrap_or_else(|| "latest".into());
@@ -136,7 +140,7 @@ fn workload(
             Mode::None => TunnelProtocol::None,
         },
         identity,
-        waypoint: waypoint(&labels, &ns_labels, namespace, mesh),
+        waypoint: waypoint(labels, &ns_labels, namespace, mesh),
         network_gateway: None,
         node: spec.node_name.clone().unwrap_or_default(),
         canonical_name,
@@ -144,8 +148,8 @@ fn workload(
         workload_type,
         workload_name,
         native_tunnel: false,
-        services: backed_services(state, mesh, namespace, &labels, pod),
-        authorization_policies: super::policies::selected(state, mesh, namespace, &labels),
+        services: backed_services(state, mesh, namespace, labels, pod),
+        authorization_policies: super::policies::selected(state, mesh, namespace, labels),
         status: if ready { WorkloadStatus::Healthy } else { WorkloadStatus::Unhealthy },
         cluster_id: mesh.cluster_id.clone(),
         locality: None,

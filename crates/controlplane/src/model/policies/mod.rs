@@ -88,10 +88,21 @@ pub fn selected(
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Vec<String> {
-    let mut out: Vec<String> = state
-        .authorization_policies
-        .iter()
-        .filter(|((ns, _), _)| ns == namespace || *ns == mesh.root_namespace)
+    // Range scans: only this namespace's policies and the root namespace's.
+    let in_namespace = |ns: &str| {
+        let ns = ns.to_string();
+        state
+            .authorization_policies
+            .range((ns.clone(), String::new())..)
+            .take_while(move |((n, _), _)| *n == ns)
+    };
+    let mut namespaces = vec![namespace];
+    if namespace != mesh.root_namespace {
+        namespaces.push(&mesh.root_namespace);
+    }
+    let mut out: Vec<String> = namespaces
+        .into_iter()
+        .flat_map(in_namespace)
         .filter(|(_, p)| p.spec.selector.as_ref().is_some_and(|s| selects(s, labels)))
         .filter(|(_, p)| p.spec.target_refs.is_empty())
         .map(|((ns, name), _)| format!("{ns}/{name}"))
@@ -130,8 +141,8 @@ fn effective_mtls<'a>(
     let mode_of = |ns: &str, want_selector: bool| {
         state
             .peer_authentications
-            .iter()
-            .filter(|((n, _), _)| n == ns)
+            .range((ns.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == ns)
             .filter(|(_, p)| match &p.spec.selector {
                 Some(s) if !s.match_labels.is_empty() => want_selector && selects(s, labels),
                 _ => !want_selector,
