@@ -6,7 +6,8 @@
 //!   services, AuthorizationPolicy and PeerAuthentication as L4 policies;
 //! - [`push`]: the model into the delta xDS store (`xds` crate);
 //! - [`ca`]: the mesh CA, over Istio's `IstioCertificateService`;
-//! - [`tls`]: gRPC over the mesh's mTLS, with the caller's identity.
+//! - [`tls`]: gRPC over the mesh's mTLS, with the caller's identity;
+//! - [`admin`]: the debug endpoint (connected proxies, rejected objects).
 //!
 //! - [`server`]: the process, wiring them together (the binary's flags are
 //!   read in `src/bin/controlplane/config.rs`).
@@ -14,6 +15,7 @@
 //! This is the only crate that will talk to Kubernetes. It never depends on
 //! the proxies.
 
+pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod model;

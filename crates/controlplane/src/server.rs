@@ -40,6 +40,8 @@ pub struct Settings {
     pub plaintext: Option<TcpListener>,
     /// Per-node bootstrap tokens: (token, node).
     pub bootstrap_tokens: Vec<(String, String)>,
+    /// The debug endpoint (15014), when enabled.
+    pub admin: Option<TcpListener>,
 }
 
 /// Why the process could not start.
@@ -96,7 +98,11 @@ pub async fn run(
         settings.poll_interval,
         snapshots_tx,
     ));
-    tokio::spawn(apply_snapshots(snapshots, store, registry, settings.mesh.clone()));
+    let admin = crate::admin::AdminState::default();
+    tokio::spawn(apply_snapshots(snapshots, store, registry, settings.mesh.clone(), admin.clone()));
+    if let Some(listener) = settings.admin {
+        tokio::spawn(crate::admin::serve(listener, admin, ads.clone()));
+    }
 
     let (stop_tx, stop) = watch::channel(false);
     let ads_for_shutdown = ads.clone();
@@ -152,6 +158,7 @@ async fn apply_snapshots(
     store: SnapshotStore,
     registry: Arc<StaticNodeRegistry>,
     mesh: MeshConfig,
+    admin: crate::admin::AdminState,
 ) {
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
@@ -168,6 +175,7 @@ async fn apply_snapshots(
         }
         registry.replace(nodes);
         crate::push::publish(&store, &model);
+        admin.update(snapshot.bad.clone(), model.warnings.clone(), store.generation());
         info!(
             workloads = model.workloads.len(),
             services = model.services.len(),

@@ -22,6 +22,7 @@ struct Running {
     _child: Child,
     grpc: SocketAddr,
     plaintext: SocketAddr,
+    admin: SocketAddr,
     config: tempfile::TempDir,
     ca: tempfile::TempDir,
 }
@@ -36,6 +37,7 @@ async fn start() -> Running {
         .args(["--config-dir", config.path().to_str().unwrap()])
         .args(["--ca-dir", ca.path().to_str().unwrap()])
         .args(["--grpc-addr", "127.0.0.1:0", "--plaintext-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
         .args(["--bootstrap-tokens", tokens.to_str().unwrap(), "--poll-interval-ms", "100"])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -50,8 +52,21 @@ async fn start() -> Running {
     let addr = |key: &str| -> SocketAddr {
         line.split_whitespace().find_map(|kv| kv.strip_prefix(key)).unwrap().parse().unwrap()
     };
-    let (grpc, plaintext) = (addr("grpc="), addr("plaintext="));
-    Running { _child: child, grpc, plaintext, config, ca }
+    let (grpc, plaintext, admin) = (addr("grpc="), addr("plaintext="), addr("admin="));
+    Running { _child: child, grpc, plaintext, admin, config, ca }
+}
+
+/// GETs a path from the admin endpoint and parses the JSON body.
+async fn admin_get(addr: SocketAddr, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).unwrap()
 }
 
 /// Holds the latest body of each resource of one type.
@@ -140,6 +155,24 @@ async fn pod_and_policy_changes_reach_a_connected_proxy() {
     eventually("policy", || policies.names() == ["apps/deny-22"]).await;
     std::fs::remove_file(cp.config.path().join("a.yaml")).unwrap();
     eventually("pod a removed", || addresses.names() == ["Kubernetes//Pod/apps/b"]).await;
+
+    // The debug endpoint shows the connected proxy and a rejected object.
+    std::fs::write(cp.config.path().join("broken.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: bad, namespace: apps}\nspec: {containers: 3}\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let config = loop {
+        let config = admin_get(cp.admin, "/debug/config").await;
+        if !config["rejected"].as_array().unwrap().is_empty() || Instant::now() > deadline {
+            break config;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rejected = &config["rejected"][0];
+    assert_eq!(rejected["object"], "Pod apps/bad", "{config}");
+    assert!(rejected["source"].as_str().unwrap().ends_with("broken.yaml (document 1)"));
+    let connections = admin_get(cp.admin, "/debug/connections").await;
+    let held = &connections["connections"][0]["held"];
+    assert_eq!(held[type_url::ADDRESS], 1, "{connections}");
+    assert_eq!(held[type_url::AUTHORIZATION], 1, "{connections}");
 }
 
 #[tokio::test]

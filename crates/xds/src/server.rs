@@ -53,6 +53,8 @@ pub struct ClientInfo {
     pub nacks: u64,
     /// The last NACK's message.
     pub last_nack: Option<String>,
+    /// Resources the client holds per type URL (as sent by us).
+    pub held: HashMap<String, usize>,
 }
 
 /// The delta ADS gRPC service over a [`SnapshotStore`].
@@ -354,6 +356,10 @@ impl ClientStream {
         if resources.is_empty() && removed.is_empty() {
             return Ok(());
         }
+        let held = sub.held.len();
+        self.registry(|info| {
+            info.held.insert(type_url.to_string(), held);
+        });
         self.nonce += 1;
         resources.sort_by(|a, b| a.name.cmp(&b.name));
         removed.sort();

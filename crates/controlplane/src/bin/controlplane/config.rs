@@ -40,6 +40,10 @@ pub(crate) struct Flags {
     /// Address for plaintext xDS (local debugging only; off when unset).
     #[arg(long, env = "MESH_PLAINTEXT_ADDR")]
     plaintext_addr: Option<String>,
+    /// Address of the debug endpoint (JSON: connections, rejected objects);
+    /// empty to disable.
+    #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "127.0.0.1:15014")]
+    admin_addr: String,
     /// File of per-node bootstrap tokens, one `<node> <token>` per line.
     #[arg(long, env = "MESH_BOOTSTRAP_TOKENS")]
     bootstrap_tokens: Option<PathBuf>,
@@ -57,6 +61,7 @@ pub(crate) struct Config {
     pub(crate) identity: Identity,
     pub(crate) grpc_addr: SocketAddr,
     pub(crate) plaintext_addr: Option<SocketAddr>,
+    pub(crate) admin_addr: Option<SocketAddr>,
     pub(crate) bootstrap_tokens: Vec<(String, String)>,
     pub(crate) poll_interval: Duration,
 }
@@ -74,6 +79,8 @@ impl Flags {
         };
         let grpc_addr = addr("grpc-addr", &self.grpc_addr);
         let plaintext_addr = self.plaintext_addr.as_deref().map(|v| addr("plaintext-addr", v));
+        let admin_addr =
+            (!self.admin_addr.is_empty()).then(|| addr("admin-addr", &self.admin_addr)).flatten();
         let identity = Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
             .map_err(|e| {
                 problems.push(format!("--trust-domain/--namespace/--service-account: {e}"))
@@ -115,6 +122,7 @@ impl Flags {
                 identity,
                 grpc_addr,
                 plaintext_addr: plaintext_addr.flatten(),
+                admin_addr,
                 bootstrap_tokens,
                 poll_interval,
             }),

@@ -33,16 +33,24 @@ fn main() -> anyhow::Result<()> {
             ),
             None => None,
         };
+        let admin = match config.admin_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --admin-addr {addr}"))?,
+            ),
+            None => None,
+        };
         // One line on stdout with the bound addresses, for tools and tests
         // that ask for port 0.
+        let addr_of = |l: &Option<tokio::net::TcpListener>| {
+            l.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default()
+        };
         println!(
-            "listening grpc={} plaintext={}",
+            "listening grpc={} plaintext={} admin={}",
             grpc.local_addr()?,
-            plaintext
-                .as_ref()
-                .and_then(|l| l.local_addr().ok())
-                .map(|a| a.to_string())
-                .unwrap_or_default()
+            addr_of(&plaintext),
+            addr_of(&admin)
         );
         let settings = controlplane::server::Settings {
             config_dir: config.config_dir,
@@ -53,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             grpc,
             plaintext,
             bootstrap_tokens: config.bootstrap_tokens,
+            admin,
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
