@@ -4,7 +4,8 @@
 //!   YAML, watched), bad objects named and skipped;
 //! - [`model`]: the ambient model, pure: pods and services as workloads and
 //!   services, AuthorizationPolicy and PeerAuthentication as L4 policies;
-//! - [`push`]: the model into the delta xDS store (`xds` crate);
+//! - [`push`]: the model into the delta xDS store (`xds` crate), and
+//!   [`scopes`]: what each kind of proxy is sent;
 //! - [`ca`]: the mesh CA, over Istio's `IstioCertificateService`;
 //! - [`tls`]: gRPC over the mesh's mTLS, with the caller's identity;
 //! - [`admin`]: the debug endpoint (connected proxies, rejected objects).
@@ -20,5 +21,6 @@ pub mod ca;
 pub mod config;
 pub mod model;
 pub mod push;
+pub mod scopes;
 pub mod server;
 pub mod tls;

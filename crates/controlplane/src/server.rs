@@ -87,7 +87,8 @@ pub async fn run(
         hbone::tls::server_config_optional_client_cert(&serving, &[]).map_err(StartError::Tls)?;
 
     let store = SnapshotStore::new();
-    let ads = DeltaAdsServer::new(store.clone());
+    let scopes = Arc::new(crate::scopes::ProxyScopes::default());
+    let ads = DeltaAdsServer::with_filter(store.clone(), scopes.clone());
     let registry = Arc::new(StaticNodeRegistry::default());
     let authenticator = Arc::new(LocalAuthenticator::new(settings.bootstrap_tokens.clone()));
     let ca_service = CaService::new(ca, authenticator, registry.clone());
@@ -99,7 +100,8 @@ pub async fn run(
         snapshots_tx,
     ));
     let admin = crate::admin::AdminState::default();
-    tokio::spawn(apply_snapshots(snapshots, store, registry, settings.mesh.clone(), admin.clone()));
+    let publisher = Publisher { store, registry, scopes, ads: ads.clone(), admin: admin.clone() };
+    tokio::spawn(apply_snapshots(snapshots, publisher, settings.mesh.clone()));
     if let Some(listener) = settings.admin {
         tokio::spawn(crate::admin::serve(listener, admin, ads.clone()));
     }
@@ -153,13 +155,21 @@ fn serving_certificate(
 }
 
 /// Recomputes and publishes the model for every new snapshot.
-async fn apply_snapshots(
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+/// Where each computed model goes.
+struct Publisher {
     store: SnapshotStore,
     registry: Arc<StaticNodeRegistry>,
-    mesh: MeshConfig,
+    scopes: Arc<crate::scopes::ProxyScopes>,
+    ads: DeltaAdsServer,
     admin: crate::admin::AdminState,
+}
+
+async fn apply_snapshots(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    p: Publisher,
+    mesh: MeshConfig,
 ) {
+    let Publisher { store, registry, scopes, ads, admin } = p;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         let model = Model::compute(&snapshot.state, &mesh);
@@ -175,6 +185,9 @@ async fn apply_snapshots(
         }
         registry.replace(nodes);
         crate::push::publish(&store, &model);
+        if scopes.update(model.waypoint_scopes.clone()) {
+            ads.refilter();
+        }
         admin.update(snapshot.bad.clone(), model.warnings.clone(), store.generation());
         info!(
             workloads = model.workloads.len(),

@@ -84,6 +84,11 @@ kind: Service
 metadata: {name: headless, namespace: apps, labels: {istio.io/use-waypoint: none}}
 spec: {clusterIP: None, selector: {app: web}, ports: [{port: 5432}]}
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: apps-waypoint, namespace: apps}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: external, namespace: apps}
@@ -182,4 +187,62 @@ fn services_and_their_endpoints_ports() {
     );
     assert_eq!(pod.services.len(), 2, "web and headless");
     assert!(workload(&m, "batch").services.is_empty());
+}
+
+#[test]
+fn a_waypoint_sees_only_what_it_fronts() {
+    let m = model();
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    let scope = &m.waypoint_scopes["apps/apps-waypoint"];
+    let mut expected = vec![
+        "apps/web.apps.svc.cluster.local".to_string(),
+        "Kubernetes//Pod/apps/web-7d4f9-abcde".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(
+        scope.iter().cloned().collect::<Vec<_>>(),
+        expected,
+        "web and its endpoint; not batch, not headless"
+    );
+
+    // The scopes as an xDS filter.
+    use controlplane::scopes::{PROXY_TYPE, ProxyScopes, WAYPOINT, node_metadata};
+    use xds::NodeFilter;
+    let filter = ProxyScopes::default();
+    assert!(filter.update(m.waypoint_scopes.clone()));
+    assert!(!filter.update(m.waypoint_scopes.clone()), "unchanged scopes are not a change");
+    let node = |pairs: &[(&str, &str)]| mesh_proto::core::Node {
+        metadata: Some(node_metadata(pairs)),
+        ..Default::default()
+    };
+    let address = mesh_proto::type_url::ADDRESS;
+    let waypoint = node(&[(PROXY_TYPE, "waypoint"), (WAYPOINT, "apps/apps-waypoint")]);
+    assert!(filter.allows(&waypoint, address, "apps/web.apps.svc.cluster.local"));
+    assert!(!filter.allows(&waypoint, address, "Kubernetes//Pod/apps/batch"));
+    assert!(!filter.allows(&waypoint, mesh_proto::type_url::AUTHORIZATION, "apps/anything"));
+    let stranger = node(&[(PROXY_TYPE, "waypoint")]);
+    assert!(
+        !filter.allows(&stranger, address, "apps/web.apps.svc.cluster.local"),
+        "unnamed waypoint"
+    );
+    let ztunnel = node(&[(PROXY_TYPE, "ztunnel")]);
+    assert!(filter.allows(&ztunnel, address, "Kubernetes//Pod/apps/batch"));
+}
+
+#[test]
+fn bindings_to_missing_waypoints_are_dropped_with_a_warning() {
+    let without_gateway: String = CLUSTER
+        .split("---")
+        .filter(|d| !d.contains("kind: Gateway"))
+        .collect::<Vec<_>>()
+        .join("---");
+    let (objects, bad) = parse_documents(&without_gateway, "cluster.yaml");
+    assert!(bad.is_empty(), "{bad:?}");
+    let (state, _) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
+    let m = Model::compute(&state, &MeshConfig::default());
+    assert!(workload(&m, "web-7d4f9-abcde").waypoint.is_none());
+    let warned: Vec<String> = m.warnings.iter().map(|w| w.object.to_string()).collect();
+    assert!(warned.contains(&"Pod apps/web-7d4f9-abcde".to_string()), "{warned:?}");
+    assert!(warned.contains(&"Service apps/web".to_string()), "{warned:?}");
+    assert!(m.warnings[0].message.contains("does not exist"));
 }

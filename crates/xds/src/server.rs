@@ -65,6 +65,7 @@ pub struct DeltaAdsServer {
     clients: Arc<Mutex<HashMap<u64, ClientInfo>>>,
     next_stream: Arc<AtomicU64>,
     closing: watch::Sender<bool>,
+    refilter: watch::Sender<u64>,
 }
 
 impl DeltaAdsServer {
@@ -81,7 +82,15 @@ impl DeltaAdsServer {
             clients: Arc::default(),
             next_stream: Arc::new(AtomicU64::new(1)),
             closing: watch::Sender::new(false),
+            refilter: watch::Sender::new(0),
         }
+    }
+
+    /// Tells every stream that the filter's answers may have changed, so
+    /// each compares all it holds against what it may now see (resources
+    /// that did not change themselves but became visible or hidden).
+    pub fn refilter(&self) {
+        self.refilter.send_modify(|n| *n += 1);
     }
 
     /// Ends every open stream (clients reconnect, possibly elsewhere) and
@@ -148,7 +157,10 @@ impl AggregatedDiscoveryService for DeltaAdsServer {
         };
         let requests = request.into_inner();
         let closing = self.closing.subscribe();
-        tokio::spawn(stream.run(requests, closing).instrument(info_span!("xds_stream", id)));
+        let refilter = self.refilter.subscribe();
+        tokio::spawn(
+            stream.run(requests, closing, refilter).instrument(info_span!("xds_stream", id)),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -189,6 +201,7 @@ impl ClientStream {
         mut self,
         mut requests: Streaming<DeltaDiscoveryRequest>,
         mut closing: watch::Receiver<bool>,
+        mut refilter: watch::Receiver<u64>,
     ) {
         let mut generations: watch::Receiver<u64> = self.store.subscribe();
         self.registry(|_| {});
@@ -213,6 +226,10 @@ impl ClientStream {
                 },
                 changed = generations.changed() => match changed {
                     Ok(()) => self.on_store_change().await,
+                    Err(_) => Err(Closed),
+                },
+                changed = refilter.changed() => match changed {
+                    Ok(()) => self.on_refilter().await,
                     Err(_) => Err(Closed),
                 },
             };
@@ -303,6 +320,14 @@ impl ClientStream {
         for (type_url, seen) in types {
             let since = self.store.changed_since(&type_url, seen);
             self.push(&type_url, since).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_refilter(&mut self) -> Result<(), Closed> {
+        let types: Vec<String> = self.subs.keys().cloned().collect();
+        for type_url in types {
+            self.push(&type_url, Since::Everything).await?;
         }
         Ok(())
     }

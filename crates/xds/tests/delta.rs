@@ -378,3 +378,33 @@ async fn protocol_errors_are_named() {
     let status = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
 }
+
+/// Hides everything until told otherwise.
+struct Switch(Arc<std::sync::atomic::AtomicBool>);
+
+impl NodeFilter for Switch {
+    fn allows(&self, _: &Node, _: &str, _: &str) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[tokio::test]
+async fn refilter_sends_what_became_visible_and_removes_what_was_hidden() {
+    let store = SnapshotStore::new();
+    store.put(T, "a", body("1"));
+    let visible = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ads = DeltaAdsServer::with_filter(store.clone(), Arc::new(Switch(visible.clone())));
+    let server = serve(ads.clone()).await;
+    let recorder = Recorder::default();
+    let _client = start_client(server.addr, &recorder);
+    eventually("connected", || ads.clients().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(recorder.held().is_empty(), "hidden at first");
+    // The resource did not change; only what the client may see did.
+    visible.store(true, Ordering::Relaxed);
+    ads.refilter();
+    eventually("now visible", || recorder.held() == held(&[("a", "1")])).await;
+    visible.store(false, Ordering::Relaxed);
+    ads.refilter();
+    eventually("hidden again", || recorder.held().is_empty()).await;
+}

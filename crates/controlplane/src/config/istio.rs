@@ -125,3 +125,21 @@ pub struct MutualTls {
     /// `STRICT`, `PERMISSIVE`, `DISABLE` or `UNSET`.
     pub mode: Option<String>,
 }
+
+/// `gateway.networking.k8s.io/v1` Gateway `spec`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewaySpec {
+    /// `istio-waypoint` for waypoints.
+    pub gateway_class_name: String,
+    pub listeners: Vec<Listener>,
+}
+
+/// `spec.listeners[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Listener {
+    pub name: String,
+    pub port: u16,
+    pub protocol: String,
+}

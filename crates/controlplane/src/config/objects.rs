@@ -6,7 +6,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use serde_json::Value;
 
-use super::istio::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use super::istio::{AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec};
 
 /// A namespaced Istio resource: where it is and its spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +38,8 @@ pub enum Object {
     AuthorizationPolicy(Named<AuthorizationPolicySpec>),
     /// `security.istio.io` PeerAuthentication.
     PeerAuthentication(Named<PeerAuthenticationSpec>),
+    /// `gateway.networking.k8s.io` Gateway.
+    Gateway(Named<GatewaySpec>),
 }
 
 /// Kind, namespace and name: how errors name an object.
@@ -105,6 +107,7 @@ impl Object {
             Object::PeerAuthentication(n) => {
                 meta("PeerAuthentication", Some(&n.namespace), Some(&n.name))
             }
+            Object::Gateway(n) => meta("Gateway", Some(&n.namespace), Some(&n.name)),
         }
     }
 }
@@ -211,6 +214,9 @@ fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
         }
         ("security.istio.io", "PeerAuthentication") => {
             Object::PeerAuthentication(named(&value, &reference).map_err(fail)?)
+        }
+        ("gateway.networking.k8s.io", "Gateway") => {
+            Object::Gateway(named(&value, &reference).map_err(fail)?)
         }
         _ => return Ok(None),
     };

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 
-use super::istio::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use super::istio::{AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec};
 use super::objects::{BadObject, Named, Object};
 
 /// (namespace, name).
@@ -23,6 +23,8 @@ pub struct ClusterState {
     pub authorization_policies: BTreeMap<Key, Named<AuthorizationPolicySpec>>,
     /// PeerAuthentications.
     pub peer_authentications: BTreeMap<Key, Named<PeerAuthenticationSpec>>,
+    /// Gateways (waypoints among them).
+    pub gateways: BTreeMap<Key, Named<GatewaySpec>>,
     /// Node names.
     pub nodes: std::collections::BTreeSet<String>,
 }
@@ -48,6 +50,7 @@ impl ClusterState {
                     insert(&mut state.authorization_policies, key(), p)
                 }
                 Object::PeerAuthentication(p) => insert(&mut state.peer_authentications, key(), p),
+                Object::Gateway(g) => insert(&mut state.gateways, key(), g),
             };
             if !fresh {
                 bad.push(BadObject {

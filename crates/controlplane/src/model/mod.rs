@@ -5,12 +5,14 @@
 //!
 //! - [`enrollment`]: which pods the mesh captures;
 //! - [`workloads`]: pods and services as `istio.workload.Address`es;
+//! - [`waypoints`]: which waypoints exist and what each may see;
 //! - [`policies`]: AuthorizationPolicy and PeerAuthentication as L4
 //!   `istio.security.Authorization`s, failing closed where L4 cannot say
 //!   what a rule says.
 
 pub mod enrollment;
 pub mod policies;
+pub mod waypoints;
 pub mod workloads;
 
 use mesh_core::policy::Authorization;
@@ -63,16 +65,20 @@ pub struct Model {
     pub policies: Vec<Authorization>,
     /// Notes about translations.
     pub warnings: Vec<Warning>,
+    /// What each waypoint may see.
+    pub waypoint_scopes: waypoints::Scopes,
 }
 
 impl Model {
     /// Computes the model.
     pub fn compute(state: &ClusterState, mesh: &MeshConfig) -> Self {
         let mut warnings = Vec::new();
-        let services = workloads::services(state, mesh);
-        let workloads = workloads::workloads(state, mesh, &mut warnings);
+        let mut services = workloads::services(state, mesh);
+        let mut workloads = workloads::workloads(state, mesh, &mut warnings);
+        waypoints::check_bindings(state, mesh, &mut workloads, &mut services, &mut warnings);
+        let waypoint_scopes = waypoints::scopes(&workloads, &services);
         let policies = policies::authorizations(state, mesh, &mut warnings);
-        Self { workloads, services, policies, warnings }
+        Self { workloads, services, policies, warnings, waypoint_scopes }
     }
 
     /// The WDS resources: workloads and services.
