@@ -246,3 +246,38 @@ fn bindings_to_missing_waypoints_are_dropped_with_a_warning() {
     assert!(warned.contains(&"Service apps/web".to_string()), "{warned:?}");
     assert!(m.warnings[0].message.contains("does not exist"));
 }
+
+#[test]
+fn service_entries_become_services_and_outside_endpoints() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments, namespace: apps}
+spec:
+  hosts: [payments.example.com]
+  addresses: [240.0.0.10, 240.0.0.0/24]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 203.0.113.7, ports: {https: 8443}}, {address: pay.example.net}]
+"#;
+    let (objects, bad) = parse_documents(yaml, "se.yaml");
+    assert!(bad.is_empty(), "{bad:?}");
+    let (state, _) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
+    let m = Model::compute(&state, &MeshConfig::default());
+    let service = m.services.iter().find(|s| s.hostname == "payments.example.com").unwrap();
+    assert_eq!(service.key().to_string(), "apps/payments.example.com");
+    assert_eq!(service.vips.len(), 1, "the CIDR is not a VIP");
+    assert_eq!(service.ports, [PortMapping { service_port: 443, target_port: 443 }]);
+    let endpoint = workload(&m, "payments");
+    assert_eq!(endpoint.protocol, TunnelProtocol::None, "outside the mesh");
+    assert_eq!(
+        endpoint.uid,
+        "Kubernetes/networking.istio.io/ServiceEntry/apps/payments/203.0.113.7"
+    );
+    let key = service.key();
+    assert_eq!(endpoint.services[&key], [PortMapping { service_port: 443, target_port: 8443 }]);
+    let messages: Vec<&str> = m.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("CIDRs")));
+    assert!(messages.iter().any(|m| m.contains("DNS endpoints")));
+}

@@ -143,3 +143,49 @@ pub struct Listener {
     pub port: u16,
     pub protocol: String,
 }
+
+/// `networking.istio.io/v1` ServiceEntry `spec`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServiceEntrySpec {
+    pub hosts: Vec<String>,
+    /// VIPs (IPs or CIDRs).
+    pub addresses: Vec<String>,
+    pub ports: Vec<ServiceEntryPort>,
+    /// `MESH_EXTERNAL` (default) or `MESH_INTERNAL`.
+    pub location: Option<String>,
+    /// `NONE`, `STATIC`, `DNS`, `DNS_ROUND_ROBIN`.
+    pub resolution: Option<String>,
+    pub endpoints: Vec<WorkloadEntrySpec>,
+    pub workload_selector: Option<ServiceEntrySelector>,
+}
+
+/// `spec.ports[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServiceEntryPort {
+    pub number: u16,
+    pub name: String,
+    pub protocol: Option<String>,
+    pub target_port: Option<u16>,
+}
+
+/// `spec.endpoints[]` (a WorkloadEntry spec).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WorkloadEntrySpec {
+    /// IP, or host name for DNS resolution.
+    pub address: String,
+    /// Port name → port, overriding the service's.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: Option<String>,
+    pub network: Option<String>,
+}
+
+/// `spec.workloadSelector`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServiceEntrySelector {
+    pub labels: BTreeMap<String, String>,
+}

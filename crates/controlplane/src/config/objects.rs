@@ -6,7 +6,9 @@ use std::fmt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use serde_json::Value;
 
-use super::istio::{AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec};
+use super::istio::{
+    AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec, ServiceEntrySpec,
+};
 
 /// A namespaced Istio resource: where it is and its spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +42,8 @@ pub enum Object {
     PeerAuthentication(Named<PeerAuthenticationSpec>),
     /// `gateway.networking.k8s.io` Gateway.
     Gateway(Named<GatewaySpec>),
+    /// `networking.istio.io` ServiceEntry.
+    ServiceEntry(Named<ServiceEntrySpec>),
 }
 
 /// Kind, namespace and name: how errors name an object.
@@ -108,6 +112,7 @@ impl Object {
                 meta("PeerAuthentication", Some(&n.namespace), Some(&n.name))
             }
             Object::Gateway(n) => meta("Gateway", Some(&n.namespace), Some(&n.name)),
+            Object::ServiceEntry(n) => meta("ServiceEntry", Some(&n.namespace), Some(&n.name)),
         }
     }
 }
@@ -214,6 +219,9 @@ fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
         }
         ("security.istio.io", "PeerAuthentication") => {
             Object::PeerAuthentication(named(&value, &reference).map_err(fail)?)
+        }
+        ("networking.istio.io", "ServiceEntry") => {
+            Object::ServiceEntry(named(&value, &reference).map_err(fail)?)
         }
         ("gateway.networking.k8s.io", "Gateway") => {
             Object::Gateway(named(&value, &reference).map_err(fail)?)

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 
-use super::istio::{AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec};
+use super::istio::{
+    AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec, ServiceEntrySpec,
+};
 use super::objects::{BadObject, Named, Object};
 
 /// (namespace, name).
@@ -25,6 +27,8 @@ pub struct ClusterState {
     pub peer_authentications: BTreeMap<Key, Named<PeerAuthenticationSpec>>,
     /// Gateways (waypoints among them).
     pub gateways: BTreeMap<Key, Named<GatewaySpec>>,
+    /// ServiceEntries.
+    pub service_entries: BTreeMap<Key, Named<ServiceEntrySpec>>,
     /// Node names.
     pub nodes: std::collections::BTreeSet<String>,
 }
@@ -51,6 +55,7 @@ impl ClusterState {
                 }
                 Object::PeerAuthentication(p) => insert(&mut state.peer_authentications, key(), p),
                 Object::Gateway(g) => insert(&mut state.gateways, key(), g),
+                Object::ServiceEntry(e) => insert(&mut state.service_entries, key(), e),
             };
             if !fresh {
                 bad.push(BadObject {

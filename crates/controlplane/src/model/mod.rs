@@ -5,6 +5,7 @@
 //!
 //! - [`enrollment`]: which pods the mesh captures;
 //! - [`workloads`]: pods and services as `istio.workload.Address`es;
+//! - [`service_entries`]: ServiceEntries as services and endpoints;
 //! - [`waypoints`]: which waypoints exist and what each may see;
 //! - [`policies`]: AuthorizationPolicy and PeerAuthentication as L4
 //!   `istio.security.Authorization`s, failing closed where L4 cannot say
@@ -12,6 +13,7 @@
 
 pub mod enrollment;
 pub mod policies;
+pub mod service_entries;
 pub mod waypoints;
 pub mod workloads;
 
@@ -75,6 +77,10 @@ impl Model {
         let mut warnings = Vec::new();
         let mut services = workloads::services(state, mesh);
         let mut workloads = workloads::workloads(state, mesh, &mut warnings);
+        let (entry_services, entry_workloads) =
+            service_entries::translate(state, mesh, &mut warnings);
+        services.extend(entry_services);
+        workloads.extend(entry_workloads);
         waypoints::check_bindings(state, mesh, &mut workloads, &mut services, &mut warnings);
         let waypoint_scopes = waypoints::scopes(&workloads, &services);
         let policies = policies::authorizations(state, mesh, &mut warnings);
