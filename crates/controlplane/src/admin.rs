@@ -1,5 +1,6 @@
-//! The debug endpoint (15014): connected proxies, what each holds, and the
-//! objects that were rejected or translated with a change of meaning.
+//! The debug endpoint (15014): connected proxies, what each holds, the
+//! objects that were rejected or translated with a change of meaning, and
+//! Prometheus metrics (`/metrics`).
 //!
 //! Read-only JSON over plain HTTP/1.1; bind it to localhost unless it is
 //! behind something that authenticates.
@@ -14,6 +15,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tracing::debug;
@@ -23,9 +28,60 @@ use crate::config::BadObject;
 use crate::model::Warning;
 
 /// What the admin endpoint reports; updated by the process as it runs.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AdminState {
     inner: Arc<RwLock<Reports>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The control plane's metrics.
+struct Metrics {
+    registry: Registry,
+    rejected: Gauge,
+    warnings: Gauge,
+    resources: Family<TypeLabel, Gauge>,
+    clients: Gauge,
+    generation: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    type_url: String,
+}
+
+impl Default for AdminState {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mesh");
+        let rejected = Gauge::default();
+        let warnings = Gauge::default();
+        let resources = Family::<TypeLabel, Gauge>::default();
+        let clients = Gauge::default();
+        let generation = Gauge::default();
+        registry.register(
+            "config_rejected_objects",
+            "Objects skipped in the latest config load (see /debug/config)",
+            rejected.clone(),
+        );
+        registry.register(
+            "config_translation_warnings",
+            "Objects translated with a change of meaning in the latest model",
+            warnings.clone(),
+        );
+        registry.register("xds_resources", "Resources served, by type URL", resources.clone());
+        registry.register("xds_connected_clients", "Connected xDS streams", clients.clone());
+        registry.register("xds_generation", "Generation of the xDS snapshot", generation.clone());
+        Self {
+            inner: Arc::default(),
+            metrics: Arc::new(Metrics {
+                registry,
+                rejected,
+                warnings,
+                resources,
+                clients,
+                generation,
+            }),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -38,8 +94,27 @@ struct Reports {
 impl AdminState {
     /// Records the latest config load and model.
     pub fn update(&self, rejected: Vec<BadObject>, warnings: Vec<Warning>, generation: u64) {
+        let m = &self.metrics;
+        m.rejected.set(i64::try_from(rejected.len()).unwrap_or(i64::MAX));
+        m.warnings.set(i64::try_from(warnings.len()).unwrap_or(i64::MAX));
+        m.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         let mut reports = self.inner.write().unwrap_or_else(|p| p.into_inner());
         *reports = Reports { rejected, warnings, generation };
+    }
+
+    /// Records how many resources of a type are served.
+    pub fn set_resources(&self, type_url: &str, count: usize) {
+        let label = TypeLabel { type_url: type_url.to_string() };
+        self.metrics.resources.get_or_create(&label).set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    fn metrics_text(&self, clients: usize) -> String {
+        self.metrics.clients.set(i64::try_from(clients).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry).is_err() {
+            out.clear();
+        }
+        out
     }
 
     fn rejected_json(&self) -> Value {
@@ -105,11 +180,22 @@ fn route(
             reply(StatusCode::OK, json!({ "connections": clients }))
         }
         "/debug/config" => reply(StatusCode::OK, state.rejected_json()),
+        "/metrics" => {
+            let mut response =
+                Response::new(Full::new(Bytes::from(state.metrics_text(ads.clients().len()))));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         "/ready" | "/healthz" => reply(StatusCode::OK, json!({"ok": true})),
         other => reply(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no such endpoint {other}"),
-                   "endpoints": ["/debug/connections", "/debug/config", "/ready"]}),
+                   "endpoints": ["/debug/connections", "/debug/config", "/metrics", "/ready"]}),
         ),
     }
 }

@@ -189,6 +189,9 @@ async fn apply_snapshots(
             ads.refilter();
         }
         admin.update(snapshot.bad.clone(), model.warnings.clone(), store.generation());
+        for type_url in [mesh_proto::type_url::ADDRESS, mesh_proto::type_url::AUTHORIZATION] {
+            admin.set_resources(type_url, store.names(type_url).len());
+        }
         info!(
             workloads = model.workloads.len(),
             services = model.services.len(),

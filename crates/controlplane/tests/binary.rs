@@ -58,6 +58,11 @@ async fn start() -> Running {
 
 /// GETs a path from the admin endpoint and parses the JSON body.
 async fn admin_get(addr: SocketAddr, path: &str) -> serde_json::Value {
+    serde_json::from_str(&admin_text(addr, path).await).unwrap()
+}
+
+/// GETs a path from the admin endpoint; the body as text.
+async fn admin_text(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
@@ -66,7 +71,7 @@ async fn admin_get(addr: SocketAddr, path: &str) -> serde_json::Value {
     tcp.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    serde_json::from_str(body).unwrap()
+    body.to_string()
 }
 
 /// Holds the latest body of each resource of one type.
@@ -169,6 +174,9 @@ async fn pod_and_policy_changes_reach_a_connected_proxy() {
     let rejected = &config["rejected"][0];
     assert_eq!(rejected["object"], "Pod apps/bad", "{config}");
     assert!(rejected["source"].as_str().unwrap().ends_with("broken.yaml (document 1)"));
+    let metrics = admin_text(cp.admin, "/metrics").await;
+    assert!(metrics.contains("mesh_config_rejected_objects 1"), "{metrics}");
+    assert!(metrics.contains("mesh_xds_connected_clients 1"), "{metrics}");
     let connections = admin_get(cp.admin, "/debug/connections").await;
     let held = &connections["connections"][0]["held"];
     assert_eq!(held[type_url::ADDRESS], 1, "{connections}");
