@@ -32,21 +32,9 @@ pub fn services(state: &ClusterState, mesh: &MeshConfig) -> Vec<Service> {
             .filter_map(|ip| ip.parse::<IpAddr>().ok())
             .map(|address| NetworkAddress { network: String::new(), address })
             .collect();
-        let ports = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let service_port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
-                let target_port = match &p.target_port {
-                    None => service_port,
-                    Some(IntOrString::Int(n)) => u16::try_from(*n).unwrap_or(0),
-                    // Named: each workload resolves it against its own ports.
-                    Some(IntOrString::String(_)) => 0,
-                };
-                Some(PortMapping { service_port, target_port })
-            })
-            .collect();
+        // Named target ports: each workload resolves them against its own
+        // ports, so the service itself says 0.
+        let ports = port_mappings(spec, |_| Some(0));
         let labels = svc.metadata.labels.clone().unwrap_or_default();
         out.push(Service {
             name: name.clone(),
@@ -189,20 +177,7 @@ fn backed_services(
         if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
             continue;
         }
-        let ports = spec
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let service_port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
-                let target_port = match &p.target_port {
-                    None => service_port,
-                    Some(IntOrString::Int(n)) => u16::try_from(*n).ok()?,
-                    Some(IntOrString::String(name)) => *named_ports.get(name)?,
-                };
-                Some(PortMapping { service_port, target_port })
-            })
-            .collect();
+        let ports = port_mappings(spec, |name| named_ports.get(name).copied());
         let key = NamespacedHostname {
             namespace: namespace.to_string(),
             hostname: hostname(svc_name, namespace, mesh),
@@ -210,6 +185,27 @@ fn backed_services(
         out.insert(key, ports);
     }
     out
+}
+
+/// A Service's ports; `named` resolves a named target port (`None` leaves
+/// the port out). Invalid numbers are left out too.
+fn port_mappings(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    named: impl Fn(&str) -> Option<u16>,
+) -> Vec<PortMapping> {
+    spec.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let service_port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
+            let target_port = match &p.target_port {
+                None => service_port,
+                Some(IntOrString::Int(n)) => u16::try_from(*n).ok()?,
+                Some(IntOrString::String(name)) => named(name)?,
+            };
+            Some(PortMapping { service_port, target_port })
+        })
+        .collect()
 }
 
 fn hostname(name: &str, namespace: &str, mesh: &MeshConfig) -> String {
