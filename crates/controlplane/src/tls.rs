@@ -86,7 +86,12 @@ pub fn incoming(
     let acceptor = TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
-            let (tcp, remote_addr) = match listener.accept().await {
+            let accepted = tokio::select! {
+                // The server is gone: stop accepting (and release the port).
+                _ = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, remote_addr) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     debug!(error = %e, "accept failed");
@@ -117,9 +122,6 @@ pub fn incoming(
                 let info = PeerInfo { remote_addr, identity };
                 let _ = conn_tx.send(Ok(MeshTlsStream { inner, info })).await;
             });
-            if tx.is_closed() {
-                return;
-            }
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
