@@ -22,12 +22,23 @@ use crate::model::{MeshConfig, Model};
 /// our own CA at start; restart (or roll) the control plane within it.
 const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 
+/// Where the cluster's objects come from.
+pub enum Source {
+    /// A directory of YAML, checked every `poll` for changes.
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// How often to look for changes.
+        poll: Duration,
+    },
+    /// The Kubernetes API.
+    Kubernetes(kube::Client),
+}
+
 /// Everything the process needs, already validated and bound.
 pub struct Settings {
-    /// Directory of Kubernetes YAML to serve.
-    pub config_dir: PathBuf,
-    /// How often to look for changes there.
-    pub poll_interval: Duration,
+    /// Where objects come from.
+    pub source: Source,
     /// Where the CA's key material is kept.
     pub ca_dir: PathBuf,
     /// Mesh-wide settings.
@@ -94,11 +105,15 @@ pub async fn run(
     let ca_service = CaService::new(ca, authenticator, registry.clone());
 
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
-    tokio::spawn(files::watch_dir(
-        settings.config_dir.clone(),
-        settings.poll_interval,
-        snapshots_tx,
-    ));
+    match settings.source {
+        Source::Directory { dir, poll } => {
+            tokio::spawn(files::watch_dir(dir, poll, snapshots_tx));
+        }
+        Source::Kubernetes(client) => {
+            let debounce = Duration::from_millis(100);
+            tokio::spawn(crate::config::kubernetes::watch_cluster(client, debounce, snapshots_tx));
+        }
+    }
     let admin = crate::admin::AdminState::default();
     let publisher = Publisher { store, registry, scopes, ads: ads.clone(), admin: admin.clone() };
     tokio::spawn(apply_snapshots(snapshots, publisher, settings.mesh.clone()));

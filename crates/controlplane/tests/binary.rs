@@ -28,13 +28,20 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(&[], &[]).await
+}
+
+/// Starts the binary; `source` replaces `--config-dir <tmp>` when given.
+async fn start_with(source: &[&str], env: &[(&str, &str)]) -> Running {
     let config = tempfile::tempdir().unwrap();
     let ca = tempfile::tempdir().unwrap();
     let tokens = config.path().join("tokens.txt");
     // Not YAML: the config source ignores it.
     std::fs::write(&tokens, "# node token\nnode-a secret-a\n").unwrap();
+    let default_source = ["--config-dir", config.path().to_str().unwrap()];
     let mut child = Command::new(env!("CARGO_BIN_EXE_controlplane"))
-        .args(["--config-dir", config.path().to_str().unwrap()])
+        .args(if source.is_empty() { &default_source[..] } else { source })
+        .envs(env.iter().copied())
         .args(["--ca-dir", ca.path().to_str().unwrap()])
         .args(["--grpc-addr", "127.0.0.1:0", "--plaintext-addr", "127.0.0.1:0"])
         .args(["--admin-addr", "127.0.0.1:0"])
@@ -233,4 +240,71 @@ async fn a_node_proxy_bootstraps_a_certificate_over_tls() {
         }
     };
     assert_eq!(chain.unwrap().identity(), &wanted);
+}
+
+#[tokio::test]
+async fn the_kubernetes_source_follows_list_watch_including_410_gone() {
+    let api = testkit::FakeApiServer::start(Duration::from_secs(1)).await;
+    let json = |yaml: &str| -> serde_json::Value { serde_saphyr::from_str(yaml).unwrap() };
+    api.apply(json(NAMESPACE));
+    api.apply(json(&pod("a", "10.0.1.1", "node-a")));
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kubeconfig.path(), api.kubeconfig()).unwrap();
+    let cp =
+        start_with(&["--kubernetes"], &[("KUBECONFIG", kubeconfig.path().to_str().unwrap())]).await;
+
+    let addresses = Latest::new(type_url::ADDRESS);
+    let client = XdsClient::new(
+        xds::plaintext_channel(cp.plaintext),
+        XdsClientConfig::default(),
+        vec![Box::new(addresses.clone())],
+    );
+    tokio::spawn(client.run(std::future::pending()));
+    eventually("pod a from the API server", || addresses.names() == ["Kubernetes//Pod/apps/a"])
+        .await;
+
+    // Watch events: added, deleted.
+    api.apply(json(&pod("b", "10.0.1.2", "node-b")));
+    eventually("pod b added", || addresses.names().len() == 2).await;
+    api.delete("Pod", "apps", "a");
+    eventually("pod a deleted", || addresses.names() == ["Kubernetes//Pod/apps/b"]).await;
+
+    // History is compacted while watches are open; when they end (after a
+    // second) and resume from an old resourceVersion, the server answers
+    // 410 Gone and the watcher must list again to see the next change.
+    api.compact();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    api.apply(json(&pod("c", "10.0.1.3", "node-a")));
+    eventually("pod c after relist", || {
+        addresses.names().len() == 2
+            && addresses.names().contains(&"Kubernetes//Pod/apps/c".to_string())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_fake_api_server_filters_by_label() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = testkit::FakeApiServer::start(Duration::from_secs(1)).await;
+    let json = |yaml: &str| -> serde_json::Value { serde_saphyr::from_str(yaml).unwrap() };
+    api.apply(json(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-pod, namespace: a, labels: {app: web}}\n",
+    ));
+    api.apply(json(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: db-pod, namespace: a, labels: {app: db}}\n",
+    ));
+    let mut tcp = tokio::net::TcpStream::connect(api.addr()).await.unwrap();
+    tcp.write_all(b"GET /api/v1/pods?labelSelector=app%3Dweb HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(response.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let names: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web-pod"]);
+    assert_eq!(body["metadata"]["resourceVersion"], "2");
 }

@@ -172,9 +172,10 @@ fn split_documents(text: &str) -> Vec<&str> {
     documents.into_iter().filter(|d| !d.trim().is_empty()).collect()
 }
 
-type ParseError = (Option<ObjectRef>, String);
+pub(crate) type ParseError = (Option<ObjectRef>, String);
 
-fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
+/// Parses one object; `Ok(None)` for kinds the model does not use.
+pub(crate) fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
     let api_version =
         value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
     let kind = value

@@ -15,7 +15,10 @@ use mesh_core::Identity;
 pub(crate) struct Flags {
     /// Directory of Kubernetes YAML to serve (the local mesh's cluster).
     #[arg(long, env = "MESH_CONFIG_DIR")]
-    config_dir: PathBuf,
+    config_dir: Option<PathBuf>,
+    /// Watch the Kubernetes API instead (KUBECONFIG, or in-cluster).
+    #[arg(long, env = "MESH_KUBERNETES")]
+    kubernetes: bool,
     /// Where the CA's key material is kept (Istio's cacerts layout).
     #[arg(long, env = "MESH_CA_DIR", default_value = "/var/lib/mesh/ca")]
     ca_dir: PathBuf,
@@ -55,7 +58,8 @@ pub(crate) struct Flags {
 /// The validated configuration.
 #[derive(Debug)]
 pub(crate) struct Config {
-    pub(crate) config_dir: PathBuf,
+    /// `None`: the Kubernetes API.
+    pub(crate) config_dir: Option<PathBuf>,
     pub(crate) ca_dir: PathBuf,
     pub(crate) mesh: MeshConfig,
     pub(crate) identity: Identity,
@@ -96,8 +100,13 @@ impl Flags {
                 None
             }
         };
-        if !self.config_dir.is_dir() {
-            problems.push(format!("--config-dir {}: not a directory", self.config_dir.display()));
+        match (&self.config_dir, self.kubernetes) {
+            (Some(dir), false) if !dir.is_dir() => {
+                problems.push(format!("--config-dir {}: not a directory", dir.display()));
+            }
+            (Some(_), true) => problems.push("--config-dir and --kubernetes: choose one".into()),
+            (None, false) => problems.push("--config-dir or --kubernetes: one is required".into()),
+            _ => {}
         }
         let bootstrap_tokens = match &self.bootstrap_tokens {
             None => Vec::new(),

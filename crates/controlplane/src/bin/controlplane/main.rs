@@ -52,9 +52,16 @@ fn main() -> anyhow::Result<()> {
             addr_of(&plaintext),
             addr_of(&admin)
         );
+        let source = match config.config_dir {
+            Some(dir) => {
+                controlplane::server::Source::Directory { dir, poll: config.poll_interval }
+            }
+            None => controlplane::server::Source::Kubernetes(
+                kube::Client::try_default().await.context("connecting to the Kubernetes API")?,
+            ),
+        };
         let settings = controlplane::server::Settings {
-            config_dir: config.config_dir,
-            poll_interval: config.poll_interval,
+            source,
             ca_dir: config.ca_dir,
             mesh: config.mesh,
             identity: config.identity,

@@ -1,0 +1,158 @@
+//! Kubernetes as the config source: one watcher per kind, feeding the same
+//! parsing as files, so a bad object is reported the same way and never
+//! stops the rest.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use super::files::Snapshot;
+use super::objects::{BadObject, parse_object};
+use super::state::ClusterState;
+
+/// (group, version, kind) of everything the model reads.
+pub const KINDS: &[(&str, &str, &str)] = &[
+    ("", "v1", "Namespace"),
+    ("", "v1", "Pod"),
+    ("", "v1", "Service"),
+    ("", "v1", "ServiceAccount"),
+    ("", "v1", "Node"),
+    ("security.istio.io", "v1", "AuthorizationPolicy"),
+    ("security.istio.io", "v1", "PeerAuthentication"),
+    ("networking.istio.io", "v1", "ServiceEntry"),
+    ("gateway.networking.k8s.io", "v1", "Gateway"),
+];
+
+type Key = (usize, String, String);
+
+#[derive(Default)]
+struct Shared {
+    objects: Mutex<BTreeMap<Key, Value>>,
+    /// Kinds that finished their first list (or cannot be listed at all).
+    synced: AtomicUsize,
+    dirty: Notify,
+}
+
+/// Watches every kind and publishes a snapshot after each burst of changes
+/// (waiting `debounce` to gather a burst), first once every kind has been
+/// listed. Runs until every receiver is dropped.
+pub async fn watch_cluster(
+    client: kube::Client,
+    debounce: Duration,
+    tx: watch::Sender<Arc<Snapshot>>,
+) {
+    let shared = Arc::new(Shared::default());
+    let mut tasks = Vec::new();
+    for (index, (group, version, kind)) in KINDS.iter().enumerate() {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        tasks.push(tokio::spawn(watch_kind(client.clone(), index, resource, shared.clone())));
+    }
+    loop {
+        shared.dirty.notified().await;
+        tokio::time::sleep(debounce).await;
+        if shared.synced.load(Ordering::Acquire) < KINDS.len() {
+            continue;
+        }
+        let snapshot = build(&shared);
+        info!(pods = snapshot.state.pods.len(), bad = snapshot.bad.len(), "cluster state changed");
+        if tx.send(Arc::new(snapshot)).is_err() {
+            break;
+        }
+    }
+    for task in tasks {
+        task.abort();
+    }
+}
+
+async fn watch_kind(
+    client: kube::Client,
+    index: usize,
+    resource: ApiResource,
+    shared: Arc<Shared>,
+) {
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    futures_util::pin_mut!(stream);
+    let mut synced = false;
+    let mut initial: Option<BTreeMap<Key, Value>> = None;
+    let to_value = |object: DynamicObject| -> Option<(Key, Value)> {
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let name = object.metadata.name.clone()?;
+        let mut value = serde_json::to_value(&object).ok()?;
+        // List items carry no apiVersion/kind: put them back for parsing.
+        value["apiVersion"] = Value::String(resource.api_version.clone());
+        value["kind"] = Value::String(resource.kind.clone());
+        Some(((index, namespace, name), value))
+    };
+    let mark_synced = |synced: &mut bool| {
+        if !*synced {
+            *synced = true;
+            shared.synced.fetch_add(1, Ordering::AcqRel);
+        }
+    };
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => initial = Some(BTreeMap::new()),
+            Ok(Event::InitApply(object)) => {
+                if let (Some(buffer), Some((key, value))) = (initial.as_mut(), to_value(object)) {
+                    buffer.insert(key, value);
+                }
+            }
+            Ok(Event::InitDone) => {
+                let fresh = initial.take().unwrap_or_default();
+                let mut objects = shared.objects.lock().unwrap_or_else(|p| p.into_inner());
+                objects.retain(|(kind, _, _), _| *kind != index);
+                objects.extend(fresh);
+                drop(objects);
+                mark_synced(&mut synced);
+                shared.dirty.notify_one();
+            }
+            Ok(Event::Apply(object)) => {
+                if let Some((key, value)) = to_value(object) {
+                    shared.objects.lock().unwrap_or_else(|p| p.into_inner()).insert(key, value);
+                    shared.dirty.notify_one();
+                }
+            }
+            Ok(Event::Delete(object)) => {
+                if let Some((key, _)) = to_value(object) {
+                    shared.objects.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                    shared.dirty.notify_one();
+                }
+            }
+            Err(e) => {
+                warn!(kind = %resource.kind, error = %e, "watch failed; retrying");
+                // A kind the cluster does not serve (CRD not installed)
+                // must not hold back everything else.
+                mark_synced(&mut synced);
+                shared.dirty.notify_one();
+            }
+        }
+    }
+}
+
+fn build(shared: &Shared) -> Snapshot {
+    let objects = shared.objects.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut parsed = Vec::new();
+    let mut bad = Vec::new();
+    for ((_, namespace, name), value) in objects {
+        let source = format!("kubernetes {namespace}/{name}");
+        match parse_object(value) {
+            Ok(Some(object)) => parsed.push((object, source)),
+            Ok(None) => {}
+            Err((object, reason)) => bad.push(BadObject { source, object, reason }),
+        }
+    }
+    let (state, duplicates) = ClusterState::from_objects(parsed);
+    bad.extend(duplicates);
+    Snapshot { state, bad }
+}
