@@ -12,11 +12,14 @@ use tracing::{info, warn};
 use xds::{DeltaAdsServer, SnapshotStore};
 
 use crate::ca::{
-    CaConfig, CaError, CaMaterial, CaService, CertificateAuthority, LocalAuthenticator,
-    MaterialError, StaticNodeRegistry,
+    Authenticator, CaConfig, CaError, CaMaterial, CaService, CertificateAuthority,
+    LocalAuthenticator, MaterialError, StaticNodeRegistry,
 };
 use crate::config::files::{self, Snapshot};
 use crate::model::{MeshConfig, Model};
+
+/// Audience service-account tokens must carry for the CA (as Istio's).
+pub const CA_AUDIENCE: &str = "istio-ca";
 
 /// Lifetime of the control plane's own serving certificate. It is signed by
 /// our own CA at start; restart (or roll) the control plane within it.
@@ -49,8 +52,11 @@ pub struct Settings {
     pub grpc: TcpListener,
     /// xDS in plaintext (15010), for local debugging only.
     pub plaintext: Option<TcpListener>,
-    /// Per-node bootstrap tokens: (token, node).
+    /// Per-node bootstrap tokens: (token, node). Local mode only.
     pub bootstrap_tokens: Vec<(String, String)>,
+    /// (namespace, service account) node proxies run as; in a cluster,
+    /// their tokens may obtain certificates for pods on their node.
+    pub node_proxy_account: (String, String),
     /// The debug endpoint (15014), when enabled.
     pub admin: Option<TcpListener>,
 }
@@ -59,10 +65,10 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The CA's key material.
-    #[error("CA key material in {dir}")]
+    #[error("CA key material in {origin}")]
     Material {
-        /// The directory.
-        dir: PathBuf,
+        /// The directory or Secret.
+        origin: String,
         /// Why.
         #[source]
         source: MaterialError,
@@ -86,8 +92,34 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let material = CaMaterial::load_or_generate(&settings.ca_dir, &settings.mesh.trust_domain)
-        .map_err(|source| StartError::Material { dir: settings.ca_dir.clone(), source })?;
+    // Local mode: CA files and bootstrap tokens. In a cluster: the CA
+    // Secret in our namespace, and service-account tokens (TokenReview).
+    let td = settings.mesh.trust_domain.clone();
+    let (material, authenticator): (CaMaterial, Arc<dyn Authenticator>) = match &settings.source {
+        Source::Directory { .. } => (
+            CaMaterial::load_or_generate(&settings.ca_dir, &td).map_err(|source| {
+                StartError::Material { origin: settings.ca_dir.display().to_string(), source }
+            })?,
+            Arc::new(LocalAuthenticator::new(settings.bootstrap_tokens.clone())),
+        ),
+        Source::Kubernetes(client) => {
+            let namespace = settings.identity.namespace().to_string();
+            let secrets = kube::Api::namespaced(client.clone(), &namespace);
+            let material = crate::ca::kubernetes::load_or_generate_in_secret(&secrets, &td)
+                .await
+                .map_err(|source| StartError::Material {
+                origin: format!("namespace {namespace}"),
+                source,
+            })?;
+            let authenticator = crate::ca::kubernetes::TokenReviewAuthenticator::new(
+                client.clone(),
+                &td,
+                vec![CA_AUDIENCE.to_string()],
+                settings.node_proxy_account.clone(),
+            );
+            (material, Arc::new(authenticator))
+        }
+    };
     let ca = Arc::new(
         CertificateAuthority::new(&material, CaConfig::new(&settings.mesh.trust_domain))
             .map_err(StartError::Ca)?,
@@ -101,7 +133,6 @@ pub async fn run(
     let scopes = Arc::new(crate::scopes::ProxyScopes::default());
     let ads = DeltaAdsServer::with_filter(store.clone(), scopes.clone());
     let registry = Arc::new(StaticNodeRegistry::default());
-    let authenticator = Arc::new(LocalAuthenticator::new(settings.bootstrap_tokens.clone()));
     let ca_service = CaService::new(ca, authenticator, registry.clone());
 
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));

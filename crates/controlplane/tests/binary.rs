@@ -254,10 +254,11 @@ async fn the_kubernetes_source_follows_list_watch_including_410_gone() {
         start_with(&["--kubernetes"], &[("KUBECONFIG", kubeconfig.path().to_str().unwrap())]).await;
 
     let addresses = Latest::new(type_url::ADDRESS);
+    let policies = Latest::new(type_url::AUTHORIZATION);
     let client = XdsClient::new(
         xds::plaintext_channel(cp.plaintext),
         XdsClientConfig::default(),
-        vec![Box::new(addresses.clone())],
+        vec![Box::new(addresses.clone()), Box::new(policies.clone())],
     );
     tokio::spawn(client.run(std::future::pending()));
     eventually("pod a from the API server", || addresses.names() == ["Kubernetes//Pod/apps/a"])
@@ -268,6 +269,14 @@ async fn the_kubernetes_source_follows_list_watch_including_410_gone() {
     eventually("pod b added", || addresses.names().len() == 2).await;
     api.delete("Pod", "apps", "a");
     eventually("pod a deleted", || addresses.names() == ["Kubernetes//Pod/apps/b"]).await;
+
+    // Policies come through the API too.
+    api.apply(json(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-22, namespace: apps}\nspec: {action: DENY, rules: [{to: [{operation: {ports: ['22']}}]}]}\n",
+    ));
+    eventually("policy", || policies.names() == ["apps/deny-22"]).await;
+    // In a cluster the CA keeps its material in a Secret.
+    assert!(api.get("secrets", "istio-system", "mesh-ca-secret").is_some(), "CA Secret created");
 
     // History is compacted while watches are open; when they end (after a
     // second) and resume from an old resourceVersion, the server answers

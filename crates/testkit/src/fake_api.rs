@@ -84,7 +84,7 @@ impl FakeApiServer {
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(req)) }
+                        async move { Ok::<_, Infallible>(server.handle(req).await) }
                     });
                     let _ =
                         http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
@@ -151,6 +151,12 @@ impl FakeApiServer {
         let _ = self.events.send(event);
     }
 
+    /// An object, by plural resource name (`pods`, `secrets`...).
+    pub fn get(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state.objects.get(plural)?.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
     /// Forgets history: watches resuming from before now get `410 Gone`.
     pub fn compact(&self) {
         let mut state = self.state.lock().unwrap();
@@ -158,8 +164,47 @@ impl FakeApiServer {
         state.log.clear();
     }
 
-    fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let path = req.uri().path().to_string();
+        let route = Route::parse(&path);
+        if req.method() == http::Method::POST {
+            let Some(Route { namespace, plural, name: None }) = route else {
+                return json_response(StatusCode::NOT_FOUND, status(404, "NotFound", &path));
+            };
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    status(400, "BadRequest", "invalid JSON"),
+                );
+            };
+            if let Some(ns) = namespace {
+                object["metadata"]["namespace"] = json!(ns);
+            }
+            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let ns = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+            let exists = self
+                .state
+                .lock()
+                .unwrap()
+                .objects
+                .get(&plural)
+                .is_some_and(|m| m.contains_key(&(ns, name.clone())));
+            if exists {
+                return json_response(StatusCode::CONFLICT, status(409, "AlreadyExists", &name));
+            }
+            self.apply(object.clone());
+            return json_response(StatusCode::CREATED, object);
+        }
+        if let Some(Route { namespace, plural, name: Some(name) }) = &route {
+            let state = self.state.lock().unwrap();
+            let key = (namespace.clone().unwrap_or_default(), name.clone());
+            return match state.objects.get(plural).and_then(|m| m.get(&key)) {
+                Some(object) => json_response(StatusCode::OK, object.clone()),
+                None => json_response(StatusCode::NOT_FOUND, status(404, "NotFound", name)),
+            };
+        }
+        let namespace_filter = route.as_ref().and_then(|r| r.namespace.clone());
         let query: BTreeMap<String, String> = req
             .uri()
             .query()
@@ -168,8 +213,8 @@ impl FakeApiServer {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), percent_decode(v)))
             .collect();
-        let Some(plural) = path.rsplit('/').next().map(str::to_string) else {
-            return json_response(StatusCode::NOT_FOUND, json!({}));
+        let Some(plural) = route.map(|r| r.plural) else {
+            return json_response(StatusCode::NOT_FOUND, status(404, "NotFound", &path));
         };
         let selector: Vec<(String, String)> = query
             .get("labelSelector")
@@ -181,7 +226,10 @@ impl FakeApiServer {
             })
             .unwrap_or_default();
         let matches = move |o: &Value| {
-            selector.iter().all(|(k, v)| o["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+            namespace_filter.as_deref().is_none_or(|ns| o["metadata"]["namespace"] == ns)
+                && selector
+                    .iter()
+                    .all(|(k, v)| o["metadata"]["labels"][k].as_str() == Some(v.as_str()))
         };
         let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
         if !watch {
@@ -260,6 +308,46 @@ impl FakeApiServer {
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         response
     }
+}
+
+/// What a path names: `/api/v1[/namespaces/<ns>]/<plural>[/<name>]` or
+/// `/apis/<group>/<version>[/namespaces/<ns>]/<plural>[/<name>]`.
+struct Route {
+    namespace: Option<String>,
+    plural: String,
+    name: Option<String>,
+}
+
+impl Route {
+    fn parse(path: &str) -> Option<Self> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let rest = match segments.as_slice() {
+            ["api", "v1", rest @ ..] => rest,
+            ["apis", _, _, rest @ ..] => rest,
+            _ => return None,
+        };
+        let owned = |s: &&str| s.to_string();
+        match rest {
+            [plural] => Some(Self { namespace: None, plural: owned(plural), name: None }),
+            [plural, name] => {
+                Some(Self { namespace: None, plural: owned(plural), name: Some(owned(name)) })
+            }
+            ["namespaces", ns, plural] => {
+                Some(Self { namespace: Some(owned(ns)), plural: owned(plural), name: None })
+            }
+            ["namespaces", ns, plural, name] => Some(Self {
+                namespace: Some(owned(ns)),
+                plural: owned(plural),
+                name: Some(owned(name)),
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "reason": reason, "message": message, "code": code})
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<BoxBody<Bytes, Infallible>> {

@@ -47,6 +47,9 @@ pub(crate) struct Flags {
     /// empty to disable.
     #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "127.0.0.1:15014")]
     admin_addr: String,
+    /// In a cluster: `<namespace>/<service account>` node proxies run as.
+    #[arg(long, env = "MESH_NODE_PROXY_ACCOUNT", default_value = "istio-system/ztunnel")]
+    node_proxy_account: String,
     /// File of per-node bootstrap tokens, one `<node> <token>` per line.
     #[arg(long, env = "MESH_BOOTSTRAP_TOKENS")]
     bootstrap_tokens: Option<PathBuf>,
@@ -66,6 +69,7 @@ pub(crate) struct Config {
     pub(crate) grpc_addr: SocketAddr,
     pub(crate) plaintext_addr: Option<SocketAddr>,
     pub(crate) admin_addr: Option<SocketAddr>,
+    pub(crate) node_proxy_account: (String, String),
     pub(crate) bootstrap_tokens: Vec<(String, String)>,
     pub(crate) poll_interval: Duration,
 }
@@ -90,6 +94,16 @@ impl Flags {
                 problems.push(format!("--trust-domain/--namespace/--service-account: {e}"))
             })
             .ok();
+        let node_proxy_account = match self.node_proxy_account.split_once('/') {
+            Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() => (ns.to_string(), sa.to_string()),
+            _ => {
+                problems.push(format!(
+                    "--node-proxy-account {:?}: expected <namespace>/<service account>",
+                    self.node_proxy_account
+                ));
+                (String::new(), String::new())
+            }
+        };
         let poll_interval = match self.poll_interval_ms.parse::<u64>() {
             Ok(ms) if ms > 0 => Some(Duration::from_millis(ms)),
             _ => {
@@ -132,6 +146,7 @@ impl Flags {
                 grpc_addr,
                 plaintext_addr: plaintext_addr.flatten(),
                 admin_addr,
+                node_proxy_account,
                 bootstrap_tokens,
                 poll_interval,
             }),

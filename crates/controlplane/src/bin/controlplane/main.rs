@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             grpc,
             plaintext,
             bootstrap_tokens: config.bootstrap_tokens,
+            node_proxy_account: config.node_proxy_account,
             admin,
         };
         let shutdown = async {
