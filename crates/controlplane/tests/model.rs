@@ -281,3 +281,47 @@ spec:
     assert!(messages.iter().any(|m| m.contains("CIDRs")));
     assert!(messages.iter().any(|m| m.contains("DNS endpoints")));
 }
+
+#[test]
+fn endpoint_slices_fill_selector_less_services() {
+    let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: db, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: pg-0, namespace: db}
+spec: {containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.0.5.5}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pg, namespace: db}
+spec: {clusterIP: 10.96.5.5, ports: [{name: sql, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: pg-abc, namespace: db, labels: {kubernetes.io/service-name: pg}}
+addressType: IPv4
+ports: [{name: sql, port: 15432}]
+endpoints:
+- addresses: [10.0.5.5]
+  conditions: {ready: true}
+- addresses: [192.168.9.9]
+  conditions: {ready: false}
+"#;
+    let (objects, bad) = parse_documents(yaml, "slices.yaml");
+    assert!(bad.is_empty(), "{bad:?}");
+    let (state, _) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
+    let m = Model::compute(&state, &MeshConfig::default());
+    let key =
+        NamespacedHostname { namespace: "db".into(), hostname: "pg.db.svc.cluster.local".into() };
+    let pod = workload(&m, "pg-0");
+    assert_eq!(pod.services[&key], [PortMapping { service_port: 5432, target_port: 15432 }]);
+    let outside = workload(&m, "pg-abc");
+    assert_eq!(outside.protocol, TunnelProtocol::None);
+    assert_eq!(outside.status, WorkloadStatus::Unhealthy);
+    assert_eq!(outside.addresses, ["192.168.9.9".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(outside.services[&key], [PortMapping { service_port: 5432, target_port: 15432 }]);
+}

@@ -27,6 +27,7 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     ("", "v1", "Service"),
     ("", "v1", "ServiceAccount"),
     ("", "v1", "Node"),
+    ("discovery.k8s.io", "v1", "EndpointSlice"),
     ("security.istio.io", "v1", "AuthorizationPolicy"),
     ("security.istio.io", "v1", "PeerAuthentication"),
     ("networking.istio.io", "v1", "ServiceEntry"),

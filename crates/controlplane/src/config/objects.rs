@@ -4,6 +4,7 @@
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
 use super::istio::{
@@ -32,6 +33,8 @@ pub enum Object {
     Pod(Box<Pod>),
     /// `v1` Service.
     Service(Box<Service>),
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
     /// `v1` ServiceAccount.
     ServiceAccount(Box<ServiceAccount>),
     /// `v1` Node.
@@ -101,6 +104,9 @@ impl Object {
             Object::Pod(o) => meta("Pod", o.meta().namespace.as_ref(), o.meta().name.as_ref()),
             Object::Service(o) => {
                 meta("Service", o.meta().namespace.as_ref(), o.meta().name.as_ref())
+            }
+            Object::EndpointSlice(o) => {
+                meta("EndpointSlice", o.meta().namespace.as_ref(), o.meta().name.as_ref())
             }
             Object::ServiceAccount(o) => {
                 meta("ServiceAccount", o.meta().namespace.as_ref(), o.meta().name.as_ref())
@@ -209,6 +215,11 @@ pub(crate) fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
             let mut svc: Service = serde_json::from_value(value).map_err(fail)?;
             svc.metadata.namespace.get_or_insert_with(|| "default".to_string());
             Object::Service(Box::new(svc))
+        }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            let mut slice: EndpointSlice = serde_json::from_value(value).map_err(fail)?;
+            slice.metadata.namespace.get_or_insert_with(|| "default".to_string());
+            Object::EndpointSlice(Box::new(slice))
         }
         ("", "ServiceAccount") => {
             let mut sa: ServiceAccount = serde_json::from_value(value).map_err(fail)?;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::istio::{
     AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec, ServiceEntrySpec,
@@ -21,6 +22,8 @@ pub struct ClusterState {
     pub pods: BTreeMap<Key, Pod>,
     /// Services.
     pub services: BTreeMap<Key, Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
     /// AuthorizationPolicies.
     pub authorization_policies: BTreeMap<Key, Named<AuthorizationPolicySpec>>,
     /// PeerAuthentications.
@@ -49,6 +52,7 @@ impl ClusterState {
                 Object::Node(_) => state.nodes.insert(reference.name.clone()),
                 Object::Pod(pod) => insert(&mut state.pods, key(), *pod),
                 Object::Service(svc) => insert(&mut state.services, key(), *svc),
+                Object::EndpointSlice(s) => insert(&mut state.endpoint_slices, key(), *s),
                 Object::ServiceAccount(_) => true,
                 Object::AuthorizationPolicy(p) => {
                     insert(&mut state.authorization_policies, key(), p)

@@ -5,12 +5,14 @@
 //!
 //! - [`enrollment`]: which pods the mesh captures;
 //! - [`workloads`]: pods and services as `istio.workload.Address`es;
+//! - [`endpoint_slices`]: endpoints of Services without a selector;
 //! - [`service_entries`]: ServiceEntries as services and endpoints;
 //! - [`waypoints`]: which waypoints exist and what each may see;
 //! - [`policies`]: AuthorizationPolicy and PeerAuthentication as L4
 //!   `istio.security.Authorization`s, failing closed where L4 cannot say
 //!   what a rule says.
 
+pub mod endpoint_slices;
 pub mod enrollment;
 pub mod policies;
 pub mod service_entries;
@@ -77,6 +79,7 @@ impl Model {
         let mut warnings = Vec::new();
         let mut services = workloads::services(state, mesh);
         let mut workloads = workloads::workloads(state, mesh, &mut warnings);
+        endpoint_slices::apply(state, mesh, &mut workloads);
         let (entry_services, entry_workloads) =
             service_entries::translate(state, mesh, &mut warnings);
         services.extend(entry_services);
