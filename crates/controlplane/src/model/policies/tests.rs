@@ -168,6 +168,7 @@ fn scopes_and_selected_policies() {
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: mesh-wide, namespace: istio-system}\nspec: {action: DENY, rules: [{to: [{operation: {ports: ['22']}}]}]}\n"
     );
     let m = model(&yaml);
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
     assert_eq!(policy(&m, "apps/web-only").scope, PolicyScope::WorkloadSelector);
     assert_eq!(policy(&m, "istio-system/mesh-wide").scope, PolicyScope::Global);
     let web = m.workloads.iter().find(|w| w.name == "web").unwrap();
@@ -191,4 +192,16 @@ fn strict_mtls_denies_plaintext_where_it_applies() {
     assert!(legacy.authorization_policies.is_empty(), "the workload's PERMISSIVE wins");
     assert!(!evaluate([strict], &conn(None, "10.0.0.5", 80)).allowed(), "plaintext refused");
     assert!(evaluate([strict], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed(), "mTLS allowed");
+}
+
+#[test]
+fn a_selector_matching_no_pod_is_reported() {
+    let yaml = format!(
+        "{PODS}---\n{}",
+        ap("nobody", "{selector: {matchLabels: {app: ghost}}, rules: [{}]}")
+    );
+    let m = model(&yaml);
+    assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+    assert!(m.warnings[0].message.contains("matches no pod"));
+    assert_eq!(m.warnings[0].object.to_string(), "AuthorizationPolicy apps/nobody");
 }
