@@ -216,9 +216,13 @@ async fn apply_snapshots(
     mesh: MeshConfig,
 ) {
     let Publisher { store, registry, scopes, ads, admin } = p;
+    let mut previous: Option<(Arc<Snapshot>, Model)> = None;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        let model = Model::compute(&snapshot.state, &mesh);
+        let model = match &previous {
+            Some((before, model)) => model.update(&before.state, &snapshot.state, &mesh),
+            None => Model::compute(&snapshot.state, &mesh),
+        };
         for w in &model.warnings {
             warn!(object = %w.object, "{}", w.message);
         }
@@ -245,6 +249,7 @@ async fn apply_snapshots(
             generation = store.generation(),
             "model published"
         );
+        previous = Some((snapshot, model));
         if snapshots.changed().await.is_err() {
             return;
         }

@@ -325,3 +325,41 @@ endpoints:
     assert_eq!(outside.addresses, ["192.168.9.9".parse::<std::net::IpAddr>().unwrap()]);
     assert_eq!(outside.services[&key], [PortMapping { service_port: 5432, target_port: 15432 }]);
 }
+
+fn same(a: &Model, b: &Model) {
+    assert_eq!(a.workloads, b.workloads);
+    assert_eq!(a.services, b.services);
+    assert_eq!(a.policies, b.policies);
+    assert_eq!(a.warnings, b.warnings);
+    assert_eq!(a.waypoint_scopes, b.waypoint_scopes);
+}
+
+#[test]
+fn updating_after_a_change_equals_computing_afresh() {
+    let mesh = MeshConfig::default();
+    let (objects, _) = parse_documents(CLUSTER, "cluster.yaml");
+    let (before, _) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
+    let model = Model::compute(&before, &mesh);
+
+    // Pods only: one changes readiness, one goes away, one arrives.
+    let mut after = before.clone();
+    let web = after.pods.get_mut(&("apps".to_string(), "web-7d4f9-abcde".to_string())).unwrap();
+    web.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
+    after.pods.remove(&("legacy".to_string(), "old".to_string()));
+    let mut new_pod = after.pods[&("apps".to_string(), "web-7d4f9-abcde".to_string())].clone();
+    new_pod.metadata.name = Some("web-7d4f9-fghij".into());
+    new_pod.status.as_mut().unwrap().pod_ip = Some("10.0.1.99".into());
+    after.pods.insert(("apps".to_string(), "web-7d4f9-fghij".to_string()), new_pod);
+    let updated = model.update(&before, &after, &mesh);
+    same(&updated, &Model::compute(&after, &mesh));
+    assert_eq!(workload(&updated, "web-7d4f9-abcde").status, WorkloadStatus::Unhealthy);
+    assert!(updated.workloads.iter().all(|w| w.name != "old"));
+
+    // Not only pods: a namespace label changes every pod in it.
+    let mut relabeled = after.clone();
+    let ns = relabeled.namespaces.get_mut("apps").unwrap();
+    ns.metadata.labels.as_mut().unwrap().remove("istio.io/dataplane-mode");
+    let updated_again = updated.update(&after, &relabeled, &mesh);
+    same(&updated_again, &Model::compute(&relabeled, &mesh));
+    assert_eq!(workload(&updated_again, "web-7d4f9-abcde").protocol, TunnelProtocol::None);
+}

@@ -19,6 +19,8 @@ pub mod service_entries;
 pub mod waypoints;
 pub mod workloads;
 
+use std::collections::BTreeMap;
+
 use mesh_core::policy::Authorization;
 use mesh_core::{Address, Service, Workload};
 
@@ -71,14 +73,61 @@ pub struct Model {
     pub warnings: Vec<Warning>,
     /// What each waypoint may see.
     pub waypoint_scopes: waypoints::Scopes,
+    /// Each pod's outcome, kept so [`Model::update`] can reuse it.
+    pods: BTreeMap<(String, String), workloads::PodOutcome>,
 }
 
 impl Model {
     /// Computes the model.
     pub fn compute(state: &ClusterState, mesh: &MeshConfig) -> Self {
+        let pods = state
+            .pods
+            .iter()
+            .map(|((ns, name), pod)| {
+                ((ns.clone(), name.clone()), workloads::pod_outcome(state, mesh, ns, name, pod))
+            })
+            .collect();
+        Self::assemble(state, mesh, pods)
+    }
+
+    /// Computes the model for `state`, which followed `previous` (the state
+    /// this model was computed from). When only pods changed (the common
+    /// case: pods come and go), only the changed pods are recomputed;
+    /// anything else can change many workloads and recomputes the whole.
+    pub fn update(&self, previous: &ClusterState, state: &ClusterState, mesh: &MeshConfig) -> Self {
+        if !only_pods_changed(previous, state) {
+            return Self::compute(state, mesh);
+        }
+        let pods = state
+            .pods
+            .iter()
+            .map(|(key, pod)| {
+                let unchanged = previous.pods.get(key) == Some(pod);
+                let outcome = match self.pods.get(key) {
+                    Some(outcome) if unchanged => outcome.clone(),
+                    _ => workloads::pod_outcome(state, mesh, &key.0, &key.1, pod),
+                };
+                (key.clone(), outcome)
+            })
+            .collect();
+        Self::assemble(state, mesh, pods)
+    }
+
+    fn assemble(
+        state: &ClusterState,
+        mesh: &MeshConfig,
+        pods: BTreeMap<(String, String), workloads::PodOutcome>,
+    ) -> Self {
         let mut warnings = Vec::new();
         let mut services = workloads::services(state, mesh);
-        let mut workloads = workloads::workloads(state, mesh, &mut warnings);
+        let mut workloads = Vec::with_capacity(pods.len());
+        for ((ns, name), outcome) in &pods {
+            match outcome {
+                Ok(Some(w)) => workloads.push(w.clone()),
+                Ok(None) => {}
+                Err(message) => warnings.push(workloads::pod_warning(ns, name, message.clone())),
+            }
+        }
         endpoint_slices::apply(state, mesh, &mut workloads);
         let (entry_services, entry_workloads) =
             service_entries::translate(state, mesh, &mut warnings);
@@ -87,7 +136,29 @@ impl Model {
         waypoints::check_bindings(state, mesh, &mut workloads, &mut services, &mut warnings);
         let waypoint_scopes = waypoints::scopes(&workloads, &services);
         let policies = policies::authorizations(state, mesh, &mut warnings);
-        Self { workloads, services, policies, warnings, waypoint_scopes }
+        // Selector policies no workload lists select nothing: say so.
+        let listed: std::collections::HashSet<&str> = workloads
+            .iter()
+            .flat_map(|w| w.authorization_policies.iter().map(String::as_str))
+            .collect();
+        for p in &policies {
+            if p.scope == mesh_core::policy::PolicyScope::WorkloadSelector
+                && p.namespace != mesh.root_namespace
+                && !listed.contains(p.key().as_str())
+            {
+                warnings.push(Warning {
+                    object: ObjectRef {
+                        kind: "AuthorizationPolicy".into(),
+                        namespace: Some(p.namespace.clone()),
+                        name: p.name.clone(),
+                    },
+                    message:
+                        "selector matches no running pod; the policy applies to nothing for now"
+                            .into(),
+                });
+            }
+        }
+        Self { workloads, services, policies, warnings, waypoint_scopes, pods }
     }
 
     /// The WDS resources: workloads and services.
@@ -97,4 +168,16 @@ impl Model {
             .map(|w| Address::Workload(Box::new(w.clone())))
             .chain(self.services.iter().map(|s| Address::Service(Box::new(s.clone()))))
     }
+}
+
+/// Whether everything but pods (and nodes, which the model does not read)
+/// is the same in both states.
+fn only_pods_changed(a: &ClusterState, b: &ClusterState) -> bool {
+    a.namespaces == b.namespaces
+        && a.services == b.services
+        && a.endpoint_slices == b.endpoint_slices
+        && a.authorization_policies == b.authorization_policies
+        && a.peer_authentications == b.peer_authentications
+        && a.gateways == b.gateways
+        && a.service_entries == b.service_entries
 }

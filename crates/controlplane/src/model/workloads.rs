@@ -52,29 +52,25 @@ pub fn services(state: &ClusterState, mesh: &MeshConfig) -> Vec<Service> {
     out
 }
 
-/// Every running pod with an IP, as a workload.
-pub fn workloads(
-    state: &ClusterState,
-    mesh: &MeshConfig,
-    warnings: &mut Vec<Warning>,
-) -> Vec<Workload> {
-    let mut out = Vec::new();
-    for ((namespace, name), pod) in &state.pods {
-        let reference = ObjectRef {
+/// What one pod becomes: a workload, nothing (not running yet, or done),
+/// or a reason it was skipped.
+pub type PodOutcome = Result<Option<Workload>, String>;
+
+/// The warning for a skipped pod.
+pub fn pod_warning(namespace: &str, name: &str, message: String) -> Warning {
+    Warning {
+        object: ObjectRef {
             kind: "Pod".into(),
-            namespace: Some(namespace.clone()),
-            name: name.clone(),
-        };
-        match workload(state, mesh, namespace, name, pod) {
-            Ok(Some(w)) => out.push(w),
-            Ok(None) => {}
-            Err(message) => warnings.push(Warning { object: reference, message }),
-        }
+            namespace: Some(namespace.to_string()),
+            name: name.to_string(),
+        },
+        message,
     }
-    out
 }
 
-fn workload(
+/// One pod as a workload. Depends on the pod, its namespace, the Services
+/// and the policies of the state; nothing else.
+pub fn pod_outcome(
     state: &ClusterState,
     mesh: &MeshConfig,
     namespace: &str,

@@ -68,11 +68,6 @@ pub fn authorizations(
                 )),
             }
         }
-        if let Some(selector) = policy.spec.selector.as_ref().filter(|s| !s.match_labels.is_empty())
-            && !selects_any_pod(state, mesh, namespace, selector)
-        {
-            warn("selector matches no pod; the policy applies to nothing for now".into());
-        }
         out.push(Authorization {
             name: name.clone(),
             namespace: namespace.clone(),
@@ -126,20 +121,6 @@ fn scope(namespace: &str, selector: Option<&WorkloadSelector>, mesh: &MeshConfig
     } else {
         PolicyScope::Namespace
     }
-}
-
-/// Whether a selector policy in `namespace` (all namespaces, for the root
-/// namespace) selects any pod.
-fn selects_any_pod(
-    state: &ClusterState,
-    mesh: &MeshConfig,
-    namespace: &str,
-    selector: &WorkloadSelector,
-) -> bool {
-    state.pods.iter().any(|((ns, _), pod)| {
-        (ns == namespace || namespace == mesh.root_namespace)
-            && pod.metadata.labels.as_ref().is_some_and(|labels| selects(selector, labels))
-    })
 }
 
 fn selects(selector: &WorkloadSelector, labels: &BTreeMap<String, String>) -> bool {

@@ -202,6 +202,6 @@ fn a_selector_matching_no_pod_is_reported() {
     );
     let m = model(&yaml);
     assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
-    assert!(m.warnings[0].message.contains("matches no pod"));
+    assert!(m.warnings[0].message.contains("matches no running pod"));
     assert_eq!(m.warnings[0].object.to_string(), "AuthorizationPolicy apps/nobody");
 }
