@@ -217,6 +217,11 @@ async fn apply_snapshots(
 ) {
     let Publisher { store, registry, scopes, ads, admin } = p;
     let mut previous: Option<(Arc<Snapshot>, Model)> = None;
+    // Publish nothing until the source has loaded once: an empty model
+    // would tell connecting proxies that the mesh is empty.
+    if snapshots.changed().await.is_err() {
+        return;
+    }
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         let model = match &previous {
