@@ -109,7 +109,7 @@ fn main() {
     let model = Model::compute(&snapshot.state, &mesh);
     let computed = start.elapsed();
     let store = SnapshotStore::new();
-    controlplane::push::publish(&store, &model);
+    controlplane::push::publish(&store, &model, None);
     let published = start.elapsed();
     let rss_loaded = rss_mib();
     assert_eq!(model.workloads.len(), PODS);
@@ -127,7 +127,7 @@ fn main() {
     let start = Instant::now();
     let model = full_model.update(&snapshot.state, &state, &mesh);
     let recomputed = start.elapsed();
-    controlplane::push::publish(&store, &model);
+    controlplane::push::publish(&store, &model, Some(&full_model));
     let delta_ready = start.elapsed();
     let after = versions(&store);
     let changed = after.iter().filter(|v| !before.contains(v)).count();

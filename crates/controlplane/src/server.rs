@@ -239,7 +239,7 @@ async fn apply_snapshots(
             }
         }
         registry.replace(nodes);
-        crate::push::publish(&store, &model);
+        crate::push::publish(&store, &model, previous.as_ref().map(|(_, m)| m));
         if scopes.update(model.waypoint_scopes.clone()) {
             ads.refilter();
         }
