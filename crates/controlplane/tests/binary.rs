@@ -113,6 +113,20 @@ impl Handler for Latest {
     }
 }
 
+/// Connects an xDS client to the plaintext port, holding addresses and
+/// policies as they arrive.
+fn subscribe(plaintext: SocketAddr) -> (Latest, Latest) {
+    let addresses = Latest::new(type_url::ADDRESS);
+    let policies = Latest::new(type_url::AUTHORIZATION);
+    let client = XdsClient::new(
+        xds::plaintext_channel(plaintext),
+        XdsClientConfig::default(),
+        vec![Box::new(addresses.clone()), Box::new(policies.clone())],
+    );
+    tokio::spawn(client.run(std::future::pending()));
+    (addresses, policies)
+}
+
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check() {
@@ -137,14 +151,7 @@ async fn pod_and_policy_changes_reach_a_connected_proxy() {
     std::fs::write(cp.config.path().join("ns.yaml"), NAMESPACE).unwrap();
     std::fs::write(cp.config.path().join("a.yaml"), pod("a", "10.0.1.1", "node-a")).unwrap();
 
-    let addresses = Latest::new(type_url::ADDRESS);
-    let policies = Latest::new(type_url::AUTHORIZATION);
-    let client = XdsClient::new(
-        xds::plaintext_channel(cp.plaintext),
-        XdsClientConfig::default(),
-        vec![Box::new(addresses.clone()), Box::new(policies.clone())],
-    );
-    tokio::spawn(client.run(std::future::pending()));
+    let (addresses, policies) = subscribe(cp.plaintext);
     eventually("pod a", || addresses.names() == ["Kubernetes//Pod/apps/a"]).await;
 
     // A new pod is a new workload; the old one is not resent needlessly.
@@ -253,14 +260,7 @@ async fn the_kubernetes_source_follows_list_watch_including_410_gone() {
     let cp =
         start_with(&["--kubernetes"], &[("KUBECONFIG", kubeconfig.path().to_str().unwrap())]).await;
 
-    let addresses = Latest::new(type_url::ADDRESS);
-    let policies = Latest::new(type_url::AUTHORIZATION);
-    let client = XdsClient::new(
-        xds::plaintext_channel(cp.plaintext),
-        XdsClientConfig::default(),
-        vec![Box::new(addresses.clone()), Box::new(policies.clone())],
-    );
-    tokio::spawn(client.run(std::future::pending()));
+    let (addresses, policies) = subscribe(cp.plaintext);
     eventually("pod a from the API server", || addresses.names() == ["Kubernetes//Pod/apps/a"])
         .await;
 

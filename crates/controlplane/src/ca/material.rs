@@ -287,15 +287,6 @@ impl CaMaterial {
         }
         Ok(())
     }
-
-    /// The signing certificate's expiry.
-    pub fn not_after(&self) -> Result<SystemTime, MaterialError> {
-        let der = single_der(&self.cert_pem, CA_CERT)?;
-        let (_, cert) = X509Certificate::from_der(&der)
-            .map_err(|e| MaterialError::Bad { file: CA_CERT, why: e.to_string() })?;
-        let secs = cert.validity().not_after.timestamp();
-        Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
-    }
 }
 
 fn single_der(pem: &str, file: &'static str) -> Result<Vec<u8>, MaterialError> {

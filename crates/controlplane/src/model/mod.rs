@@ -22,7 +22,7 @@ pub mod workloads;
 use std::collections::BTreeMap;
 
 use mesh_core::policy::Authorization;
-use mesh_core::{Address, Service, Workload};
+use mesh_core::{Service, Workload};
 
 use crate::config::{ClusterState, ObjectRef};
 
@@ -159,14 +159,6 @@ impl Model {
             }
         }
         Self { workloads, services, policies, warnings, waypoint_scopes, pods }
-    }
-
-    /// The WDS resources: workloads and services.
-    pub fn addresses(&self) -> impl Iterator<Item = Address> + '_ {
-        self.workloads
-            .iter()
-            .map(|w| Address::Workload(Box::new(w.clone())))
-            .chain(self.services.iter().map(|s| Address::Service(Box::new(s.clone()))))
     }
 }
 

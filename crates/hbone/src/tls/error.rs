@@ -68,17 +68,10 @@ pub enum TlsError {
 impl TlsError {
     /// Classifies an error from a tokio-rustls handshake.
     pub fn from_io(err: io::Error) -> Self {
-        let is_rustls = err.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
-        if is_rustls {
-            if let Some(inner) = err.into_inner()
-                && let Ok(rustls_err) = inner.downcast::<rustls::Error>()
-            {
-                return Self::from_rustls(*rustls_err);
-            }
-            // Unreachable in practice: the error was checked to be rustls'.
-            return Self::Io(io::Error::other("TLS error lost while classifying"));
+        match err.downcast::<rustls::Error>() {
+            Ok(rustls_err) => Self::from_rustls(rustls_err),
+            Err(err) => Self::Io(err),
         }
-        Self::Io(err)
     }
 
     /// Classifies a rustls error.
