@@ -10,6 +10,7 @@
 
 mod ca;
 mod fake_api;
+pub mod model;
 mod servers;
 
 pub use ca::{LeafOptions, TestCa};
