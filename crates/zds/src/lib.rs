@@ -21,7 +21,7 @@ mod proxy;
 use std::io;
 
 pub use agent::{ZdsListener, ZdsPeer};
-pub use mesh_proto::zds::{WorkloadInfo, workload_request::Payload};
+pub use mesh_proto::zds::{AddWorkload, WorkloadInfo, workload_request::Payload};
 pub use proxy::{ZdsConnection, ZdsRequest};
 
 /// Largest message either side accepts (a WorkloadInfo is a few hundred

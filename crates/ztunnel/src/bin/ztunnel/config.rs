@@ -1,0 +1,207 @@
+//! Flags and environment: the only place the binary reads them. Every bad
+//! value is reported at once, naming the variable and what was expected.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use hbone::TrustBundle;
+use mesh_core::Identity;
+use ztunnel::app::{AppConfig, ControlPlaneConfig};
+use ztunnel::inpod::InpodConfig;
+use ztunnel::{DnsConfig, PodPorts, ProxyConfig};
+
+/// The node proxy of the mesh.
+#[derive(Debug, Parser)]
+#[command(name = "ztunnel", version)]
+pub(crate) struct Flags {
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Trust domain of pod identities.
+    #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Cluster DNS domain, for short service names.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The network this node is on.
+    #[arg(long, env = "NETWORK", default_value = "")]
+    network: String,
+    /// Control plane xDS address (host:port).
+    #[arg(long, env = "XDS_ADDRESS", default_value = "istiod.istio-system.svc:15012")]
+    xds_address: String,
+    /// CA address (host:port); the xDS address when unset.
+    #[arg(long, env = "CA_ADDRESS")]
+    ca_address: Option<String>,
+    /// Identity the control plane must prove.
+    #[arg(
+        long,
+        env = "CONTROL_PLANE_IDENTITY",
+        default_value = "spiffe://cluster.local/ns/istio-system/sa/controlplane"
+    )]
+    control_plane_identity: String,
+    /// PEM file with the mesh's root certificates.
+    #[arg(long, env = "ROOT_CERT", default_value = "/var/run/secrets/istio/root-cert.pem")]
+    root_cert: PathBuf,
+    /// File holding the bearer token for the CA (a bootstrap token locally,
+    /// a projected service-account token in Kubernetes).
+    #[arg(long, env = "CA_TOKEN_FILE")]
+    ca_token_file: Option<PathBuf>,
+    /// Requested certificate lifetime, in seconds.
+    #[arg(long, env = "CERT_LIFETIME_SECONDS", default_value = "86400")]
+    cert_lifetime_seconds: u64,
+    /// The node agent's ZDS socket.
+    #[arg(long, env = "ZDS_SOCKET", default_value = "/var/run/ztunnel/ztunnel.sock")]
+    zds_socket: PathBuf,
+    /// Mark on ztunnel's own packets in pods (0 = none).
+    #[arg(long, env = "SOCKET_MARK", default_value = "1337")]
+    socket_mark: u32,
+    /// Admin endpoint (keep it on localhost).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    admin_addr: String,
+    /// Prometheus endpoint.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:15020")]
+    metrics_addr: String,
+    /// Readiness endpoint.
+    #[arg(long, env = "READINESS_ADDR", default_value = "0.0.0.0:15021")]
+    readiness_addr: String,
+    /// Where DNS names the mesh does not know are forwarded; the first
+    /// `nameserver` of /etc/resolv.conf when unset.
+    #[arg(long, env = "DNS_UPSTREAM")]
+    dns_upstream: Option<String>,
+    /// Disable the per-pod DNS proxy.
+    #[arg(long, env = "DNS_DISABLED")]
+    dns_disabled: bool,
+    /// How long connections may finish on shutdown or pod removal (seconds).
+    #[arg(long, env = "DRAIN_DEADLINE_SECONDS", default_value = "30")]
+    drain_deadline_seconds: u64,
+    /// Tokio worker threads.
+    #[arg(long, env = "WORKER_THREADS", default_value = "2")]
+    worker_threads: usize,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+}
+
+/// What `main` needs besides the application config.
+pub(crate) struct Process {
+    pub(crate) admin: SocketAddr,
+    pub(crate) metrics: SocketAddr,
+    pub(crate) readiness: SocketAddr,
+    pub(crate) worker_threads: usize,
+    pub(crate) log: String,
+}
+
+impl Flags {
+    /// Checks every value; all problems at once.
+    pub(crate) fn validate(self) -> Result<(AppConfig, Process), String> {
+        let mut problems = Vec::new();
+        let mut addr = |value: &str, name: &str| match resolve(value) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(format!("  {name}={value:?}: {e}"));
+                None
+            }
+        };
+        let xds = addr(&self.xds_address, "XDS_ADDRESS");
+        let ca = addr(self.ca_address.as_deref().unwrap_or(&self.xds_address), "CA_ADDRESS");
+        let admin = addr(&self.admin_addr, "ADMIN_ADDR");
+        let metrics = addr(&self.metrics_addr, "METRICS_ADDR");
+        let readiness = addr(&self.readiness_addr, "READINESS_ADDR");
+        let dns_upstream = match &self.dns_upstream {
+            Some(v) => addr(v, "DNS_UPSTREAM"),
+            None => resolv_conf_nameserver(),
+        };
+        let identity = match self.control_plane_identity.parse::<Identity>() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                problems.push(format!(
+                    "  CONTROL_PLANE_IDENTITY={:?}: {e} (expected spiffe://<td>/ns/<ns>/sa/<sa>)",
+                    self.control_plane_identity
+                ));
+                None
+            }
+        };
+        let roots = match std::fs::read_to_string(&self.root_cert) {
+            Ok(pem) => match TrustBundle::from_pem(&pem) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    problems.push(format!("  ROOT_CERT={}: {e}", self.root_cert.display()));
+                    None
+                }
+            },
+            Err(e) => {
+                problems.push(format!("  ROOT_CERT={}: cannot read: {e}", self.root_cert.display()));
+                None
+            }
+        };
+        if self.node_name.trim().is_empty() {
+            problems.push("  NODE_NAME: must not be empty".into());
+        }
+        if self.worker_threads == 0 {
+            problems.push("  WORKER_THREADS=0: need at least 1".into());
+        }
+        if self.cert_lifetime_seconds < 60 {
+            problems.push(format!(
+                "  CERT_LIFETIME_SECONDS={}: at least 60 expected",
+                self.cert_lifetime_seconds
+            ));
+        }
+        let (Some(xds), Some(ca), Some(admin), Some(metrics), Some(readiness), Some(identity), Some(roots), true) =
+            (xds, ca, admin, metrics, readiness, identity, roots, problems.is_empty())
+        else {
+            return Err(problems.join("\n"));
+        };
+        let config = AppConfig {
+            node_name: self.node_name,
+            proxy: ProxyConfig {
+                trust_domain: self.trust_domain,
+                network: self.network,
+                ports: PodPorts::default(),
+                peer_hbone_port: PodPorts::default().hbone,
+                connect_timeout: Duration::from_secs(10),
+                drain_deadline: Duration::from_secs(self.drain_deadline_seconds),
+                dns: DnsConfig {
+                    enabled: !self.dns_disabled,
+                    upstream: dns_upstream,
+                    upstream_timeout: Duration::from_secs(5),
+                    cluster_domain: self.cluster_domain,
+                },
+            },
+            control_plane: ControlPlaneConfig {
+                xds,
+                ca,
+                identity,
+                roots,
+                token_file: self.ca_token_file,
+                cert_lifetime: Duration::from_secs(self.cert_lifetime_seconds),
+            },
+            inpod: InpodConfig {
+                socket: self.zds_socket,
+                mark: (self.socket_mark != 0).then_some(self.socket_mark),
+            },
+        };
+        let process = Process { admin, metrics, readiness, worker_threads: self.worker_threads, log: self.log };
+        Ok((config, process))
+    }
+}
+
+fn resolve(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    value
+        .to_socket_addrs()
+        .map_err(|e| format!("not an address or resolvable host:port ({e})"))?
+        .next()
+        .ok_or_else(|| "resolves to no address".into())
+}
+
+fn resolv_conf_nameserver() -> Option<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    text.lines().find_map(|line| {
+        let ip = line.trim().strip_prefix("nameserver")?.trim();
+        ip.parse().ok().map(|ip| SocketAddr::new(ip, 53))
+    })
+}

@@ -1,0 +1,81 @@
+//! The proxy's typed settings. The binary fills them from flags and
+//! environment (`src/bin/ztunnel/config.rs`); tests build them directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Ports ztunnel listens on inside every pod's network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodPorts {
+    /// Outbound capture (15001).
+    pub outbound: u16,
+    /// Inbound plaintext capture (15006).
+    pub inbound_plaintext: u16,
+    /// Inbound HBONE (15008).
+    pub hbone: u16,
+    /// DNS proxy (15053).
+    pub dns: u16,
+}
+
+impl Default for PodPorts {
+    fn default() -> Self {
+        Self { outbound: 15001, inbound_plaintext: 15006, hbone: 15008, dns: 15053 }
+    }
+}
+
+/// DNS proxy settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Whether pods get a DNS proxy on their DNS port.
+    pub enabled: bool,
+    /// Where names the mesh does not know are forwarded (the node's resolver).
+    pub upstream: Option<SocketAddr>,
+    /// How long a forwarded query may take.
+    pub upstream_timeout: Duration,
+    /// The cluster's DNS domain (`cluster.local`), for short names.
+    pub cluster_domain: String,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            upstream: None,
+            upstream_timeout: Duration::from_secs(5),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// What the per-pod proxies need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Trust domain of the pods' identities.
+    pub trust_domain: String,
+    /// The network this node is on (empty: the default network).
+    pub network: String,
+    /// The listening ports in pods.
+    pub ports: PodPorts,
+    /// The HBONE port of other pods and waypoints.
+    pub peer_hbone_port: u16,
+    /// How long to wait for an upstream TCP connection.
+    pub connect_timeout: Duration,
+    /// How long open connections may finish when a pod leaves or on shutdown.
+    pub drain_deadline: Duration,
+    /// DNS proxy.
+    pub dns: DnsConfig,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            network: String::new(),
+            ports: PodPorts::default(),
+            peer_hbone_port: 15008,
+            connect_timeout: Duration::from_secs(10),
+            drain_deadline: Duration::from_secs(30),
+            dns: DnsConfig::default(),
+        }
+    }
+}

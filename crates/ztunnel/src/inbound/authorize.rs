@@ -1,0 +1,174 @@
+//! Whether an inbound connection may reach its pod: plain data in, a
+//! decision out, tested without sockets.
+
+use std::net::{IpAddr, SocketAddr};
+
+use mesh_core::policy::{Connection, Decision, DecisionReason, evaluate};
+use mesh_core::{GatewayDestination, Identity, Workload};
+use proxy_core::store::WorkloadStore;
+
+/// Why a connection is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The destination pod is not (yet) in the workload store, so its
+    /// policies are unknown: refused rather than guessed.
+    #[error("destination workload {0} is not known yet")]
+    UnknownDestination(String),
+    /// The pod is behind a waypoint and the caller is not that waypoint.
+    #[error("{caller} bypassed waypoint {waypoint}")]
+    BypassedWaypoint {
+        /// The caller's identity.
+        caller: String,
+        /// The waypoint.
+        waypoint: String,
+    },
+    /// Authorization policy says no.
+    #[error("{0}")]
+    Denied(String),
+}
+
+/// Decides on a connection to `destination` from `source_ip`, with the
+/// verified `source_identity` (None for plaintext).
+pub fn authorize(
+    store: &WorkloadStore,
+    destination: Option<&Workload>,
+    pod_uid: &str,
+    source_identity: Option<&Identity>,
+    source_ip: IpAddr,
+    target: SocketAddr,
+) -> Result<Decision, Refusal> {
+    let workload = destination.ok_or_else(|| Refusal::UnknownDestination(pod_uid.to_string()))?;
+    if let (Some(waypoint), Some(caller)) = (&workload.waypoint, source_identity) {
+        let allowed = waypoint_identities(store, &waypoint.destination);
+        if !allowed.contains(caller) {
+            let name = match &waypoint.destination {
+                GatewayDestination::Address(a) => a.address.to_string(),
+                GatewayDestination::Hostname(h) => h.to_string(),
+            };
+            return Err(Refusal::BypassedWaypoint { caller: caller.to_string(), waypoint: name });
+        }
+    }
+    let policies = store.policies_for(workload);
+    let decision = evaluate(
+        policies.iter().map(|p| p.as_ref()),
+        &Connection {
+            source_identity: source_identity.cloned(),
+            source_ip,
+            destination_ip: target.ip(),
+            destination_port: target.port(),
+        },
+    );
+    if decision.allowed() {
+        Ok(decision)
+    } else {
+        Err(Refusal::Denied(describe(&decision)))
+    }
+}
+
+fn describe(decision: &Decision) -> String {
+    match &decision.reason {
+        DecisionReason::DeniedByPolicy(p) => {
+            format!("denied by policy {}/{} (rule {})", p.namespace, p.name, p.rule)
+        }
+        DecisionReason::NoAllowPolicyMatched => "no ALLOW policy matched".into(),
+        DecisionReason::AllowedByPolicy(_) | DecisionReason::NoPolicies => "allowed".into(),
+    }
+}
+
+/// Identities of the workloads behind a waypoint address.
+fn waypoint_identities(store: &WorkloadStore, destination: &GatewayDestination) -> Vec<Identity> {
+    let from_service = |key: &mesh_core::NamespacedHostname| {
+        store.endpoints(key).into_iter().map(|e| e.workload.identity.clone()).collect::<Vec<_>>()
+    };
+    match destination {
+        GatewayDestination::Address(addr) => {
+            if let Some(w) = store.workload_by_ip(&addr.network, addr.address) {
+                vec![w.identity.clone()]
+            } else if let Some(s) = store.service_by_vip(&addr.network, addr.address) {
+                from_service(&s.key())
+            } else {
+                Vec::new()
+            }
+        }
+        GatewayDestination::Hostname(key) => from_service(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use mesh_core::Address;
+    use mesh_core::policy::{Action, IpNet, Match, StringMatch};
+    use testkit::model::{policy, workload};
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn id(ns: &str, sa: &str) -> Identity {
+        Identity::new("cluster.local", ns, sa).unwrap()
+    }
+
+    fn decide(store: &WorkloadStore, caller: Option<Identity>, src: &str, port: u16) -> Result<Decision, Refusal> {
+        let dst = store.workload("Kubernetes//Pod/apps/db").unwrap();
+        authorize(store, Some(&dst), &dst.uid, caller.as_ref(), ip(src), SocketAddr::new(ip("10.0.1.9"), port))
+    }
+
+    #[test]
+    fn policies_by_principal_namespace_port_and_source_ip() {
+        let store = WorkloadStore::new();
+        store.insert(Address::Workload(Box::new(workload("db", "apps", ip("10.0.1.9")).build())));
+        assert!(decide(&store, None, "10.0.0.1", 5432).is_ok(), "no policy: allowed");
+        store.insert_policy(policy(
+            "apps",
+            "only-api",
+            Action::Allow,
+            vec![Match {
+                principals: vec![StringMatch::Exact("cluster.local/ns/apps/sa/api".into())],
+                destination_ports: vec![5432],
+                ..Match::default()
+            }],
+        ));
+        assert!(decide(&store, Some(id("apps", "api")), "10.0.0.1", 5432).is_ok());
+        let refusal = decide(&store, Some(id("apps", "web")), "10.0.0.1", 5432).unwrap_err();
+        assert_eq!(refusal, Refusal::Denied("no ALLOW policy matched".into()));
+        assert!(decide(&store, Some(id("apps", "api")), "10.0.0.1", 22).is_err(), "wrong port");
+        assert!(decide(&store, None, "10.0.0.1", 5432).is_err(), "plaintext has no principal");
+
+        store.insert_policy(policy(
+            "apps",
+            "block-net",
+            Action::Deny,
+            vec![Match { source_ips: vec![IpNet::new(ip("10.0.0.0"), 24).unwrap()], ..Match::default() }],
+        ));
+        let refusal = decide(&store, Some(id("apps", "api")), "10.0.0.7", 5432).unwrap_err();
+        assert_eq!(refusal, Refusal::Denied("denied by policy apps/block-net (rule 0)".into()));
+        assert!(decide(&store, Some(id("apps", "api")), "10.0.5.7", 5432).is_ok());
+    }
+
+    #[test]
+    fn only_the_waypoint_may_reach_a_pod_behind_it() {
+        let store = WorkloadStore::new();
+        store.insert(Address::Workload(Box::new(
+            workload("db", "apps", ip("10.0.1.9")).waypoint(ip("10.0.3.3")).build(),
+        )));
+        store.insert(Address::Workload(Box::new(
+            workload("waypoint", "apps", ip("10.0.3.3")).service_account("waypoint").build(),
+        )));
+        assert!(decide(&store, Some(id("apps", "waypoint")), "10.0.3.3", 5432).is_ok());
+        let refusal = decide(&store, Some(id("apps", "api")), "10.0.0.1", 5432).unwrap_err();
+        assert!(matches!(refusal, Refusal::BypassedWaypoint { .. }), "{refusal}");
+    }
+
+    #[test]
+    fn an_unknown_destination_is_refused() {
+        let store = WorkloadStore::new();
+        let refusal =
+            authorize(&store, None, "uid-1", None, ip("10.0.0.1"), "10.0.1.9:80".parse().unwrap())
+                .unwrap_err();
+        assert_eq!(refusal, Refusal::UnknownDestination("uid-1".into()));
+    }
+}

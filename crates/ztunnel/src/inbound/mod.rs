@@ -1,0 +1,229 @@
+//! Inbound: HBONE tunnels arriving on 15008 and plaintext captured on
+//! 15006, authorized, then connected to the application inside the pod.
+
+pub mod authorize;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hbone::{ConnectHandler, H2Settings, HboneServer, InboundConnect, Verdict};
+use mesh_core::{Identity, Workload};
+use proxy_core::connections::{ConnectionInfo, Direction};
+use proxy_core::sockets;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, debug_span, info, warn};
+
+use self::authorize::{Refusal, authorize};
+use crate::pod::PodContext;
+use crate::telemetry::{ConnectionFacts, Failure, Reporter};
+use crate::tracked::{Tracked, report_failure};
+
+/// Serves HBONE once the pod's certificate is there; swaps the TLS
+/// configuration on every rotation (open connections keep theirs).
+pub(crate) async fn serve_hbone(ctx: Arc<PodContext>, listener: TcpListener, stop: CancellationToken) {
+    let Some(mut certs) = ctx.shared.certs.watch(&ctx.identity) else {
+        warn!(identity = %ctx.identity, "no certificate tracked for the pod; HBONE not served");
+        return;
+    };
+    // The listener is bound, so peers' connections queue until then.
+    let first = tokio::select! {
+        _ = stop.cancelled() => return,
+        cert = certs.wait_for(|s| s.current.is_some()) => match cert {
+            Ok(state) => state.current.clone(),
+            Err(_) => return,
+        },
+    };
+    let Some(first) = first else { return };
+    let tls = match hbone::tls::server_config(&first, &[]) {
+        Ok(tls) => tls,
+        Err(e) => {
+            warn!(error = %e, "cannot build the HBONE TLS configuration");
+            return;
+        }
+    };
+    let handler = Arc::new(InboundHandler { ctx: ctx.clone() });
+    let server = Arc::new(HboneServer::new(tls, handler, H2Settings::default()));
+    let rotation = {
+        let server = server.clone();
+        async move {
+            while certs.changed().await.is_ok() {
+                let current = certs.borrow_and_update().current.clone();
+                if let Some(cert) = current {
+                    match hbone::tls::server_config(&cert, &[]) {
+                        Ok(tls) => {
+                            server.set_tls_config(tls);
+                            info!(serial = %cert.info().serial, "HBONE certificate rotated");
+                        }
+                        Err(e) => warn!(error = %e, "rotated certificate unusable; keeping the old one"),
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = server.run(listener, stop.cancelled()) => {}
+        _ = rotation => {}
+    }
+}
+
+/// Decides on each CONNECT for one pod.
+struct InboundHandler {
+    ctx: Arc<PodContext>,
+}
+
+impl ConnectHandler for InboundHandler {
+    type Upstream = Tracked<TcpStream>;
+
+    async fn handle(&self, request: InboundConnect) -> Verdict<Self::Upstream> {
+        let ctx = &self.ctx;
+        let source_ip = request.forwarded_for.as_ref().map_or(request.peer_addr.ip(), |f| f.ip);
+        let source_port = request.forwarded_for.as_ref().and_then(|f| f.port).unwrap_or(0);
+        let destination = destination_workload(ctx, request.target.ip());
+        if let Some(w) = &destination
+            && !w.addresses.contains(&request.target.ip())
+        {
+            return Verdict::BadRequest(format!("{} is not an address of this pod", request.target));
+        }
+        let facts = ConnectionFacts {
+            reporter: Reporter::Destination,
+            source_addr: SocketAddr::new(source_ip, source_port),
+            source: ctx.shared.store.workload_by_ip(&ctx.shared.config.network, source_ip),
+            source_identity: Some(request.peer_identity.clone()),
+            destination_addr: request.target,
+            destination: destination.clone(),
+            service: None,
+            destination_identity: Some(ctx.identity.clone()),
+            upstream: request.target,
+            mtls: true,
+        };
+        let decided = authorize(
+            &ctx.shared.store,
+            destination.as_deref(),
+            &ctx.spec.uid,
+            Some(&request.peer_identity),
+            source_ip,
+            request.target,
+        );
+        if let Err(refusal) = decided {
+            return refuse(ctx, &facts, refusal);
+        }
+        match connect_app(ctx, request.target).await {
+            Ok(stream) => Verdict::Accept(track(ctx, stream, facts)),
+            Err(reason) => {
+                report_failure(&ctx.shared.metrics, &facts, Failure::UpstreamConnect, &reason);
+                Verdict::Unavailable(reason)
+            }
+        }
+    }
+}
+
+/// Accepts captured plaintext until `stop`.
+pub(crate) async fn serve_plaintext(
+    ctx: Arc<PodContext>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
+    loop {
+        let (client, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "inbound plaintext accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(
+            async move { plaintext(ctx, client, peer).await }
+                .instrument(debug_span!("inbound_plaintext", %peer)),
+        );
+    }
+}
+
+async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let target = match ctx.original_dst.original_dst(&client) {
+        Ok(addr) => addr,
+        Err(e) => {
+            warn!(error = %e, "no original destination; closing");
+            return;
+        }
+    };
+    let destination = destination_workload(&ctx, target.ip());
+    let facts = ConnectionFacts {
+        reporter: Reporter::Destination,
+        source_addr: peer,
+        source: ctx.shared.store.workload_by_ip(&ctx.shared.config.network, peer.ip()),
+        source_identity: None,
+        destination_addr: target,
+        destination: destination.clone(),
+        service: None,
+        destination_identity: Some(ctx.identity.clone()),
+        upstream: target,
+        mtls: false,
+    };
+    // STRICT mTLS arrives as a DENY policy for connections without a
+    // principal, so plaintext is refused there by the same evaluation.
+    let decided =
+        authorize(&ctx.shared.store, destination.as_deref(), &ctx.spec.uid, None, peer.ip(), target);
+    if let Err(refusal) = decided {
+        let _ = refuse(&ctx, &facts, refusal);
+        return;
+    }
+    match connect_app(&ctx, target).await {
+        Ok(stream) => {
+            let mut upstream = track(&ctx, stream, facts);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                debug!(error = %e, "inbound plaintext connection ended with an error");
+            }
+        }
+        Err(reason) => {
+            report_failure(&ctx.shared.metrics, &facts, Failure::UpstreamConnect, &reason);
+        }
+    }
+}
+
+fn destination_workload(ctx: &PodContext, ip: IpAddr) -> Option<Arc<Workload>> {
+    let store = &ctx.shared.store;
+    store.workload(&ctx.spec.uid).or_else(|| {
+        // Pods are keyed by uid; fall back to the address for stores that
+        // name workloads differently.
+        store.workload_by_ip(&ctx.shared.config.network, ip)
+    })
+}
+
+fn refuse(ctx: &PodContext, facts: &ConnectionFacts, refusal: Refusal) -> Verdict<Tracked<TcpStream>> {
+    let reason = refusal.to_string();
+    debug!(%reason, "inbound connection refused");
+    report_failure(&ctx.shared.metrics, facts, Failure::Denied, &reason);
+    Verdict::Deny(reason)
+}
+
+async fn connect_app(ctx: &PodContext, target: SocketAddr) -> Result<TcpStream, String> {
+    let connect = sockets::connect(ctx.sockets.as_ref(), target);
+    match tokio::time::timeout(ctx.shared.config.connect_timeout, connect).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(format!("could not connect to the application at {target}: {e}")),
+        Err(_) => Err(format!("connecting to the application at {target} timed out")),
+    }
+}
+
+fn track(ctx: &PodContext, stream: TcpStream, facts: ConnectionFacts) -> Tracked<TcpStream> {
+    let guard = ctx.shared.connections.register(ConnectionInfo {
+        direction: Direction::Inbound,
+        workload: ctx.spec.uid.clone(),
+        source: facts.source_addr,
+        destination: facts.destination_addr,
+        upstream: facts.upstream,
+        source_identity: facts.source_identity.as_ref().map(Identity::to_string),
+        destination_identity: facts.destination_identity.as_ref().map(Identity::to_string),
+        protocol: if facts.mtls { "HBONE" } else { "TCP" },
+        opened: SystemTime::now(),
+    });
+    Tracked::new(stream, facts, ctx.shared.metrics.clone(), guard, &ctx.kill)
+}

@@ -1,0 +1,196 @@
+//! Outbound: connections a pod makes, captured on 15001, planned, and
+//! carried in HBONE or passed through.
+
+pub mod plan;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hbone::{ConnectError, ConnectRequest};
+use proxy_core::connections::{ConnectionInfo, Direction};
+use proxy_core::sockets;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, debug_span, warn};
+
+use self::plan::{Destination, Plan, PlanError, Source};
+use crate::pod::PodContext;
+use crate::telemetry::{ConnectionFacts, Failure, Reporter};
+use crate::tracked::{Tracked, report_failure};
+
+/// Accepts captured outbound connections until `stop`.
+pub(crate) async fn serve(ctx: Arc<PodContext>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let (client, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(
+            async move { handle(ctx, client, peer).await }
+                .instrument(debug_span!("outbound", %peer)),
+        );
+    }
+}
+
+async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let original = match ctx.original_dst.original_dst(&client) {
+        Ok(addr) => addr,
+        Err(e) => {
+            warn!(error = %e, "no original destination; closing");
+            return;
+        }
+    };
+    if is_own_listener(&ctx, &client, original) {
+        // Connecting to our own capture port would loop forever.
+        warn!(%original, "connection to ztunnel's own capture port refused");
+        return;
+    }
+    let shared = &ctx.shared;
+    let source = Source {
+        identity: ctx.identity.clone(),
+        workload: shared.store.workload(&ctx.spec.uid),
+        network: shared.config.network.clone(),
+    };
+    let planned = plan::plan(
+        &shared.store,
+        &source,
+        original,
+        shared.config.peer_hbone_port,
+        &mut |n| shared.choose(n),
+    );
+    let mut facts = ConnectionFacts {
+        reporter: Reporter::Source,
+        source_addr: peer,
+        source: source.workload.clone(),
+        source_identity: Some(ctx.identity.clone()),
+        destination_addr: original,
+        destination: None,
+        service: None,
+        destination_identity: None,
+        upstream: original,
+        mtls: false,
+    };
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(e) => {
+            let failure = match e {
+                PlanError::UnknownPort { .. } => Failure::NoRoute,
+                PlanError::NoHealthyEndpoint(_) | PlanError::WaypointNotFound(_) => {
+                    Failure::NoHealthyUpstream
+                }
+            };
+            debug!(error = %e, "refused");
+            report_failure(&shared.metrics, &facts, failure, &e.to_string());
+            return;
+        }
+    };
+    match plan {
+        Plan::Direct { upstream, destination } => {
+            describe(&mut facts, &destination, upstream, false, None);
+            let connect = sockets::connect(ctx.sockets.as_ref(), upstream);
+            match tokio::time::timeout(shared.config.connect_timeout, connect).await {
+                Ok(Ok(stream)) => splice(&ctx, client, stream, facts).await,
+                Ok(Err(e)) => fail(&ctx, &facts, Failure::UpstreamConnect, &e.to_string()),
+                Err(_) => fail(&ctx, &facts, Failure::UpstreamConnect, "connect timed out"),
+            }
+        }
+        Plan::Tunnel { hbone, authority, identities, via_waypoint: _, destination } => {
+            describe(&mut facts, &destination, hbone, true, identities.first());
+            let cert = match shared.certs.get(&ctx.identity).await {
+                Ok(cert) => cert,
+                Err(e) => return fail(&ctx, &facts, Failure::NoCertificate, &e.to_string()),
+            };
+            let request = ConnectRequest {
+                source: cert,
+                hbone_addr: hbone,
+                expected_identities: identities,
+                target: authority,
+                forwarded_for: Some(peer),
+                baggage: None,
+                traceparent: None,
+            };
+            let connect = ctx.pool.connect(&request);
+            match tokio::time::timeout(shared.config.connect_timeout, connect).await {
+                Ok(Ok(stream)) => splice(&ctx, client, stream, facts).await,
+                Ok(Err(e)) => {
+                    let failure = match e {
+                        ConnectError::Denied { .. } => Failure::Denied,
+                        _ => Failure::UpstreamConnect,
+                    };
+                    fail(&ctx, &facts, failure, &error_chain(&e));
+                }
+                Err(_) => fail(&ctx, &facts, Failure::UpstreamConnect, "tunnel timed out"),
+            }
+        }
+    }
+}
+
+fn describe(
+    facts: &mut ConnectionFacts,
+    destination: &Destination,
+    upstream: SocketAddr,
+    mtls: bool,
+    identity: Option<&mesh_core::Identity>,
+) {
+    facts.destination = destination.workload.clone();
+    facts.service = destination.service.clone();
+    facts.upstream = upstream;
+    facts.mtls = mtls;
+    facts.destination_identity = identity.cloned();
+}
+
+fn fail(ctx: &PodContext, facts: &ConnectionFacts, failure: Failure, reason: &str) {
+    debug!(%reason, "outbound connection failed");
+    report_failure(&ctx.shared.metrics, facts, failure, reason);
+}
+
+/// Copies both ways until both sides are done (half-closes are passed on).
+async fn splice<U>(ctx: &PodContext, mut client: TcpStream, upstream: U, facts: ConnectionFacts)
+where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let guard = ctx.shared.connections.register(ConnectionInfo {
+        direction: Direction::Outbound,
+        workload: ctx.spec.uid.clone(),
+        source: facts.source_addr,
+        destination: facts.destination_addr,
+        upstream: facts.upstream,
+        source_identity: facts.source_identity.as_ref().map(ToString::to_string),
+        destination_identity: facts.destination_identity.as_ref().map(ToString::to_string),
+        protocol: if facts.mtls { "HBONE" } else { "TCP" },
+        opened: SystemTime::now(),
+    });
+    let mut upstream =
+        Tracked::new(upstream, facts, ctx.shared.metrics.clone(), guard, &ctx.kill);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        debug!(error = %e, "outbound connection ended with an error");
+    }
+}
+
+/// Whether `original` is one of this pod's own capture listeners.
+fn is_own_listener(ctx: &PodContext, client: &TcpStream, original: SocketAddr) -> bool {
+    let ports = ctx.shared.config.ports;
+    client.local_addr().is_ok_and(|local| local == original)
+        && [ports.outbound, ports.inbound_plaintext].contains(&original.port())
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,134 @@
+//! A proxied connection's upstream side, wrapped so that whatever copies
+//! the bytes (our outbound loop or the HBONE server) also counts them,
+//! reports metrics and the access-log line when the connection ends, shows
+//! the connection on the admin endpoint while it is open, and ends it when
+//! its pod is drained past the deadline.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use proxy_core::connections::ConnectionGuard;
+use proxy_core::tcp_metrics::TcpMetrics;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::info;
+
+use crate::telemetry::ConnectionFacts;
+
+/// An upstream stream with accounting.
+pub(crate) struct Tracked<S> {
+    inner: S,
+    to_destination: u64,
+    from_destination: u64,
+    facts: ConnectionFacts,
+    metrics: TcpMetrics,
+    opened: Instant,
+    killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    _guard: ConnectionGuard,
+}
+
+impl<S> Tracked<S> {
+    /// Wraps `inner`; counts the connection as opened now.
+    pub(crate) fn new(
+        inner: S,
+        facts: ConnectionFacts,
+        metrics: TcpMetrics,
+        guard: ConnectionGuard,
+        kill: &CancellationToken,
+    ) -> Self {
+        metrics.opened(&facts.labels(None));
+        Self {
+            inner,
+            to_destination: 0,
+            from_destination: 0,
+            facts,
+            metrics,
+            opened: Instant::now(),
+            killed: Box::pin(kill.clone().cancelled_owned()),
+            _guard: guard,
+        }
+    }
+
+    fn check_killed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.killed.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection ended: its pod was drained",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+use std::future::Future;
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        this.check_killed(cx)?;
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.from_destination += (buf.filled().len() - before) as u64;
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        this.check_killed(cx)?;
+        let result = Pin::new(&mut this.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &result {
+            this.to_destination += *n as u64;
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S> Drop for Tracked<S> {
+    fn drop(&mut self) {
+        let labels = self.facts.labels(None);
+        self.metrics.closed(&labels, self.to_destination, self.from_destination);
+        info!(
+            target: "access",
+            "{}",
+            self.facts.log_line(self.to_destination, self.from_destination, self.opened.elapsed(), None)
+        );
+    }
+}
+
+/// Reports a connection that failed before any byte moved: counted as
+/// opened and closed with its flag, and logged with the reason.
+pub(crate) fn report_failure(
+    metrics: &TcpMetrics,
+    facts: &ConnectionFacts,
+    failure: crate::telemetry::Failure,
+    reason: &str,
+) {
+    let labels = facts.labels(Some(failure));
+    metrics.opened(&labels);
+    metrics.closed(&labels, 0, 0);
+    info!(
+        target: "access",
+        "{}",
+        facts.log_line(0, 0, std::time::Duration::ZERO, Some((failure, reason)))
+    );
+}
