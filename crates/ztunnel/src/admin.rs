@@ -74,11 +74,15 @@ impl Route for AdminRoute {
                     .query()
                     .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")));
                 match (level, &self.set_log_level) {
-                    (None, _) => text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=<filter>\n"),
+                    (None, _) => {
+                        text(StatusCode::BAD_REQUEST, "usage: POST /logging?level=<filter>\n")
+                    }
                     (Some(_), None) => text(StatusCode::NOT_IMPLEMENTED, "log level is fixed\n"),
                     (Some(level), Some(set)) => match set(level) {
                         Ok(()) => text(StatusCode::OK, format!("log level set to {level}\n")),
-                        Err(e) => text(StatusCode::BAD_REQUEST, format!("bad level {level:?}: {e}\n")),
+                        Err(e) => {
+                            text(StatusCode::BAD_REQUEST, format!("bad level {level:?}: {e}\n"))
+                        }
                     },
                 }
             }

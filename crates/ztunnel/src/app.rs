@@ -155,7 +155,11 @@ pub async fn run(
     });
 
     let admin = AdminRoute::new(ztunnel.clone(), set_log_level);
-    tokio::spawn(proxy_core::http::serve(listeners.admin, admin, shutdown.clone().cancelled_owned()));
+    tokio::spawn(proxy_core::http::serve(
+        listeners.admin,
+        admin,
+        shutdown.clone().cancelled_owned(),
+    ));
     tokio::spawn(proxy_core::http::serve(
         listeners.metrics,
         MetricsRoute::new(registry),
@@ -166,7 +170,13 @@ pub async fn run(
         Arc::new(ReadinessRoute(readiness)),
         shutdown.clone().cancelled_owned(),
     ));
-    tokio::spawn(inpod::run(ztunnel.clone(), config.inpod, host, Some(zds_ready), shutdown.clone()));
+    tokio::spawn(inpod::run(
+        ztunnel.clone(),
+        config.inpod,
+        host,
+        Some(zds_ready),
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     info!(deadline = ?config.proxy.drain_deadline, "shutting down: draining connections");

@@ -48,7 +48,12 @@ pub enum Answer {
 
 /// Answers `query` from the store if it names a service (`namespace` is
 /// the asking pod's, for short names).
-pub fn answer(store: &WorkloadStore, namespace: &str, cluster_domain: &str, query: &[u8]) -> Answer {
+pub fn answer(
+    store: &WorkloadStore,
+    namespace: &str,
+    cluster_domain: &str,
+    query: &[u8],
+) -> Answer {
     let request = match Message::from_vec(query) {
         Ok(m) => m,
         Err(_) if query.len() >= 2 => {
@@ -93,7 +98,12 @@ pub fn answer(store: &WorkloadStore, namespace: &str, cluster_domain: &str, quer
 
 /// The VIPs of the service `name` refers to, trying the search-domain
 /// expansions of the pod's namespace.
-fn lookup(store: &WorkloadStore, namespace: &str, cluster_domain: &str, name: &str) -> Option<Vec<IpAddr>> {
+fn lookup(
+    store: &WorkloadStore,
+    namespace: &str,
+    cluster_domain: &str,
+    name: &str,
+) -> Option<Vec<IpAddr>> {
     let dots = name.matches('.').count();
     let mut candidates = vec![name.to_string()];
     match dots {
@@ -193,14 +203,19 @@ async fn resolve(ctx: &PodContext, query: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Asks the node's resolver over UDP; SERVFAIL when it cannot.
-async fn forward(upstream: Option<SocketAddr>, timeout: std::time::Duration, query: &[u8]) -> Vec<u8> {
+async fn forward(
+    upstream: Option<SocketAddr>,
+    timeout: std::time::Duration,
+    query: &[u8],
+) -> Vec<u8> {
     let id = if query.len() >= 2 { u16::from_be_bytes([query[0], query[1]]) } else { 0 };
     let servfail = || {
         Message::error_msg(id, OpCode::Query, ResponseCode::ServFail).to_vec().unwrap_or_default()
     };
     let Some(upstream) = upstream else { return servfail() };
     let attempt = async {
-        let bind: SocketAddr = if upstream.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let bind: SocketAddr =
+            if upstream.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         let socket = UdpSocket::bind(bind).await?;
         socket.connect(upstream).await?;
         socket.send(query).await?;
@@ -226,7 +241,6 @@ async fn forward(upstream: Option<SocketAddr>, timeout: std::time::Duration, que
         }
     }
 }
-
 
 #[cfg(test)]
 #[path = "dns_tests.rs"]

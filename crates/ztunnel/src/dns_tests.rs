@@ -57,12 +57,20 @@ fn service_names_and_their_short_forms_resolve_to_the_vip() {
         assert_eq!(ips(&m), ["10.96.0.10"], "{name}");
     }
     // From another namespace, the bare name means another service.
-    assert_eq!(answer(&st, "other", "cluster.local", &query("web.", RecordType::A)), Answer::Forward);
+    assert_eq!(
+        answer(&st, "other", "cluster.local", &query("web.", RecordType::A)),
+        Answer::Forward
+    );
 }
 
 #[test]
 fn aaaa_for_a_v4_service_is_an_empty_answer_not_a_forward() {
-    let m = reply(answer(&store(), "apps", "cluster.local", &query("web.apps.svc.cluster.local.", RecordType::AAAA)));
+    let m = reply(answer(
+        &store(),
+        "apps",
+        "cluster.local",
+        &query("web.apps.svc.cluster.local.", RecordType::AAAA),
+    ));
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty());
 }
@@ -70,7 +78,10 @@ fn aaaa_for_a_v4_service_is_an_empty_answer_not_a_forward() {
 #[test]
 fn other_names_and_types_are_forwarded() {
     let st = store();
-    assert_eq!(answer(&st, "apps", "cluster.local", &query("example.com.", RecordType::A)), Answer::Forward);
+    assert_eq!(
+        answer(&st, "apps", "cluster.local", &query("example.com.", RecordType::A)),
+        Answer::Forward
+    );
     assert_eq!(
         answer(&st, "apps", "cluster.local", &query("web.apps.svc.cluster.local.", RecordType::MX)),
         Answer::Forward
@@ -95,8 +106,9 @@ async fn forwarding_without_an_upstream_or_to_a_dead_one_is_servfail() {
     // A UDP socket that never answers.
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
-    let m = Message::from_vec(&forward(Some(addr), std::time::Duration::from_millis(200), &q).await)
-        .unwrap();
+    let m =
+        Message::from_vec(&forward(Some(addr), std::time::Duration::from_millis(200), &q).await)
+            .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 }
 

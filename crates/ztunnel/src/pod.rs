@@ -114,12 +114,16 @@ impl RunningPod {
             kill: kill.clone(),
         });
         let span = info_span!("pod", uid = %spec.uid, name = %spec.name, ns = %spec.namespace);
-        tokio::spawn(crate::outbound::serve(ctx.clone(), outbound, stop.clone()).instrument(span.clone()));
+        tokio::spawn(
+            crate::outbound::serve(ctx.clone(), outbound, stop.clone()).instrument(span.clone()),
+        );
         tokio::spawn(
             crate::inbound::serve_plaintext(ctx.clone(), plaintext, stop.clone())
                 .instrument(span.clone()),
         );
-        tokio::spawn(crate::inbound::serve_hbone(ctx.clone(), hbone, stop.clone()).instrument(span.clone()));
+        tokio::spawn(
+            crate::inbound::serve_hbone(ctx.clone(), hbone, stop.clone()).instrument(span.clone()),
+        );
         if let Some(dns) = dns {
             tokio::spawn(crate::dns::serve(ctx, dns, stop.clone()).instrument(span.clone()));
         }

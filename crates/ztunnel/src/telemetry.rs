@@ -83,7 +83,10 @@ impl ConnectionFacts {
             .into(),
             source_workload: src.map_or_else(unknown, |w| w.workload_name.clone()),
             source_workload_namespace: src.map_or_else(unknown, |w| w.namespace.clone()),
-            source_principal: self.source_identity.as_ref().map_or_else(unknown, Identity::to_string),
+            source_principal: self
+                .source_identity
+                .as_ref()
+                .map_or_else(unknown, Identity::to_string),
             source_canonical_service: src.map_or_else(unknown, |w| w.canonical_name.clone()),
             source_canonical_revision: src.map_or_else(unknown, |w| w.canonical_revision.clone()),
             destination_workload: dst.map_or_else(unknown, |w| w.workload_name.clone()),

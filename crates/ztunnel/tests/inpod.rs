@@ -95,7 +95,13 @@ async fn pods_handed_over_are_served_inside_their_namespace_and_replay_removes_t
     let ztunnel = node.ztunnel.clone();
     let shutdown = CancellationToken::new();
     let config = InpodConfig { socket: socket.clone(), mark: Some(1337) };
-    tokio::spawn(inpod::run(ztunnel.clone(), config, HostNetns::current().unwrap(), None, shutdown.clone()));
+    tokio::spawn(inpod::run(
+        ztunnel.clone(),
+        config,
+        HostNetns::current().unwrap(),
+        None,
+        shutdown.clone(),
+    ));
 
     let peer = agent.accept().await.unwrap();
     let ns_file = netns.file();
@@ -111,9 +117,16 @@ async fn pods_handed_over_are_served_inside_their_namespace_and_replay_removes_t
     // Requests ztunnel cannot honour are acked with the reason.
     let refused = peer.keep("uid-unknown").await.unwrap_err();
     assert!(matches!(&refused, ZdsError::Refused(m) if m.contains("uid-unknown")), "{refused}");
-    let bad = WorkloadInfo { name: "x".into(), namespace: "Not/A/Namespace".into(), service_account: "sa".into() };
+    let bad = WorkloadInfo {
+        name: "x".into(),
+        namespace: "Not/A/Namespace".into(),
+        service_account: "sa".into(),
+    };
     let refused = peer.add("uid-bad", bad, ns_file.as_fd()).await.unwrap_err();
-    assert!(matches!(&refused, ZdsError::Refused(m) if m.contains("no valid identity")), "{refused}");
+    assert!(
+        matches!(&refused, ZdsError::Refused(m) if m.contains("no valid identity")),
+        "{refused}"
+    );
 
     // The agent restarts; its snapshot no longer lists the pod.
     drop(peer);

@@ -36,12 +36,21 @@ async fn two_nodes(net: u8) -> TwoNodes {
 
 /// Two nodes whose workload stores may differ (one saw an update the other
 /// has not).
-async fn two_nodes_seeing(net: u8, store_a: Arc<WorkloadStore>, store_b: Arc<WorkloadStore>) -> TwoNodes {
+async fn two_nodes_seeing(
+    net: u8,
+    store_a: Arc<WorkloadStore>,
+    store_b: Arc<WorkloadStore>,
+) -> TwoNodes {
     let ca = FakeCa::new();
     let client_ip = ip(&format!("127.21.{net}.1"));
     let server_ip = ip(&format!("127.21.{net}.2"));
     for store in [&store_a, &store_b] {
-        put(store, Address::Workload(Box::new(workload("sleep", "apps", client_ip).service_account("sleep").build())));
+        put(
+            store,
+            Address::Workload(Box::new(
+                workload("sleep", "apps", client_ip).service_account("sleep").build(),
+            )),
+        );
         put(
             store,
             Address::Workload(Box::new(
@@ -89,7 +98,12 @@ async fn pod_to_pod_across_nodes_is_mutual_tls_with_both_identities() {
         ("source_workload", "sleep"),
         ("destination_workload", "web"),
     ];
-    assert_eq!(m.b.sample("istio_tcp_connections_opened_total", &server_side), 1, "{}", m.b.metrics());
+    assert_eq!(
+        m.b.sample("istio_tcp_connections_opened_total", &server_side),
+        1,
+        "{}",
+        m.b.metrics()
+    );
     assert_eq!(m.b.sample("istio_tcp_connections_closed_total", &server_side), 1);
     assert_eq!(m.b.sample("istio_tcp_received_bytes_total", &server_side), data.len() as u64);
     assert_eq!(m.b.sample("istio_tcp_sent_bytes_total", &server_side), data.len() as u64);
@@ -105,7 +119,8 @@ async fn service_vip_reaches_an_endpoint_and_a_deleted_endpoint_stops_receiving(
     put(&m.store, Address::Service(Box::new(service("web", "apps", vip, &[(80, 8080)]).build())));
     let back = round_trip(m.connect(SocketAddr::new(vip, 80)).await, b"via the service").await;
     assert_eq!(back, b"via the service");
-    let svc_labels = [("destination_service", "web.apps.svc.cluster.local"), ("reporter", "source")];
+    let svc_labels =
+        [("destination_service", "web.apps.svc.cluster.local"), ("reporter", "source")];
     m.a.idle().await;
     assert_eq!(m.a.sample("istio_tcp_connections_opened_total", &svc_labels), 1);
 
@@ -122,21 +137,37 @@ async fn policies_allow_and_deny_and_changes_apply_live() {
         "apps",
         "only-api",
         Action::Allow,
-        vec![Match { principals: vec![StringMatch::Exact("cluster.local/ns/apps/sa/api".into())], ..Match::default() }],
+        vec![Match {
+            principals: vec![StringMatch::Exact("cluster.local/ns/apps/sa/api".into())],
+            ..Match::default()
+        }],
     );
     m.store.insert_policy(only_api);
     assert_refused(m.connect(app).await).await;
     m.b.idle().await;
     assert_eq!(m.b.sample("istio_tcp_connections_opened_total", &[("response_flags", "DENY")]), 1);
-    assert_eq!(m.a.sample("istio_tcp_connections_opened_total", &[("response_flags", "DENY"), ("reporter", "source")]), 1);
+    assert_eq!(
+        m.a.sample(
+            "istio_tcp_connections_opened_total",
+            &[("response_flags", "DENY"), ("reporter", "source")]
+        ),
+        1
+    );
 
     m.store.insert_policy(policy(
         "apps",
         "only-api",
         Action::Allow,
-        vec![Match { principals: vec![StringMatch::Exact("cluster.local/ns/apps/sa/sleep".into())], ..Match::default() }],
+        vec![Match {
+            principals: vec![StringMatch::Exact("cluster.local/ns/apps/sa/sleep".into())],
+            ..Match::default()
+        }],
     ));
-    assert_eq!(round_trip(m.connect(app).await, b"hello").await, b"hello", "allowed after the change");
+    assert_eq!(
+        round_trip(m.connect(app).await, b"hello").await,
+        b"hello",
+        "allowed after the change"
+    );
 }
 
 #[tokio::test]
@@ -148,7 +179,13 @@ async fn plaintext_is_allowed_under_permissive_and_refused_under_strict() {
     let stream = m.b.redirects.connect(outsider, plaintext_port, app).await;
     assert_eq!(round_trip(stream, b"plain").await, b"plain");
     m.b.idle().await;
-    assert_eq!(m.b.sample("istio_tcp_connections_opened_total", &[("connection_security_policy", "none"), ("response_flags", "-")]), 1);
+    assert_eq!(
+        m.b.sample(
+            "istio_tcp_connections_opened_total",
+            &[("connection_security_policy", "none"), ("response_flags", "-")]
+        ),
+        1
+    );
 
     // STRICT arrives as a DENY policy for callers without a principal,
     // listed by the workload.
@@ -175,7 +212,13 @@ async fn destinations_outside_the_mesh_pass_through() {
     let outside = echo_on(ip("127.21.5.50"), 0).await;
     assert_eq!(round_trip(m.connect(outside).await, b"passthrough").await, b"passthrough");
     m.a.idle().await;
-    assert_eq!(m.a.sample("istio_tcp_connections_opened_total", &[("connection_security_policy", "none"), ("reporter", "source")]), 1);
+    assert_eq!(
+        m.a.sample(
+            "istio_tcp_connections_opened_total",
+            &[("connection_security_policy", "none"), ("reporter", "source")]
+        ),
+        1
+    );
 }
 
 #[tokio::test]
@@ -185,7 +228,10 @@ async fn server_speaks_first_and_half_close_work() {
     let mut stream = m.connect(app).await;
     let mut greeting = [0u8; 11];
     stream.read_exact(&mut greeting).await.unwrap();
-    assert_eq!(&greeting, b"220 ready\r\n", "the server's first bytes arrive before the client sends");
+    assert_eq!(
+        &greeting, b"220 ready\r\n",
+        "the server's first bytes arrive before the client sends"
+    );
     // The client half-closes; the server's echo still arrives in full.
     let back = round_trip(stream, b"QUIT").await;
     assert_eq!(back, b"QUIT");
@@ -199,23 +245,54 @@ async fn a_waypoint_bound_pod_refuses_callers_that_bypass_it() {
     let m = two_nodes_seeing(7, store_a, store_b.clone()).await;
     let app = echo_on(m.server_ip, 8080).await;
     let waypoint_ip = ip("127.21.7.99");
-    put(&store_b, Address::Workload(Box::new(workload("waypoint", "apps", waypoint_ip).service_account("waypoint").build())));
-    let web = workload("web", "apps", m.server_ip)
-        .service_account("web")
-        .waypoint(waypoint_ip)
-        .build();
+    put(
+        &store_b,
+        Address::Workload(Box::new(
+            workload("waypoint", "apps", waypoint_ip).service_account("waypoint").build(),
+        )),
+    );
+    let web =
+        workload("web", "apps", m.server_ip).service_account("web").waypoint(waypoint_ip).build();
     put(&store_b, Address::Workload(Box::new(web)));
     assert_refused(m.connect(app).await).await;
     m.b.idle().await;
-    assert_eq!(m.b.sample("istio_tcp_connections_opened_total", &[("response_flags", "DENY"), ("source_principal", "spiffe://cluster.local/ns/apps/sa/sleep")]), 1);
+    assert_eq!(
+        m.b.sample(
+            "istio_tcp_connections_opened_total",
+            &[
+                ("response_flags", "DENY"),
+                ("source_principal", "spiffe://cluster.local/ns/apps/sa/sleep")
+            ]
+        ),
+        1
+    );
 
     // The client's ztunnel learns of the waypoint too: it now sends there,
     // and there is no waypoint listening, so the connection fails at source.
-    put(&m.store, Address::Workload(Box::new(workload("waypoint", "apps", waypoint_ip).service_account("waypoint").build())));
-    put(&m.store, Address::Workload(Box::new(workload("web", "apps", m.server_ip).service_account("web").waypoint(waypoint_ip).build())));
+    put(
+        &m.store,
+        Address::Workload(Box::new(
+            workload("waypoint", "apps", waypoint_ip).service_account("waypoint").build(),
+        )),
+    );
+    put(
+        &m.store,
+        Address::Workload(Box::new(
+            workload("web", "apps", m.server_ip)
+                .service_account("web")
+                .waypoint(waypoint_ip)
+                .build(),
+        )),
+    );
     assert_refused(m.connect(app).await).await;
     m.a.idle().await;
-    assert_eq!(m.a.sample("istio_tcp_connections_opened_total", &[("response_flags", "UF"), ("reporter", "source")]), 1);
+    assert_eq!(
+        m.a.sample(
+            "istio_tcp_connections_opened_total",
+            &[("response_flags", "UF"), ("reporter", "source")]
+        ),
+        1
+    );
 }
 
 #[tokio::test]
@@ -243,8 +320,18 @@ async fn connections_survive_certificate_rotation_and_new_ones_use_the_new_certi
     let ca = FakeCa::new();
     ca.lifetime_ms.store(1_600, Ordering::SeqCst);
     let (client_ip, server_ip) = (ip("127.21.9.1"), ip("127.21.9.2"));
-    put(&store, Address::Workload(Box::new(workload("sleep", "apps", client_ip).service_account("sleep").build())));
-    put(&store, Address::Workload(Box::new(workload("web", "apps", server_ip).service_account("web").build())));
+    put(
+        &store,
+        Address::Workload(Box::new(
+            workload("sleep", "apps", client_ip).service_account("sleep").build(),
+        )),
+    );
+    put(
+        &store,
+        Address::Workload(Box::new(
+            workload("web", "apps", server_ip).service_account("web").build(),
+        )),
+    );
     let a = Node::new(store.clone(), ca.clone());
     let b = Node::new(store.clone(), ca.clone());
     a.add_pod("sleep", "apps", "sleep", client_ip);
@@ -252,7 +339,8 @@ async fn connections_survive_certificate_rotation_and_new_ones_use_the_new_certi
     a.ready().await;
     b.ready().await;
     let app = echo_on(server_ip, 8080).await;
-    let mut long_lived = a.redirects.connect(client_ip, SocketAddr::new(client_ip, 15001), app).await;
+    let mut long_lived =
+        a.redirects.connect(client_ip, SocketAddr::new(client_ip, 15001), app).await;
     let before = ca.issued.load(Ordering::SeqCst);
     // Keep traffic flowing across at least two rotations (refresh at ~0.8 s).
     for i in 0..25u8 {
@@ -287,18 +375,32 @@ async fn the_pods_dns_proxy_answers_service_names() {
     use hickory_proto::op::{Message, Query};
     use hickory_proto::rr::{Name, RData, RecordType};
     let m = two_nodes(11).await;
-    put(&m.store, Address::Service(Box::new(service("web", "apps", ip("10.96.21.11"), &[(80, 8080)]).build())));
+    put(
+        &m.store,
+        Address::Service(Box::new(
+            service("web", "apps", ip("10.96.21.11"), &[(80, 8080)]).build(),
+        )),
+    );
     let socket = tokio::net::UdpSocket::bind((m.client_ip, 0)).await.unwrap();
     let mut query = Message::query();
     query.metadata.id = 7;
-    query.add_query(Query::query(Name::from_ascii("web.apps.svc.cluster.local.").unwrap(), RecordType::A));
+    query.add_query(Query::query(
+        Name::from_ascii("web.apps.svc.cluster.local.").unwrap(),
+        RecordType::A,
+    ));
     socket.send_to(&query.to_vec().unwrap(), (m.client_ip, 15053)).await.unwrap();
     let mut buf = [0u8; 512];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf)).await.unwrap().unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let reply = Message::from_vec(&buf[..n]).unwrap();
     assert_eq!(reply.metadata.id, 7);
     let answers: Vec<_> = reply.answers.iter().map(|r| r.data.clone()).collect();
-    assert!(matches!(answers.as_slice(), [RData::A(a)] if a.0.to_string() == "10.96.21.11"), "{answers:?}");
+    assert!(
+        matches!(answers.as_slice(), [RData::A(a)] if a.0.to_string() == "10.96.21.11"),
+        "{answers:?}"
+    );
 }
 
 #[tokio::test]
@@ -318,5 +420,8 @@ async fn many_concurrent_connections_leave_nothing_behind() {
     }
     m.a.idle().await;
     m.b.idle().await;
-    assert_eq!(m.b.sample("istio_tcp_connections_closed_total", &[("reporter", "destination")]), 200);
+    assert_eq!(
+        m.b.sample("istio_tcp_connections_closed_total", &[("reporter", "destination")]),
+        200
+    );
 }

@@ -176,7 +176,7 @@ impl WorkloadCertificates {
                 state: e.state.borrow().clone(),
             })
             .collect();
-        out.sort_by(|a, b| a.identity.to_string().cmp(&b.identity.to_string()));
+        out.sort_by_key(|s| s.identity.to_string());
         out
     }
 

@@ -58,11 +58,7 @@ pub fn authorize(
             destination_port: target.port(),
         },
     );
-    if decision.allowed() {
-        Ok(decision)
-    } else {
-        Err(Refusal::Denied(describe(&decision)))
-    }
+    if decision.allowed() { Ok(decision) } else { Err(Refusal::Denied(describe(&decision))) }
 }
 
 fn describe(decision: &Decision) -> String {
@@ -112,9 +108,21 @@ mod tests {
         Identity::new("cluster.local", ns, sa).unwrap()
     }
 
-    fn decide(store: &WorkloadStore, caller: Option<Identity>, src: &str, port: u16) -> Result<Decision, Refusal> {
+    fn decide(
+        store: &WorkloadStore,
+        caller: Option<Identity>,
+        src: &str,
+        port: u16,
+    ) -> Result<Decision, Refusal> {
         let dst = store.workload("Kubernetes//Pod/apps/db").unwrap();
-        authorize(store, Some(&dst), &dst.uid, caller.as_ref(), ip(src), SocketAddr::new(ip("10.0.1.9"), port))
+        authorize(
+            store,
+            Some(&dst),
+            &dst.uid,
+            caller.as_ref(),
+            ip(src),
+            SocketAddr::new(ip("10.0.1.9"), port),
+        )
     }
 
     #[test]
@@ -142,7 +150,10 @@ mod tests {
             "apps",
             "block-net",
             Action::Deny,
-            vec![Match { source_ips: vec![IpNet::new(ip("10.0.0.0"), 24).unwrap()], ..Match::default() }],
+            vec![Match {
+                source_ips: vec![IpNet::new(ip("10.0.0.0"), 24).unwrap()],
+                ..Match::default()
+            }],
         ));
         let refusal = decide(&store, Some(id("apps", "api")), "10.0.0.7", 5432).unwrap_err();
         assert_eq!(refusal, Refusal::Denied("denied by policy apps/block-net (rule 0)".into()));

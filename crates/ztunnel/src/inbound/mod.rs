@@ -22,7 +22,11 @@ use crate::tracked::{Tracked, report_failure};
 
 /// Serves HBONE once the pod's certificate is there; swaps the TLS
 /// configuration on every rotation (open connections keep theirs).
-pub(crate) async fn serve_hbone(ctx: Arc<PodContext>, listener: TcpListener, stop: CancellationToken) {
+pub(crate) async fn serve_hbone(
+    ctx: Arc<PodContext>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     let Some(mut certs) = ctx.shared.certs.watch(&ctx.identity) else {
         warn!(identity = %ctx.identity, "no certificate tracked for the pod; HBONE not served");
         return;
@@ -56,7 +60,9 @@ pub(crate) async fn serve_hbone(ctx: Arc<PodContext>, listener: TcpListener, sto
                             server.set_tls_config(tls);
                             info!(serial = %cert.info().serial, "HBONE certificate rotated");
                         }
-                        Err(e) => warn!(error = %e, "rotated certificate unusable; keeping the old one"),
+                        Err(e) => {
+                            warn!(error = %e, "rotated certificate unusable; keeping the old one")
+                        }
                     }
                 }
             }
@@ -84,7 +90,10 @@ impl ConnectHandler for InboundHandler {
         if let Some(w) = &destination
             && !w.addresses.contains(&request.target.ip())
         {
-            return Verdict::BadRequest(format!("{} is not an address of this pod", request.target));
+            return Verdict::BadRequest(format!(
+                "{} is not an address of this pod",
+                request.target
+            ));
         }
         let facts = ConnectionFacts {
             reporter: Reporter::Destination,
@@ -169,8 +178,14 @@ async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr
     };
     // STRICT mTLS arrives as a DENY policy for connections without a
     // principal, so plaintext is refused there by the same evaluation.
-    let decided =
-        authorize(&ctx.shared.store, destination.as_deref(), &ctx.spec.uid, None, peer.ip(), target);
+    let decided = authorize(
+        &ctx.shared.store,
+        destination.as_deref(),
+        &ctx.spec.uid,
+        None,
+        peer.ip(),
+        target,
+    );
     if let Err(refusal) = decided {
         let _ = refuse(&ctx, &facts, refusal);
         return;
@@ -197,7 +212,11 @@ fn destination_workload(ctx: &PodContext, ip: IpAddr) -> Option<Arc<Workload>> {
     })
 }
 
-fn refuse(ctx: &PodContext, facts: &ConnectionFacts, refusal: Refusal) -> Verdict<Tracked<TcpStream>> {
+fn refuse(
+    ctx: &PodContext,
+    facts: &ConnectionFacts,
+    refusal: Refusal,
+) -> Verdict<Tracked<TcpStream>> {
     let reason = refusal.to_string();
     debug!(%reason, "inbound connection refused");
     report_failure(&ctx.shared.metrics, facts, Failure::Denied, &reason);

@@ -43,17 +43,23 @@ pub async fn run(
     let mut ready = ready;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let session = Session { ztunnel: &ztunnel, config: &config, host: &host, ready: &mut ready };
+        let session =
+            Session { ztunnel: &ztunnel, config: &config, host: &host, ready: &mut ready };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = session.run(&mut backoff) => result,
         };
         let delay = backoff.next_delay();
         match result {
-            Err(ZdsError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(ZdsError::Io(e))
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
                 info!(socket = %config.socket.display(), ?delay, "node agent not listening yet")
             }
-            Err(ZdsError::Closed) => info!(?delay, "node agent closed the ZDS connection; reconnecting"),
+            Err(ZdsError::Closed) => {
+                info!(?delay, "node agent closed the ZDS connection; reconnecting")
+            }
             Err(e) => warn!(error = %e, ?delay, "ZDS session failed; reconnecting"),
             Ok(()) => {}
         }
@@ -125,7 +131,11 @@ impl Session<'_> {
         }
     }
 
-    fn add(&self, add: zds::AddWorkload, netns: Option<std::os::fd::OwnedFd>) -> Result<(), String> {
+    fn add(
+        &self,
+        add: zds::AddWorkload,
+        netns: Option<std::os::fd::OwnedFd>,
+    ) -> Result<(), String> {
         let info = add.workload_info.ok_or("AddWorkload without workload_info")?;
         let netns = netns.ok_or("AddWorkload without a network namespace")?;
         let spec = PodSpec {

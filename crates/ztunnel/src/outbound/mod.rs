@@ -61,13 +61,10 @@ async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         workload: shared.store.workload(&ctx.spec.uid),
         network: shared.config.network.clone(),
     };
-    let planned = plan::plan(
-        &shared.store,
-        &source,
-        original,
-        shared.config.peer_hbone_port,
-        &mut |n| shared.choose(n),
-    );
+    let planned =
+        plan::plan(&shared.store, &source, original, shared.config.peer_hbone_port, &mut |n| {
+            shared.choose(n)
+        });
     let mut facts = ConnectionFacts {
         reporter: Reporter::Source,
         source_addr: peer,
@@ -170,8 +167,7 @@ where
         protocol: if facts.mtls { "HBONE" } else { "TCP" },
         opened: SystemTime::now(),
     });
-    let mut upstream =
-        Tracked::new(upstream, facts, ctx.shared.metrics.clone(), guard, &ctx.kill);
+    let mut upstream = Tracked::new(upstream, facts, ctx.shared.metrics.clone(), guard, &ctx.kill);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         debug!(error = %e, "outbound connection ended with an error");
     }

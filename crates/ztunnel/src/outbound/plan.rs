@@ -237,11 +237,17 @@ fn via_waypoint(
     })
 }
 
-fn pick_any(store: &WorkloadStore, service: &Service, choose: Chooser<'_>) -> Option<Arc<Workload>> {
+fn pick_any(
+    store: &WorkloadStore,
+    service: &Service,
+    choose: Chooser<'_>,
+) -> Option<Arc<Workload>> {
     let healthy: Vec<_> = store
         .endpoints(&service.key())
         .into_iter()
-        .filter(|e| e.workload.status == WorkloadStatus::Healthy && !e.workload.addresses.is_empty())
+        .filter(|e| {
+            e.workload.status == WorkloadStatus::Healthy && !e.workload.addresses.is_empty()
+        })
         .collect();
     if healthy.is_empty() {
         return None;

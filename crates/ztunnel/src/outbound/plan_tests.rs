@@ -73,9 +73,13 @@ fn pod_ip_in_the_mesh_is_tunnelled_to_its_15008_expecting_its_identity() {
 #[test]
 fn outside_the_mesh_passes_through_unchanged() {
     let st = store(vec![w(workload("legacy", "old", ip("10.0.1.6")).plaintext())]);
-    assert!(matches!(run(&st, "10.0.1.6:80").unwrap(), Plan::Direct { upstream, .. } if upstream == sa("10.0.1.6:80")));
+    assert!(
+        matches!(run(&st, "10.0.1.6:80").unwrap(), Plan::Direct { upstream, .. } if upstream == sa("10.0.1.6:80"))
+    );
     // An address nobody knows: the internet, a node, anything.
-    assert!(matches!(run(&st, "93.184.216.34:443").unwrap(), Plan::Direct { upstream, destination } if upstream == sa("93.184.216.34:443") && destination == Destination::default()));
+    assert!(
+        matches!(run(&st, "93.184.216.34:443").unwrap(), Plan::Direct { upstream, destination } if upstream == sa("93.184.216.34:443") && destination == Destination::default())
+    );
 }
 
 #[test]
@@ -136,7 +140,9 @@ fn a_plaintext_endpoint_of_a_service_is_reached_directly() {
         s(service("web", "apps", ip("10.96.0.10"), &[(80, 8080)])),
         w(workload("web-0", "apps", ip("10.0.1.5")).endpoint_of(SVC, &[(80, 8080)]).plaintext()),
     ]);
-    assert!(matches!(run(&st, "10.96.0.10:80").unwrap(), Plan::Direct { upstream, .. } if upstream == sa("10.0.1.5:8080")));
+    assert!(
+        matches!(run(&st, "10.96.0.10:80").unwrap(), Plan::Direct { upstream, .. } if upstream == sa("10.0.1.5:8080"))
+    );
 }
 
 #[test]
@@ -162,7 +168,10 @@ fn a_pod_behind_a_waypoint_goes_to_the_waypoint_and_a_missing_waypoint_is_refuse
     ]);
     let (hbone, authority, _, via) = tunnel(run(&st, "10.0.1.9:5432").unwrap());
     assert_eq!((hbone, authority, via), (sa("10.0.3.3:15008"), sa("10.0.1.9:5432"), true));
-    assert_eq!(run(&st, "10.0.1.10:80").unwrap_err(), PlanError::WaypointNotFound("10.0.9.9".into()));
+    assert_eq!(
+        run(&st, "10.0.1.10:80").unwrap_err(),
+        PlanError::WaypointNotFound("10.0.9.9".into())
+    );
 }
 
 #[test]
@@ -188,7 +197,9 @@ fn passthrough_load_balancing_connects_to_the_address_dialled() {
         s(service("web", "apps", ip("10.96.0.10"), &[(80, 8080)]).load_balancing(lb)),
         w(workload("web-0", "apps", ip("10.0.1.5")).endpoint_of(SVC, &[(80, 8080)])),
     ]);
-    assert!(matches!(run(&st, "10.96.0.10:80").unwrap(), Plan::Direct { upstream, .. } if upstream == sa("10.96.0.10:80")));
+    assert!(
+        matches!(run(&st, "10.96.0.10:80").unwrap(), Plan::Direct { upstream, .. } if upstream == sa("10.96.0.10:80"))
+    );
 }
 
 fn located(name: &str, addr: &str, node: &str, zone: &str) -> Workload {
@@ -203,7 +214,11 @@ fn routing_preferences_strict_and_failover() {
     let mut src = source();
     src.workload = Some(client);
     let mk = |mode| {
-        let lb = LoadBalancing { mode, routing_preference: vec![Scope::Zone, Scope::Node], ..Default::default() };
+        let lb = LoadBalancing {
+            mode,
+            routing_preference: vec![Scope::Zone, Scope::Node],
+            ..Default::default()
+        };
         store(vec![
             s(service("web", "apps", ip("10.96.0.10"), &[(80, 8080)]).load_balancing(lb)),
             Address::Workload(Box::new(located("far", "10.0.9.5", "node-x", "z2"))),

@@ -54,7 +54,11 @@ impl CertificateProvider for FakeCa {
             let life = Duration::from_millis(self.lifetime_ms.load(Ordering::SeqCst));
             Ok(self.ca.issue_with(
                 identity,
-                LeafOptions { not_before: now - Duration::from_secs(1), not_after: now + life, uris: None },
+                LeafOptions {
+                    not_before: now - Duration::from_secs(1),
+                    not_after: now + life,
+                    uris: None,
+                },
             ))
         })
     }
@@ -79,7 +83,12 @@ impl OriginalDst for Redirects {
 impl Redirects {
     /// Connects from `from_ip` to `capture` as if the client had dialled
     /// `dst` and iptables had redirected it.
-    pub async fn connect(&self, from_ip: IpAddr, capture: SocketAddr, dst: SocketAddr) -> TcpStream {
+    pub async fn connect(
+        &self,
+        from_ip: IpAddr,
+        capture: SocketAddr,
+        dst: SocketAddr,
+    ) -> TcpStream {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(from_ip, 0)).unwrap();
         let local = socket.local_addr().unwrap();
@@ -96,10 +105,11 @@ pub struct Node {
 }
 
 pub fn config() -> ProxyConfig {
-    let mut config = ProxyConfig::default();
-    config.drain_deadline = Duration::from_secs(2);
-    config.connect_timeout = Duration::from_secs(3);
-    config
+    ProxyConfig {
+        drain_deadline: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(3),
+        ..ProxyConfig::default()
+    }
 }
 
 impl Node {
@@ -112,7 +122,10 @@ impl Node {
         let metrics = TcpMetrics::register(&mut registry);
         let certs = WorkloadCertificates::new(
             ca,
-            CertificateSettings { initial_backoff: Duration::from_millis(50), ..Default::default() },
+            CertificateSettings {
+                initial_backoff: Duration::from_millis(50),
+                ..Default::default()
+            },
         );
         let shared = Shared::new(store, certs, metrics, config);
         Self { ztunnel: Ztunnel::new(shared), registry, redirects: Arc::new(Redirects::default()) }
@@ -126,9 +139,7 @@ impl Node {
             namespace: namespace.into(),
             service_account: sa.into(),
         };
-        self.ztunnel
-            .add_pod(spec, Arc::new(HostSockets::new(ip)), self.redirects.clone())
-            .unwrap();
+        self.ztunnel.add_pod(spec, Arc::new(HostSockets::new(ip)), self.redirects.clone()).unwrap();
     }
 
     pub fn metrics(&self) -> String {

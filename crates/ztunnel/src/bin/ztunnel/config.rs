@@ -132,7 +132,8 @@ impl Flags {
                 }
             },
             Err(e) => {
-                problems.push(format!("  ROOT_CERT={}: cannot read: {e}", self.root_cert.display()));
+                problems
+                    .push(format!("  ROOT_CERT={}: cannot read: {e}", self.root_cert.display()));
                 None
             }
         };
@@ -148,8 +149,16 @@ impl Flags {
                 self.cert_lifetime_seconds
             ));
         }
-        let (Some(xds), Some(ca), Some(admin), Some(metrics), Some(readiness), Some(identity), Some(roots), true) =
-            (xds, ca, admin, metrics, readiness, identity, roots, problems.is_empty())
+        let (
+            Some(xds),
+            Some(ca),
+            Some(admin),
+            Some(metrics),
+            Some(readiness),
+            Some(identity),
+            Some(roots),
+            true,
+        ) = (xds, ca, admin, metrics, readiness, identity, roots, problems.is_empty())
         else {
             return Err(problems.join("\n"));
         };
@@ -182,7 +191,13 @@ impl Flags {
                 mark: (self.socket_mark != 0).then_some(self.socket_mark),
             },
         };
-        let process = Process { admin, metrics, readiness, worker_threads: self.worker_threads, log: self.log };
+        let process = Process {
+            admin,
+            metrics,
+            readiness,
+            worker_threads: self.worker_threads,
+            log: self.log,
+        };
         Ok((config, process))
     }
 }

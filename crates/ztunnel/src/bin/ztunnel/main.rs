@@ -5,7 +5,7 @@ mod config;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::{EnvFilter, reload, prelude::*};
+use tracing_subscriber::{EnvFilter, prelude::*, reload};
 
 fn main() -> anyhow::Result<()> {
     let flags = config::Flags::parse();
@@ -32,7 +32,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let bind = |addr, what: &'static str| async move {
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {what} {addr}"))
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {what} {addr}"))
         };
         let listeners = ztunnel::app::AppListeners {
             admin: bind(addrs.admin, "--admin-addr").await?,
