@@ -425,3 +425,25 @@ async fn many_concurrent_connections_leave_nothing_behind() {
         200
     );
 }
+
+#[tokio::test]
+async fn an_application_that_is_not_listening_is_a_503_at_the_destination() {
+    let m = two_nodes(13).await;
+    // Nothing listens on web:8081.
+    assert_refused(m.connect(SocketAddr::new(m.server_ip, 8081)).await).await;
+    m.b.idle().await;
+    assert_eq!(
+        m.b.sample(
+            "istio_tcp_connections_opened_total",
+            &[("response_flags", "UF"), ("reporter", "destination")]
+        ),
+        1
+    );
+    assert_eq!(
+        m.a.sample(
+            "istio_tcp_connections_opened_total",
+            &[("response_flags", "UF"), ("reporter", "source")]
+        ),
+        1
+    );
+}
