@@ -1,0 +1,259 @@
+//! The node agent: keeps the captured pods of its node in step with the
+//! cluster, and ztunnel in step with the captured pods.
+//!
+//! - `reconcile(desired)`: pods newly enrolled get rules in their namespace
+//!   and are handed to ztunnel; pods no longer enrolled are taken back and
+//!   their rules removed. A pod that should be captured but cannot be is
+//!   logged, counted and listed (fail closed: it stays out of ztunnel, and
+//!   the CNI plugin refuses to start new such pods).
+//! - Each ztunnel connection gets the whole snapshot (every captured pod
+//!   with its namespace, then `SnapshotSent`), then live changes.
+//!
+//! One lock orders everything, so a replay never interleaves with a change.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::Mutex;
+use tracing::{error, info, warn};
+use zds::{WorkloadInfo, ZdsListener, ZdsPeer};
+
+use crate::desired::CapturedPod;
+use crate::locate::{NetnsCache, locate};
+use crate::redirect;
+use crate::rules::{Backend, RuleSettings};
+
+/// What the agent needs to know.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Which tool installs rules.
+    pub backend: Backend,
+    /// The rules' ports, mark and exemptions.
+    pub rules: RuleSettings,
+}
+
+/// The agent's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct AgentMetrics {
+    captured: Gauge,
+    failures: Counter,
+    ztunnel_connected: Gauge,
+}
+
+impl AgentMetrics {
+    /// Registers under `mesh_cni_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("mesh_cni");
+        r.register(
+            "pods_captured",
+            "Pods whose traffic is redirected to ztunnel",
+            m.captured.clone(),
+        );
+        r.register(
+            "capture_failures",
+            "Pods that should be captured but could not be",
+            m.failures.clone(),
+        );
+        r.register(
+            "ztunnel_connected",
+            "1 while ztunnel is connected over ZDS",
+            m.ztunnel_connected.clone(),
+        );
+        m
+    }
+}
+
+struct Captured {
+    pod: CapturedPod,
+    netns: File,
+}
+
+#[derive(Default)]
+struct State {
+    captured: BTreeMap<String, Captured>,
+    failed: BTreeMap<String, String>,
+    ztunnel: Option<ZdsPeer>,
+}
+
+/// The node agent.
+pub struct Agent {
+    config: AgentConfig,
+    metrics: AgentMetrics,
+    cache: NetnsCache,
+    state: Mutex<State>,
+    /// True once the first reconcile is done: before that, a snapshot to
+    /// ztunnel would be empty and make it drop every pod it serves.
+    reconciled: tokio::sync::watch::Sender<bool>,
+}
+
+impl Agent {
+    /// An agent that has captured nothing yet.
+    pub fn new(config: AgentConfig, metrics: AgentMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            metrics,
+            cache: NetnsCache::default(),
+            state: Mutex::default(),
+            reconciled: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// The rules back end.
+    pub fn backend(&self) -> Backend {
+        self.config.backend
+    }
+
+    /// The rules' settings.
+    pub fn rules(&self) -> &RuleSettings {
+        &self.config.rules
+    }
+
+    /// Counts a pod that should have been captured and was not.
+    pub fn count_failure(&self) {
+        self.metrics.failures.inc();
+    }
+
+    /// Where the CNI plugin reported namespaces.
+    pub fn netns_cache(&self) -> &NetnsCache {
+        &self.cache
+    }
+
+    /// Brings captures in line with `desired` (uid → pod).
+    pub async fn reconcile(&self, desired: &BTreeMap<String, CapturedPod>) {
+        let mut state = self.state.lock().await;
+        let gone: Vec<String> = state
+            .captured
+            .iter()
+            .filter(|(uid, c)| desired.get(*uid) != Some(&c.pod))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            self.release(&mut state, &uid).await;
+        }
+        state.failed.retain(|uid, _| desired.contains_key(uid));
+        for (uid, pod) in desired {
+            if !state.captured.contains_key(uid) {
+                self.capture(&mut state, pod).await;
+            }
+        }
+        self.metrics.captured.set(state.captured.len() as i64);
+        self.reconciled.send_replace(true);
+    }
+
+    async fn capture(&self, state: &mut State, pod: &CapturedPod) {
+        let installed = locate(pod, &self.cache).map_err(|e| e.to_string()).and_then(|netns| {
+            redirect::install(&netns, self.config.backend, &self.config.rules)
+                .map(|()| netns)
+                .map_err(|e| error_chain(&e))
+        });
+        let netns = match installed {
+            Ok(netns) => netns,
+            Err(reason) => {
+                error!(uid = %pod.uid, %reason, "pod should be captured but could not be");
+                self.metrics.failures.inc();
+                state.failed.insert(pod.uid.clone(), reason);
+                return;
+            }
+        };
+        info!(uid = %pod.uid, "pod captured");
+        state.failed.remove(&pod.uid);
+        if let Some(peer) = &state.ztunnel
+            && let Err(e) = peer.add(&pod.uid, info(pod), netns.as_fd()).await
+        {
+            // Its traffic now goes to ztunnel's ports, which ztunnel does
+            // not serve yet: closed, not open. The next snapshot retries.
+            warn!(uid = %pod.uid, error = %e, "ztunnel did not take the pod");
+            state.ztunnel = None;
+            self.metrics.ztunnel_connected.set(0);
+        }
+        state.captured.insert(pod.uid.clone(), Captured { pod: pod.clone(), netns });
+    }
+
+    async fn release(&self, state: &mut State, uid: &str) {
+        let Some(captured) = state.captured.remove(uid) else { return };
+        if let Some(peer) = &state.ztunnel
+            && let Err(e) = peer.del(uid).await
+        {
+            warn!(%uid, error = %e, "ztunnel did not acknowledge the removal");
+            state.ztunnel = None;
+            self.metrics.ztunnel_connected.set(0);
+        }
+        match redirect::remove(&captured.netns, self.config.backend) {
+            Ok(()) => info!(%uid, "pod released"),
+            Err(e) => {
+                warn!(%uid, error = %error_chain(&e), "could not remove the pod's rules (namespace gone?)")
+            }
+        }
+        self.cache.remove(uid);
+    }
+
+    /// Captured pods' uids, sorted.
+    pub async fn captured(&self) -> Vec<String> {
+        self.state.lock().await.captured.keys().cloned().collect()
+    }
+
+    /// Pods that should be captured but are not, with the reason.
+    pub async fn failed(&self) -> BTreeMap<String, String> {
+        self.state.lock().await.failed.clone()
+    }
+
+    /// Accepts ztunnel connections until the listener fails; each gets the
+    /// full snapshot, then live changes.
+    pub async fn serve_zds(self: Arc<Self>, mut listener: ZdsListener) {
+        loop {
+            let peer = match listener.accept().await {
+                Ok(peer) => peer,
+                Err(e) => {
+                    warn!(error = %e, "ZDS connection refused");
+                    continue;
+                }
+            };
+            // Hold the first snapshot until the agent knows its pods.
+            let _ = self.reconciled.subscribe().wait_for(|done| *done).await;
+            let mut state = self.state.lock().await;
+            match replay(&state, &peer).await {
+                Ok(n) => {
+                    info!(pods = n, "ztunnel connected; snapshot sent");
+                    state.ztunnel = Some(peer);
+                    self.metrics.ztunnel_connected.set(1);
+                }
+                Err(e) => {
+                    warn!(error = %e, "snapshot to ztunnel failed; waiting for it to reconnect")
+                }
+            }
+        }
+    }
+}
+
+async fn replay(state: &State, peer: &ZdsPeer) -> Result<usize, zds::ZdsError> {
+    for captured in state.captured.values() {
+        peer.add(&captured.pod.uid, info(&captured.pod), captured.netns.as_fd()).await?;
+    }
+    peer.snapshot_sent().await?;
+    Ok(state.captured.len())
+}
+
+fn info(pod: &CapturedPod) -> WorkloadInfo {
+    WorkloadInfo {
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        service_account: pod.service_account.clone(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
