@@ -9,11 +9,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod ca;
+mod ca_provider;
 mod fake_api;
 pub mod model;
 mod servers;
 
 pub use ca::{LeafOptions, TestCa};
+pub use ca_provider::TestCaProvider;
 pub use fake_api::FakeApiServer;
 pub use servers::{
     ForwardingHandler, PatternSource, Sha256Stream, spawn_discard, spawn_echo, spawn_hash_sink,

@@ -4,65 +4,23 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use hbone::WorkloadCertificate;
-use mesh_core::{Address, Identity};
+use mesh_core::Address;
 use prometheus_client::registry::Registry;
-use proxy_core::certificates::{
-    CertificateProvider, CertificateSettings, FetchError, WorkloadCertificates,
-};
+use proxy_core::certificates::{CertificateSettings, WorkloadCertificates};
 use proxy_core::sockets::HostSockets;
 use proxy_core::store::WorkloadStore;
 use proxy_core::tcp_metrics::TcpMetrics;
-use testkit::{LeafOptions, TestCa};
 use tokio::net::{TcpSocket, TcpStream};
 use ztunnel::original_dst::OriginalDst;
 use ztunnel::{PodSpec, ProxyConfig, Shared, Ztunnel};
 
-/// Issues certificates of a chosen lifetime and counts them.
-pub struct FakeCa {
-    pub ca: TestCa,
-    pub issued: AtomicUsize,
-    pub lifetime_ms: AtomicU64,
-}
-
-impl FakeCa {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            ca: TestCa::new("cluster.local"),
-            issued: AtomicUsize::new(0),
-            lifetime_ms: AtomicU64::new(3_600_000),
-        })
-    }
-}
-
-impl CertificateProvider for FakeCa {
-    fn fetch<'a>(
-        &'a self,
-        identity: &'a Identity,
-    ) -> Pin<Box<dyn Future<Output = Result<WorkloadCertificate, FetchError>> + Send + 'a>> {
-        Box::pin(async move {
-            self.issued.fetch_add(1, Ordering::SeqCst);
-            let now = SystemTime::now();
-            let life = Duration::from_millis(self.lifetime_ms.load(Ordering::SeqCst));
-            Ok(self.ca.issue_with(
-                identity,
-                LeafOptions {
-                    not_before: now - Duration::from_secs(1),
-                    not_after: now + life,
-                    uris: None,
-                },
-            ))
-        })
-    }
-}
+/// The test CA provider, under the name these tests use.
+pub type FakeCa = testkit::TestCaProvider;
 
 /// "iptables": client socket address → where it was going.
 #[derive(Default)]
