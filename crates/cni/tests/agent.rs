@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +14,7 @@ use cni::agent::{Agent, AgentConfig, AgentMetrics};
 use cni::desired::CapturedPod;
 use cni::redirect::installed;
 use cni::rules::{Backend, RuleSettings};
-use support::{TestNetns, is_root};
+use testkit::netns::{TestNetns, is_root};
 use tokio::sync::mpsc;
 use zds::{Payload, ZdsConnection, ZdsListener};
 
@@ -79,9 +77,8 @@ async fn enrollment_flips_restarts_and_snapshots() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let pid = std::process::id();
-    let web_ns = TestNetns::new(&format!("cni-agent-web-{pid}"));
-    let api_ns = TestNetns::new(&format!("cni-agent-api-{pid}"));
+    let web_ns = TestNetns::new("cni-agent-web");
+    let api_ns = TestNetns::new("cni-agent-api");
     let web = pod("web", Some(web_ns.path()));
     let api = pod("api", Some(api_ns.path()));
     let dir = tempfile::tempdir().unwrap();

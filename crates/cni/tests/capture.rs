@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::os::fd::AsFd;
@@ -24,9 +22,9 @@ use prometheus_client::registry::Registry;
 use proxy_core::certificates::{CertificateSettings, WorkloadCertificates};
 use proxy_core::store::WorkloadStore;
 use proxy_core::tcp_metrics::TcpMetrics;
-use support::{TestNetns, is_root};
 use testkit::TestCaProvider;
 use testkit::model::workload;
+use testkit::netns::{TestNetns, is_root};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use ztunnel::inpod::netns::HostNetns;
@@ -83,8 +81,8 @@ async fn a_captured_pods_traffic_goes_through_ztunnel_in_mutual_tls() {
         return;
     }
     let pid = std::process::id();
-    let client_ns = TestNetns::new(&format!("cap-c-{pid}"));
-    let server_ns = TestNetns::new(&format!("cap-s-{pid}"));
+    let client_ns = TestNetns::new("cni-cap-client");
+    let server_ns = TestNetns::new("cni-cap-server");
     let (vc, vs) = (format!("vc{}", pid % 100_000), format!("vs{}", pid % 100_000));
     ip(&["link", "add", &vc, "type", "veth", "peer", "name", &vs]);
     ip(&["link", "set", &vc, "netns", &client_ns.0]);

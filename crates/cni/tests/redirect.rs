@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use cni::redirect::{install, installed, remove};
 use cni::rules::{Backend, RuleSettings, iptables_jumps, iptables_rules};
-use support::{TestNetns, is_root};
+use testkit::netns::{TestNetns, is_root};
 
 fn name(test: &str) -> String {
-    format!("cni-{test}-{}", std::process::id())
+    format!("cni-{test}")
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod ca;
 mod ca_provider;
 mod fake_api;
 pub mod model;
+pub mod netns;
 mod servers;
 
 pub use ca::{LeafOptions, TestCa};

@@ -7,63 +7,29 @@
 
 mod support;
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::time::Duration;
 
 use nix::sched::{CloneFlags, setns};
 use proxy_core::store::WorkloadStore;
 use support::{FakeCa, Node};
+use testkit::netns::{TestNetns, is_root};
 use tokio_util::sync::CancellationToken;
 use zds::{WorkloadInfo, ZdsError, ZdsListener};
 use ztunnel::inpod::netns::HostNetns;
 use ztunnel::inpod::{self, InpodConfig};
 
-/// A network namespace removed on drop (and at creation, if a killed run
-/// left it behind).
-struct TestNetns(String);
-
-impl TestNetns {
-    fn new(name: &str) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
-        let ok = Command::new("ip").args(["netns", "add", name]).status().unwrap().success();
-        assert!(ok, "ip netns add {name}");
-        let ok = Command::new("ip")
-            .args(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "lo up in {name}");
-        Self(name.to_string())
-    }
-
-    fn file(&self) -> File {
-        File::open(format!("/var/run/netns/{}", self.0)).unwrap()
-    }
-
-    /// Whether something listens on 127.0.0.1:`port` inside the namespace.
-    fn listening(&self, port: u16) -> bool {
-        let ns = self.file();
-        std::thread::spawn(move || {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).unwrap();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
+/// Whether something listens on 127.0.0.1:`port` inside the namespace.
+fn listening(netns: &TestNetns, port: u16) -> bool {
+    let ns = netns.file();
+    std::thread::spawn(move || {
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    })
+    .join()
+    .unwrap()
 }
 
 fn info(name: &str) -> WorkloadInfo {
@@ -86,7 +52,7 @@ async fn pods_handed_over_are_served_inside_their_namespace_and_replay_removes_t
         eprintln!("SKIPPED: needs root to create network namespaces");
         return;
     }
-    let netns = TestNetns::new(&format!("zt-inpod-{}", std::process::id()));
+    let netns = TestNetns::new("zt-inpod");
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("ztunnel.sock");
     let mut agent = ZdsListener::bind(&socket).unwrap();
@@ -111,7 +77,7 @@ async fn pods_handed_over_are_served_inside_their_namespace_and_replay_removes_t
     peer.snapshot_sent().await.unwrap();
     assert!(ztunnel.has_pod("uid-web"));
     for port in [15001, 15006, 15008, 15053] {
-        assert!(netns.listening(port), "port {port} listens inside the pod's namespace");
+        assert!(listening(&netns, port), "port {port} listens inside the pod's namespace");
     }
 
     // Requests ztunnel cannot honour are acked with the reason.
@@ -133,13 +99,13 @@ async fn pods_handed_over_are_served_inside_their_namespace_and_replay_removes_t
     let peer = agent.accept().await.unwrap();
     peer.snapshot_sent().await.unwrap();
     assert!(!ztunnel.has_pod("uid-web"), "a pod missing from the replay is removed");
-    eventually("listeners closed", || !netns.listening(15008)).await;
+    eventually("listeners closed", || !listening(&netns, 15008)).await;
 
     // A live add and delete.
     peer.add("uid-web", info("web"), ns_file.as_fd()).await.unwrap();
-    assert!(netns.listening(15001));
+    assert!(listening(&netns, 15001));
     peer.del("uid-web").await.unwrap();
     assert!(!ztunnel.has_pod("uid-web"));
-    eventually("listeners closed after delete", || !netns.listening(15001)).await;
+    eventually("listeners closed after delete", || !listening(&netns, 15001)).await;
     shutdown.cancel();
 }
