@@ -309,7 +309,11 @@ impl ClientStream {
             sub.wildcard = true;
         }
         if new_interest {
-            self.push(&type_url, Since::Everything).await?;
+            // A client that holds nothing of this type gets an answer even
+            // when there is nothing to send: that empty response is how it
+            // learns it is up to date (and may report ready).
+            let announce_empty = first && sub.held.is_empty();
+            self.push_with(&type_url, Since::Everything, announce_empty).await?;
         }
         Ok(())
     }
@@ -334,6 +338,15 @@ impl ClientStream {
 
     /// Sends what the client lacks among `candidates`, and removals.
     async fn push(&mut self, type_url: &str, candidates: Since) -> Result<(), Closed> {
+        self.push_with(type_url, candidates, false).await
+    }
+
+    async fn push_with(
+        &mut self,
+        type_url: &str,
+        candidates: Since,
+        even_if_empty: bool,
+    ) -> Result<(), Closed> {
         let Some(sub) = self.subs.get_mut(type_url) else {
             return Ok(());
         };
@@ -378,7 +391,7 @@ impl ClientStream {
             }
         }
         sub.seen = generation;
-        if resources.is_empty() && removed.is_empty() {
+        if resources.is_empty() && removed.is_empty() && !even_if_empty {
             return Ok(());
         }
         let held = sub.held.len();

@@ -408,3 +408,18 @@ async fn refilter_sends_what_became_visible_and_removes_what_was_hidden() {
     ads.refilter();
     eventually("hidden again", || recorder.held().is_empty()).await;
 }
+
+#[tokio::test]
+async fn a_type_with_nothing_in_it_still_answers_so_clients_sync() {
+    let server = serve(DeltaAdsServer::new(SnapshotStore::new())).await;
+    let recorder = Recorder::default();
+    let client =
+        XdsClient::new(channel(server.addr), XdsClientConfig::default(), vec![recorder.handler()]);
+    let mut synced = client.synced();
+    tokio::spawn(client.run(std::future::pending()));
+    tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s))
+        .await
+        .expect("an empty type must still get its first response")
+        .unwrap();
+    server.stop().await;
+}

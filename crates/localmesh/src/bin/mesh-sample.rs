@@ -1,0 +1,75 @@
+//! The sample applications pods run in the local mesh:
+//! `mesh-sample echo --port P` (TCP echo), `mesh-sample http --port P
+//! [--message TEXT]` (HTTP/1.1: answers every request with TEXT and the
+//! pod's hostname), `mesh-sample greeter --port P` (speaks first, then
+//! echoes).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag =
+        |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let port: u16 = flag("--port").unwrap_or_else(|| "8080".into()).parse()?;
+    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    let role = args.first().cloned().unwrap_or_default();
+    let message = flag("--message").unwrap_or_else(|| "hello from the mesh".into());
+    if !matches!(role.as_str(), "echo" | "http" | "greeter") {
+        anyhow::bail!("usage: mesh-sample echo|http|greeter --port P [--message TEXT]");
+    }
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let role = role.clone();
+        let message = message.clone();
+        std::thread::spawn(move || {
+            let _ = match role.as_str() {
+                "echo" => echo(stream),
+                "greeter" => greet(stream),
+                _ => http(stream, &message),
+            };
+        });
+    }
+    Ok(())
+}
+
+fn echo(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut reader = stream.try_clone()?;
+    std::io::copy(&mut reader, &mut stream)?;
+    stream.shutdown(std::net::Shutdown::Write)
+}
+
+fn greet(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.write_all(b"220 mesh-sample ready\r\n")?;
+    echo(stream)
+}
+
+fn http(stream: TcpStream, message: &str) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
+                break;
+            }
+            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let text = format!("{message} ({})\n", host.trim());
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        )?;
+    }
+}

@@ -1,0 +1,613 @@
+//! Bringing a cluster up and down.
+//!
+//! Layout (all addresses live inside namespaces the cluster made, so
+//! clusters never collide on addresses, only on names):
+//! - `ml-<name>-fabric`: bridge `br0` 172.30.0.254/24, where the control
+//!   plane listens; each node's `eth0` (172.30.0.<i>) plugs into it.
+//! - `ml-<name>-<node>`: node i, bridge `br0` 10.244.<i>.1/24 for its pods,
+//!   forwarding on, a route to every other node's pod CIDR. The node agent
+//!   and ztunnel run here.
+//! - `ml-<name>-<ns>-<pod>`: `eth0` 10.244.<i>.<k>/24, default route via
+//!   its node. Its containers' commands run here.
+//!
+//! Every namespace and process is recorded in `state.json` as it is made,
+//! so `down` can undo a crashed `up`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::net::{NetError, delete_netns, http_get, ip, netns_with_prefix};
+use crate::spec::ClusterSpec;
+
+/// The control plane's address in the fabric.
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 254);
+
+/// How to build a cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Its name (namespace prefix `ml-<name>-`).
+    pub name: String,
+    /// Where state, configuration, the CA and logs go.
+    pub state_dir: PathBuf,
+    /// Where `controlplane`, `ztunnel`, `mesh-cni` and `mesh-sample` are.
+    pub bin_dir: PathBuf,
+}
+
+/// What was made, for `down` and for tools.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// The cluster's name.
+    pub name: String,
+    /// Namespaces made, in order.
+    pub netns: Vec<String>,
+    /// Processes started.
+    pub pids: Vec<u32>,
+    /// Nodes.
+    pub nodes: Vec<NodeInfo>,
+    /// Pods.
+    pub pods: Vec<PodInfo>,
+}
+
+/// One node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Name.
+    pub name: String,
+    /// Its namespace.
+    pub netns: String,
+    /// Its address on the fabric.
+    pub ip: IpAddr,
+    /// Its pods' /24.
+    pub pod_cidr: String,
+}
+
+/// One pod.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Node.
+    pub node: String,
+    /// Address.
+    pub ip: IpAddr,
+    /// Its network namespace.
+    pub netns: String,
+}
+
+/// Why a cluster could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Networking failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A file could not be written or read.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spec is not usable.
+    #[error("{0}")]
+    Spec(String),
+    /// A component did not come up.
+    #[error("{what} not ready after {seconds} s; see {log}")]
+    NotReady {
+        /// Which.
+        what: String,
+        /// How long we waited.
+        seconds: u64,
+        /// Its log.
+        log: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// A running local cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    options: Options,
+    state: State,
+    spec_pods: BTreeMap<(String, String), Value>,
+}
+
+impl Cluster {
+    /// Builds and starts everything; on failure, undoes what it made.
+    pub fn up(spec: &ClusterSpec, options: Options) -> Result<Self, ClusterError> {
+        down(&options.name, &options.state_dir);
+        let mut cluster = Cluster {
+            state: State { name: options.name.clone(), ..State::default() },
+            options,
+            spec_pods: BTreeMap::new(),
+        };
+        match cluster.build(spec) {
+            Ok(()) => Ok(cluster),
+            Err(e) => {
+                down(&cluster.options.name, &cluster.options.state_dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// What was made.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.options.state_dir
+    }
+
+    /// A pod by `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
+        self.state.pods.iter().find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.state.nodes.iter().find(|n| n.name == name)
+    }
+
+    fn prefix(&self) -> String {
+        format!("ml-{}-", self.options.name)
+    }
+
+    fn save(&self) -> Result<(), ClusterError> {
+        let text = serde_json::to_string_pretty(&self.state).unwrap_or_default();
+        std::fs::write(self.options.state_dir.join("state.json"), text)
+            .map_err(io("writing state.json"))
+    }
+
+    fn netns(&mut self, name: String) -> Result<String, ClusterError> {
+        delete_netns(&name);
+        ip(&["netns", "add", &name])?;
+        self.state.netns.push(name.clone());
+        self.save()?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    fn build(&mut self, spec: &ClusterSpec) -> Result<(), ClusterError> {
+        let dir = self.options.state_dir.clone();
+        for sub in ["config", "ca", "logs", "nodes"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(io(format!("creating {}", dir.join(sub).display())))?;
+        }
+        self.save()?;
+        let fabric = self.netns(format!("{}fabric", self.prefix()))?;
+        ip(&["-n", &fabric, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &fabric, "addr", "add", &format!("{CONTROL_PLANE_IP}/24"), "dev", "br0"])?;
+        ip(&["-n", &fabric, "link", "set", "br0", "up"])?;
+
+        if spec.nodes.len() > 200 {
+            return Err(ClusterError::Spec("at most 200 nodes".into()));
+        }
+        for (i, node) in spec.nodes.iter().enumerate() {
+            let i = i + 1;
+            let ns = self.netns(format!("{}{node}", self.prefix()))?;
+            let peer = format!("n{i}");
+            ip(&[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &peer,
+                "netns", &fabric,
+            ])?;
+            ip(&["-n", &fabric, "link", "set", &peer, "master", "br0", "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("172.30.0.{i}/24"), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("10.244.{i}.1/24"), "dev", "br0"])?;
+            ip(&["-n", &ns, "link", "set", "br0", "up"])?;
+            sysctl(&ns, "net.ipv4.ip_forward=1")?;
+            self.state.nodes.push(NodeInfo {
+                name: node.clone(),
+                netns: ns,
+                ip: IpAddr::V4(Ipv4Addr::new(172, 30, 0, i as u8)),
+                pod_cidr: format!("10.244.{i}.0/24"),
+            });
+        }
+        let nodes = self.state.nodes.clone();
+        for (i, node) in nodes.iter().enumerate() {
+            for (j, other) in nodes.iter().enumerate() {
+                if i != j {
+                    ip(&[
+                        "-n",
+                        &node.netns,
+                        "route",
+                        "add",
+                        &other.pod_cidr,
+                        "via",
+                        &other.ip.to_string(),
+                    ])?;
+                }
+            }
+        }
+        self.save()?;
+
+        // Pods: network first, so the control plane sees them with addresses.
+        let mut next_host: BTreeMap<String, u8> = BTreeMap::new();
+        let mut round_robin = 0;
+        let mut pod_objects = Vec::new();
+        for pod in &spec.pods {
+            let node_name = match &pod.node {
+                Some(n) => n.clone(),
+                None => {
+                    round_robin += 1;
+                    nodes[(round_robin - 1) % nodes.len()].name.clone()
+                }
+            };
+            let Some((index, node)) = nodes.iter().enumerate().find(|(_, n)| n.name == node_name)
+            else {
+                return Err(ClusterError::Spec(format!(
+                    "pod {}/{}: node {node_name} is not declared",
+                    pod.namespace, pod.name
+                )));
+            };
+            let host = next_host.entry(node.name.clone()).or_insert(1);
+            *host += 1;
+            if *host > 250 {
+                return Err(ClusterError::Spec(format!("node {} has too many pods", node.name)));
+            }
+            let address = Ipv4Addr::new(10, 244, (index + 1) as u8, *host);
+            let ns = self.netns(format!("{}{}-{}", self.prefix(), pod.namespace, pod.name))?;
+            let peer = format!("p{host}");
+            ip(&[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                &node.netns,
+            ])?;
+            ip(&["-n", &node.netns, "link", "set", &peer, "master", "br0", "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "route", "add", "default", "via", &format!("10.244.{}.1", index + 1)])?;
+            let info = PodInfo {
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                node: node.name.clone(),
+                ip: IpAddr::V4(address),
+                netns: ns,
+            };
+            let object = running_pod(&pod.object, &info, node);
+            self.spec_pods.insert((pod.namespace.clone(), pod.name.clone()), object.clone());
+            pod_objects.push(object);
+            self.state.pods.push(info);
+            self.save()?;
+        }
+
+        // What the control plane and node agents read.
+        let mut objects = spec.objects.clone();
+        for node in &nodes {
+            objects
+                .push(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name}}));
+        }
+        write_yaml(&dir.join("config/objects.yaml"), &objects)?;
+        write_yaml(&dir.join("config/pods.yaml"), &pod_objects)?;
+        let mut tokens = String::new();
+        for node in &nodes {
+            let token = format!("bootstrap-{}-{}", node.name, std::process::id());
+            tokens += &format!("{} {token}\n", node.name);
+            let node_dir = dir.join("nodes").join(&node.name);
+            std::fs::create_dir_all(&node_dir).map_err(io("creating node dir"))?;
+            std::fs::write(node_dir.join("token"), &token).map_err(io("writing token"))?;
+        }
+        std::fs::write(dir.join("tokens"), tokens).map_err(io("writing tokens"))?;
+
+        // The control plane.
+        let cp = format!("{CONTROL_PLANE_IP}");
+        let dir_s = |p: &str| dir.join(p).display().to_string();
+        self.spawn(
+            &fabric,
+            "controlplane",
+            &[
+                "--config-dir",
+                &dir_s("config"),
+                "--ca-dir",
+                &dir_s("ca"),
+                "--grpc-addr",
+                &format!("{cp}:15012"),
+                "--admin-addr",
+                &format!("{cp}:15014"),
+                "--bootstrap-tokens",
+                &dir_s("tokens"),
+                "--poll-interval-ms",
+                "200",
+            ],
+            "controlplane",
+        )?;
+        let root = dir.join("ca/root-cert.pem");
+        wait(
+            "the control plane",
+            &dir_s("logs/controlplane.log"),
+            Duration::from_secs(60),
+            || {
+                root.exists()
+                    && crate::net::connect_from(
+                        &fabric,
+                        SocketAddr::new(IpAddr::V4(CONTROL_PLANE_IP), 15012),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok()
+            },
+        )?;
+
+        // Per node: the agent, then ztunnel.
+        for node in &nodes {
+            let node_dir = dir.join("nodes").join(&node.name);
+            let zds = node_dir.join("zds.sock").display().to_string();
+            self.spawn(
+                &node.netns,
+                "mesh-cni",
+                &[
+                    "agent",
+                    "--node-name",
+                    &node.name,
+                    "--config-dir",
+                    &dir_s("config"),
+                    "--poll-interval-ms",
+                    "200",
+                    "--zds-socket",
+                    &zds,
+                    "--probe-source",
+                    "none",
+                    "--metrics-addr",
+                    "127.0.0.1:15022",
+                ],
+                &format!("agent-{}", node.name),
+            )?;
+            self.spawn(
+                &node.netns,
+                "ztunnel",
+                &[
+                    "--node-name",
+                    &node.name,
+                    "--xds-address",
+                    &format!("{cp}:15012"),
+                    "--root-cert",
+                    &root.display().to_string(),
+                    "--ca-token-file",
+                    &node_dir.join("token").display().to_string(),
+                    "--zds-socket",
+                    &zds,
+                    "--dns-upstream",
+                    "127.0.0.1:53",
+                    "--drain-deadline-seconds",
+                    "5",
+                ],
+                &format!("ztunnel-{}", node.name),
+            )?;
+        }
+        for node in &nodes {
+            let ns = node.netns.clone();
+            let log = dir_s(&format!("logs/ztunnel-{}.log", node.name));
+            wait(&format!("ztunnel on {}", node.name), &log, Duration::from_secs(60), || {
+                http_get(
+                    &ns,
+                    "127.0.0.1:15021".parse().unwrap_or_else(|_| unreachable_addr()),
+                    "/healthz/ready",
+                )
+                .is_ok_and(|(status, _)| status == 200)
+            })?;
+        }
+
+        // The containers.
+        for pod in &spec.pods {
+            let Some(info) = self.pod(&pod.namespace, &pod.name).cloned() else { continue };
+            for (i, command) in pod.commands.iter().enumerate() {
+                let program = self.resolve(&command[0]);
+                let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+                self.spawn_program(
+                    &info.netns,
+                    &program,
+                    &args,
+                    &format!("{}-{}-{i}", pod.namespace, pod.name),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Our binaries by name from the bin dir; anything else as given.
+    fn resolve(&self, program: &str) -> String {
+        let ours = ["mesh-sample", "controlplane", "ztunnel", "mesh-cni"];
+        if ours.contains(&program) {
+            self.options.bin_dir.join(program).display().to_string()
+        } else {
+            program.to_string()
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        netns: &str,
+        binary: &str,
+        args: &[&str],
+        log: &str,
+    ) -> Result<u32, ClusterError> {
+        let program = self.resolve(binary);
+        self.spawn_program(netns, &program, args, log)
+    }
+
+    fn spawn_program(
+        &mut self,
+        netns: &str,
+        program: &str,
+        args: &[&str],
+        log: &str,
+    ) -> Result<u32, ClusterError> {
+        let path = self.options.state_dir.join("logs").join(format!("{log}.log"));
+        let out = File::create(&path).map_err(io(format!("creating {}", path.display())))?;
+        let err = out.try_clone().map_err(io("log file"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, program])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io(format!("starting {program}")))?;
+        self.state.pids.push(child.id());
+        self.save()?;
+        Ok(child.id())
+    }
+
+    /// Replaces a pod's labels or annotations in the control plane's view
+    /// (enrollment changes on a running pod), e.g. `("istio.io/dataplane-mode", Some("none"))`.
+    pub fn set_pod_label(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let Some(pod) = self.spec_pods.get_mut(&(namespace.to_string(), name.to_string())) else {
+            return Err(ClusterError::Spec(format!("no pod {namespace}/{name}")));
+        };
+        if !pod["metadata"]["labels"].is_object() {
+            pod["metadata"]["labels"] = json!({});
+        }
+        match value {
+            Some(v) => pod["metadata"]["labels"][key] = json!(v),
+            None => {
+                if let Some(labels) = pod["metadata"]["labels"].as_object_mut() {
+                    labels.remove(key);
+                }
+            }
+        }
+        let pods: Vec<Value> = self.spec_pods.values().cloned().collect();
+        write_yaml(&self.options.state_dir.join("config/pods.yaml"), &pods)
+    }
+
+    /// Adds or replaces objects (policies, namespaces...) for the control
+    /// plane and agents: written as `config/<file>`.
+    pub fn apply(&self, file: &str, objects: &[Value]) -> Result<(), ClusterError> {
+        write_yaml(&self.options.state_dir.join("config").join(file), objects)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        down(&self.options.name, &self.options.state_dir);
+    }
+}
+
+/// Stops every process and removes every namespace of cluster `name`
+/// (from `state.json`, and by name prefix for whatever a crash left),
+/// then the state directory's runtime files.
+pub fn down(name: &str, state_dir: &Path) {
+    let state: State = std::fs::read_to_string(state_dir.join("state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let pids: Vec<nix::unistd::Pid> = state
+        .pids
+        .iter()
+        .filter_map(|p| i32::try_from(*p).ok())
+        .map(nix::unistd::Pid::from_raw)
+        .collect();
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && pids.iter().any(|p| alive(*p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    // Reap our own children so they do not linger as zombies.
+    for pid in &pids {
+        let _ = nix::sys::wait::waitpid(*pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    }
+    let mut names: Vec<String> = state.netns.iter().rev().cloned().collect();
+    names.extend(netns_with_prefix(&format!("ml-{name}-")));
+    for ns in names {
+        delete_netns(&ns);
+    }
+    let _ = std::fs::remove_file(state_dir.join("state.json"));
+}
+
+fn alive(pid: nix::unistd::Pid) -> bool {
+    let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    nix::sys::signal::kill(pid, None).is_ok()
+}
+
+fn sysctl(netns: &str, setting: &str) -> Result<(), ClusterError> {
+    let ok = Command::new("ip")
+        .args(["netns", "exec", netns, "sysctl", "-q", "-w", setting])
+        .status()
+        .map_err(io("running sysctl"))?
+        .success();
+    if ok { Ok(()) } else { Err(ClusterError::Spec(format!("sysctl {setting} failed in {netns}"))) }
+}
+
+fn wait(
+    what: &str,
+    log: &str,
+    limit: Duration,
+    ready: impl Fn() -> bool,
+) -> Result<(), ClusterError> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(ClusterError::NotReady { what: what.into(), seconds: limit.as_secs(), log: log.into() })
+}
+
+fn unreachable_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15021))
+}
+
+fn running_pod(object: &Value, info: &PodInfo, node: &NodeInfo) -> Value {
+    let mut pod = object.clone();
+    pod["spec"]["nodeName"] = json!(info.node);
+    if !pod["metadata"]["annotations"].is_object() {
+        pod["metadata"]["annotations"] = json!({});
+    }
+    pod["metadata"]["annotations"]["mesh.dev/netns"] =
+        json!(format!("/var/run/netns/{}", info.netns));
+    pod["status"] = json!({
+        "phase": "Running",
+        "podIP": info.ip.to_string(),
+        "podIPs": [{"ip": info.ip.to_string()}],
+        "hostIP": node.ip.to_string(),
+        "conditions": [{"type": "Ready", "status": "True"}],
+    });
+    pod
+}
+
+fn write_yaml(path: &Path, objects: &[Value]) -> Result<(), ClusterError> {
+    // JSON is YAML: one document per object. Written then renamed, so a
+    // reader never sees half a file.
+    let text: Vec<String> = objects.iter().map(|o| o.to_string()).collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.join("\n---\n") + "\n")
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("writing {}", path.display())))
+}

@@ -1,0 +1,115 @@
+//! Bringing up a local cluster per test, named after the test.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use localmesh::{Cluster, ClusterSpec, Options};
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Uid:").map(|u| u.split_whitespace().nth(1) == Some("0"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The directory holding the workspace's binaries (next to `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    for bin in ["controlplane", "ztunnel", "mesh-cni", "mesh-sample"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} missing: build the workspace's binaries first (scripts/test.sh does)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+/// A cluster named `name` from YAML text; removed when dropped.
+pub fn cluster(name: &str, yaml: &str) -> (Cluster, tempfile_dir::TempDir) {
+    let docs = localmesh::spec::parse(yaml, name).unwrap();
+    let spec = ClusterSpec::from_documents(docs).unwrap();
+    let state = tempfile_dir::TempDir::new(name);
+    let options = Options { name: name.into(), state_dir: state.path.clone(), bin_dir: bin_dir() };
+    match Cluster::up(&spec, options) {
+        Ok(c) => (c, state),
+        Err(e) => {
+            let logs = state.logs();
+            panic!("cluster {name} did not come up: {e}\n{logs}");
+        }
+    }
+}
+
+/// Sends `data` from inside `from` to `to`, half-closes, returns the reply.
+pub fn exchange(from: &str, to: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = localmesh::net::connect_from(from, to, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut writer = stream.try_clone()?;
+    let data = data.to_vec();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&data)?;
+        writer.shutdown(std::net::Shutdown::Write)
+    });
+    let mut out = Vec::new();
+    let read = stream.read_to_end(&mut out);
+    let sent = sender.join().map_err(|_| std::io::Error::other("sender panicked"))?;
+    read?;
+    sent?;
+    Ok(out)
+}
+
+/// A ztunnel's Prometheus text, fetched from inside its node.
+pub fn ztunnel_metrics(cluster: &Cluster, node: &str) -> String {
+    let node = cluster.node(node).unwrap();
+    localmesh::net::http_get(&node.netns, "127.0.0.1:15020".parse().unwrap(), "/metrics").unwrap().1
+}
+
+pub mod tempfile_dir {
+    //! A state directory under /tmp removed on drop (after the cluster).
+    use std::path::PathBuf;
+
+    pub struct TempDir {
+        pub path: PathBuf,
+    }
+
+    impl TempDir {
+        pub fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("mesh-e2e-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self { path }
+        }
+
+        /// Every log, for failure messages.
+        pub fn logs(&self) -> String {
+            let mut out = String::new();
+            if let Ok(entries) = std::fs::read_dir(self.path.join("logs")) {
+                for e in entries.flatten() {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    out += &format!(
+                        "--- {}\n{}\n",
+                        e.path().display(),
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+            }
+            out
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
