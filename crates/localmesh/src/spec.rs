@@ -171,7 +171,7 @@ fn pod_from(mut doc: Value, kind: &str) -> Result<PodSpec, SpecError> {
                             .map(|a| {
                                 a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()
                             })
-                            .unwrap_or_else(Vec::new)
+                            .unwrap_or_default()
                     };
                     let mut cmd: Vec<String> = strings(&c["command"]);
                     cmd.extend(strings(&c["args"]));
