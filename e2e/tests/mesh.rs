@@ -59,3 +59,279 @@ fn pod_to_pod_across_nodes_is_mutual_tls_with_both_identities() {
         .unwrap_or_else(|| panic!("no mTLS connection in node-b's metrics:\n{metrics}"));
     assert!(line.ends_with(" 1"), "{line}");
 }
+
+const MIXED: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: apps}
+spec: {nodeName: node-a, serviceAccountName: sleep, containers: [{name: sleep, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: apps}
+spec: {nodeName: node-a, serviceAccountName: other, containers: [{name: other, image: none}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: apps}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      serviceAccountName: echo
+      containers: [{name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: apps}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: echo}
+  ports: [{name: tcp, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: greeter, namespace: apps}
+spec:
+  nodeName: node-b
+  serviceAccountName: greeter
+  containers: [{name: g, image: none, command: [mesh-sample, greeter, --port, "2525"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: legacy}
+spec:
+  nodeName: node-a
+  containers: [{name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: legacy}
+spec: {nodeName: node-b, containers: [{name: o, image: none}]}
+"#;
+
+fn addr(c: &localmesh::Cluster, ns: &str, pod: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(c.pod(ns, pod).unwrap().ip, port)
+}
+
+fn netns(c: &localmesh::Cluster, ns: &str, pod: &str) -> String {
+    c.pod(ns, pod).unwrap().netns.clone()
+}
+
+#[test]
+fn services_passthrough_server_first_dns_and_many_connections() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let (c, _state) = cluster("traffic", MIXED);
+    let sleep = netns(&c, "apps", "sleep");
+
+    // A service VIP spreads over endpoints on both nodes.
+    let vip: SocketAddr = "10.96.0.20:80".parse().unwrap();
+    support::eventually("the service is known", 20, || support::echoes(&sleep, vip));
+    for _ in 0..10 {
+        assert!(support::echoes(&sleep, vip));
+    }
+    let served = |node: &str| {
+        support::sample(
+            &ztunnel_metrics(&c, node),
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination"), ("destination_canonical_service", "echo")],
+        )
+    };
+    assert!(
+        served("node-a") > 0 && served("node-b") > 0,
+        "both endpoints served: a={} b={}",
+        served("node-a"),
+        served("node-b")
+    );
+
+    // Mesh pod → pod outside the mesh: passed through, plain TCP.
+    assert!(support::echoes(&sleep, addr(&c, "legacy", "legacy", 8080)));
+
+    // A server that speaks first; the client half-closes and still gets
+    // every byte back.
+    let greeter = addr(&c, "apps", "greeter", 2525);
+    let reply = exchange(&sleep, greeter, b"QUIT\r\n").unwrap();
+    assert_eq!(reply, b"220 mesh-sample ready\r\nQUIT\r\n");
+
+    // DNS through the pod's DNS proxy: whatever resolver the pod asks.
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut query = Message::query();
+    query.metadata.id = 42;
+    query.add_query(Query::query(
+        Name::from_ascii("echo.apps.svc.cluster.local.").unwrap(),
+        RecordType::A,
+    ));
+    let bytes = query.to_vec().unwrap();
+    let answer = localmesh::net::in_netns(&sleep, move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        socket.send_to(&bytes, "10.96.0.10:53").unwrap();
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).unwrap();
+        buf[..n].to_vec()
+    })
+    .unwrap();
+    let reply = Message::from_vec(&answer).unwrap();
+    assert!(
+        matches!(reply.answers.first().map(|r| &r.data), Some(RData::A(a)) if a.0.to_string() == "10.96.0.20"),
+        "{reply:?}"
+    );
+
+    // 200 concurrent connections; none left open afterwards.
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            let sleep = sleep.clone();
+            std::thread::spawn(move || {
+                let data = format!("connection {i}").repeat(100).into_bytes();
+                exchange(&sleep, vip, &data).map(|b| b == data)
+            })
+        })
+        .collect();
+    let ok =
+        threads.into_iter().filter_map(|t| t.join().ok()).filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(ok, 200, "every connection echoed its own bytes");
+    for node in ["node-a", "node-b"] {
+        let ns = c.node(node).unwrap().netns.clone();
+        support::eventually(&format!("no connection left on {node}"), 20, || {
+            localmesh::net::http_get(&ns, "127.0.0.1:15000".parse().unwrap(), "/debug/connections")
+                .is_ok_and(|(_, body)| body.trim() == "[]")
+        });
+    }
+}
+
+fn policy_yaml(c: &localmesh::Cluster, yaml: &str) {
+    c.apply("policies.yaml", &localmesh::spec::parse(yaml, "test policies").unwrap()).unwrap();
+}
+
+#[test]
+fn policies_by_principal_and_port_and_strict_mtls_apply_live() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let (c, _state) = cluster("policy", MIXED);
+    let (sleep, other, outsider) =
+        (netns(&c, "apps", "sleep"), netns(&c, "apps", "other"), netns(&c, "legacy", "outsider"));
+    let echo = addr(&c, "apps", "echo-0", 8080);
+    support::eventually("mesh traffic", 20, || support::echoes(&sleep, echo));
+    assert!(support::echoes(&other, echo));
+    // PERMISSIVE (the default): a pod outside the mesh may connect in plaintext.
+    assert!(support::echoes(&outsider, echo));
+
+    // Only sleep may call echo.
+    policy_yaml(
+        &c,
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo-from-sleep, namespace: apps}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/apps/sa/sleep]}}]}]
+"#,
+    );
+    support::eventually("other denied", 20, || !support::echoes(&other, echo));
+    assert!(support::echoes(&sleep, echo), "sleep is still allowed");
+    assert!(!support::echoes(&outsider, echo), "plaintext has no principal");
+
+    // Changed live: deny sleep on port 8080; STRICT mTLS for the namespace.
+    policy_yaml(
+        &c,
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-8080, namespace: apps}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {ports: ["8080"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: apps}
+spec: {mtls: {mode: STRICT}}
+"#,
+    );
+    support::eventually("sleep denied on 8080", 20, || !support::echoes(&sleep, echo));
+    let metrics = ztunnel_metrics(&c, "node-a") + &ztunnel_metrics(&c, "node-b");
+    assert!(
+        support::sample(
+            &metrics,
+            "istio_tcp_connections_opened_total",
+            &[("response_flags", "DENY")]
+        ) >= 2
+    );
+
+    // Policies removed; STRICT stays: mesh traffic works, plaintext does not.
+    policy_yaml(
+        &c,
+        r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: apps}
+spec: {mtls: {mode: STRICT}}
+"#,
+    );
+    support::eventually("sleep allowed again", 20, || support::echoes(&sleep, echo));
+    assert!(support::echoes(&other, echo));
+    assert!(!support::echoes(&outsider, echo), "STRICT refuses plaintext");
+}
+
+#[test]
+fn enrolling_and_releasing_a_running_pod_takes_effect_without_restart() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let (mut c, _state) = cluster("enroll", MIXED);
+    let sleep = netns(&c, "apps", "sleep");
+    let legacy = addr(&c, "legacy", "legacy", 8080);
+    let mtls_to_legacy = |c: &localmesh::Cluster| {
+        support::sample(
+            &ztunnel_metrics(c, "node-a"),
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", "legacy"),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        )
+    };
+    support::eventually("passthrough to legacy", 20, || support::echoes(&sleep, legacy));
+    assert_eq!(mtls_to_legacy(&c), 0, "legacy is not in the mesh yet");
+
+    // Enroll the running legacy pod (its echo server keeps running).
+    c.set_pod_label("legacy", "legacy", "istio.io/dataplane-mode", Some("ambient")).unwrap();
+    support::eventually("legacy captured and reached in mTLS", 20, || {
+        support::echoes(&sleep, legacy) && mtls_to_legacy(&c) > 0
+    });
+
+    // Release it again.
+    c.set_pod_label("legacy", "legacy", "istio.io/dataplane-mode", Some("none")).unwrap();
+    // Released once a connection no longer adds an mTLS connection.
+    support::eventually("legacy released", 20, || {
+        let before = mtls_to_legacy(&c);
+        let echoed = support::echoes(&sleep, legacy);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        echoed && mtls_to_legacy(&c) == before
+    });
+    let before = mtls_to_legacy(&c);
+    for _ in 0..5 {
+        assert!(support::echoes(&sleep, legacy));
+    }
+    assert_eq!(mtls_to_legacy(&c), before, "no more mTLS connections to a released pod");
+}

@@ -113,3 +113,30 @@ pub mod tempfile_dir {
         }
     }
 }
+
+/// Polls `check` every 100 ms for up to `seconds`.
+pub fn eventually(what: &str, seconds: u64, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {seconds} s waiting for: {what}");
+}
+
+/// Whether a connection from `from` to `to` carries an echo.
+pub fn echoes(from: &str, to: SocketAddr) -> bool {
+    exchange(from, to, b"ping").is_ok_and(|b| b == b"ping")
+}
+
+/// The sum of a metric's samples whose labels include all `labels`.
+pub fn sample(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
