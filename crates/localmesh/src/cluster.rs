@@ -49,10 +49,27 @@ pub struct State {
     pub netns: Vec<String>,
     /// Processes started.
     pub pids: Vec<u32>,
+    /// The control plane, agents and ztunnels, by label, for restarts.
+    pub components: Vec<Component>,
     /// Nodes.
     pub nodes: Vec<NodeInfo>,
     /// Pods.
     pub pods: Vec<PodInfo>,
+}
+
+/// A mesh process of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Component {
+    /// `controlplane`, `agent-<node>`, `ztunnel-<node>`.
+    pub label: String,
+    /// Its namespace.
+    pub netns: String,
+    /// The program.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The running process.
+    pub pid: u32,
 }
 
 /// One node.
@@ -447,7 +464,47 @@ impl Cluster {
         log: &str,
     ) -> Result<u32, ClusterError> {
         let program = self.resolve(binary);
-        self.spawn_program(netns, &program, args, log)
+        let pid = self.spawn_program(netns, &program, args, log)?;
+        self.state.components.push(Component {
+            label: log.to_string(),
+            netns: netns.to_string(),
+            program,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            pid,
+        });
+        self.save()?;
+        Ok(pid)
+    }
+
+    /// Stops a component (`controlplane`, `ztunnel-<node>`, `agent-<node>`)
+    /// with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self, label: &str) -> Result<(), ClusterError> {
+        let Some(component) = self.state.components.iter().find(|c| c.label == label) else {
+            return Err(ClusterError::Spec(format!("no component {label}")));
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(component.pid).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) {
+            if Instant::now() > deadline {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped component again with the same arguments (logging
+    /// to `<label>-restarted.log`).
+    pub fn start(&mut self, label: &str) -> Result<(), ClusterError> {
+        let Some(index) = self.state.components.iter().position(|c| c.label == label) else {
+            return Err(ClusterError::Spec(format!("no component {label}")));
+        };
+        let c = self.state.components[index].clone();
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        let pid = self.spawn_program(&c.netns, &c.program, &args, &format!("{label}-restarted"))?;
+        self.state.components[index].pid = pid;
+        self.save()
     }
 
     fn spawn_program(
