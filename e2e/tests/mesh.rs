@@ -378,3 +378,83 @@ spec: {action: DENY, rules: [{}]}
     c.start("controlplane").unwrap();
     support::eventually("the control plane caught up", 30, || !support::echoes(&sleep, echo));
 }
+
+#[test]
+fn meshctl_local_up_status_exec_proxy_config_down() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let meshctl = support::bin_dir().join("meshctl");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ambient-demo.yaml");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&meshctl).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let name = format!("cli{}", std::process::id() % 10_000);
+    let (ok, text) = run(&["local", "up", "-f", example.to_str().unwrap(), "--name", &name]);
+    let guard = Down(meshctl.clone(), name.clone());
+    assert!(ok, "{text}");
+    assert!(text.contains("ambient-demo/sleep"), "{text}");
+
+    let (ok, text) = run(&["local", "status", "--name", &name]);
+    assert!(ok && text.contains("ztunnel-node-b") && text.contains("yes"), "{text}");
+
+    let (ok, text) = run(&[
+        "local",
+        "exec",
+        "ambient-demo/sleep",
+        "--name",
+        &name,
+        "--",
+        "ip",
+        "-4",
+        "-o",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(ok && text.contains("10.244.1."), "exec runs inside the pod: {text}");
+
+    let mut workloads = String::new();
+    support::eventually("workloads in ztunnel", 20, || {
+        let (ok, text) = run(&["proxy-config", "workloads", "--node", "node-a", "--name", &name]);
+        workloads = text;
+        ok && workloads.contains("helloworld-0")
+    });
+    assert!(workloads.lines().next().unwrap().starts_with("NAMESPACE"), "{workloads}");
+    let (ok, text) =
+        run(&["proxy-config", "certificates", "--node", "node-a", "--name", &name, "-o", "json"]);
+    assert!(ok, "{text}");
+    let certs: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        certs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["identity"] == "spiffe://cluster.local/ns/ambient-demo/sa/sleep"),
+        "{text}"
+    );
+
+    let (ok, text) = run(&["local", "apply", "-f", example.to_str().unwrap(), "--name", &name]);
+    assert!(!ok && text.contains("fixed at `local up`"), "pods cannot be applied live: {text}");
+
+    drop(guard);
+    let left: Vec<_> = std::fs::read_dir("/var/run/netns")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(!left.iter().any(|n: &String| n.starts_with(&format!("ml-{name}-"))), "{left:?}");
+}
+
+/// Runs `meshctl local down` when dropped (also when the test fails).
+struct Down(std::path::PathBuf, String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(&self.0).args(["local", "down", "--name", &self.1]).output();
+    }
+}

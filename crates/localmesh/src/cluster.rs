@@ -141,6 +141,9 @@ pub struct Cluster {
     options: Options,
     state: State,
     spec_pods: BTreeMap<(String, String), Value>,
+    /// Whether dropping this handle tears the cluster down (tests) or
+    /// leaves it running (`meshctl local up`).
+    down_on_drop: bool,
 }
 
 impl Cluster {
@@ -151,6 +154,7 @@ impl Cluster {
             state: State { name: options.name.clone(), ..State::default() },
             options,
             spec_pods: BTreeMap::new(),
+            down_on_drop: true,
         };
         match cluster.build(spec) {
             Ok(()) => Ok(cluster),
@@ -229,7 +233,7 @@ impl Cluster {
             ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
             ip(&["-n", &ns, "addr", "add", &format!("10.244.{i}.1/24"), "dev", "br0"])?;
             ip(&["-n", &ns, "link", "set", "br0", "up"])?;
-            sysctl(&ns, "net.ipv4.ip_forward=1")?;
+            enable_forwarding(&ns)?;
             self.state.nodes.push(NodeInfo {
                 name: node.clone(),
                 netns: ns,
@@ -531,6 +535,37 @@ impl Cluster {
         Ok(child.id())
     }
 
+    /// Sets or removes a namespace label (e.g. enrolling a namespace).
+    pub fn set_namespace_label(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let path = self.options.state_dir.join("config/objects.yaml");
+        let text = std::fs::read_to_string(&path).map_err(io("reading objects.yaml"))?;
+        let mut objects = crate::spec::parse(&text, "objects.yaml")
+            .map_err(|e| ClusterError::Spec(e.to_string()))?;
+        let Some(ns) = objects
+            .iter_mut()
+            .find(|o| o["kind"] == "Namespace" && o["metadata"]["name"] == namespace)
+        else {
+            return Err(ClusterError::Spec(format!("no namespace {namespace}")));
+        };
+        if !ns["metadata"]["labels"].is_object() {
+            ns["metadata"]["labels"] = json!({});
+        }
+        match value {
+            Some(v) => ns["metadata"]["labels"][key] = json!(v),
+            None => {
+                if let Some(labels) = ns["metadata"]["labels"].as_object_mut() {
+                    labels.remove(key);
+                }
+            }
+        }
+        write_yaml(&path, &objects)
+    }
+
     /// Replaces a pod's labels or annotations in the control plane's view
     /// (enrollment changes on a running pod), e.g. `("istio.io/dataplane-mode", Some("none"))`.
     pub fn set_pod_label(
@@ -567,7 +602,24 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        down(&self.options.name, &self.options.state_dir);
+        if self.down_on_drop {
+            down(&self.options.name, &self.options.state_dir);
+        }
+    }
+}
+
+impl Cluster {
+    /// Leaves the cluster running when this handle is dropped; `down`
+    /// removes it later (from `state.json`).
+    pub fn detach(mut self) {
+        self.down_on_drop = false;
+    }
+
+    /// Reads a running cluster's state (`meshctl local status`, `exec`).
+    pub fn read_state(state_dir: &Path) -> Result<State, ClusterError> {
+        let text = std::fs::read_to_string(state_dir.join("state.json"))
+            .map_err(io(format!("no cluster state in {}", state_dir.display())))?;
+        serde_json::from_str(&text).map_err(|e| ClusterError::Spec(format!("state.json: {e}")))
     }
 }
 
@@ -612,13 +664,11 @@ fn alive(pid: nix::unistd::Pid) -> bool {
     nix::sys::signal::kill(pid, None).is_ok()
 }
 
-fn sysctl(netns: &str, setting: &str) -> Result<(), ClusterError> {
-    let ok = Command::new("ip")
-        .args(["netns", "exec", netns, "sysctl", "-q", "-w", setting])
-        .status()
-        .map_err(io("running sysctl"))?
-        .success();
-    if ok { Ok(()) } else { Err(ClusterError::Spec(format!("sysctl {setting} failed in {netns}"))) }
+/// Turns IPv4 forwarding on in a namespace (writes its own
+/// `/proc/sys/net`, which follows the opening thread's namespace).
+fn enable_forwarding(netns: &str) -> Result<(), ClusterError> {
+    crate::net::in_netns(netns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))?
+        .map_err(io(format!("enabling forwarding in {netns}")))
 }
 
 fn wait(

@@ -1,7 +1,6 @@
 //! The sample applications pods run in the local mesh:
 //! `mesh-sample echo --port P` (TCP echo), `mesh-sample http --port P
-//! [--message TEXT]` (HTTP/1.1: answers every request with TEXT and the
-//! pod's hostname), `mesh-sample greeter --port P` (speaks first, then
+//! [--message TEXT]` (HTTP/1.1: answers every request with TEXT), `mesh-sample greeter --port P` (speaks first, then
 //! echoes).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -53,23 +52,30 @@ fn http(stream: TcpStream, message: &str) -> std::io::Result<()> {
             return Ok(());
         }
         let mut length = 0usize;
+        let mut close = false;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
                 break;
             }
-            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            let header = header.to_ascii_lowercase();
+            if let Some(v) = header.strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap_or(0);
+            }
+            if header.starts_with("connection:") && header.contains("close") {
+                close = true;
             }
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let text = format!("{message} ({})\n", host.trim());
+        let text = format!("{message}\n");
         write!(
             writer,
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
             text.len()
         )?;
+        if close {
+            return writer.shutdown(std::net::Shutdown::Write);
+        }
     }
 }

@@ -1,0 +1,180 @@
+//! `meshctl proxy-config workloads|services|policies|certificates|connections --node N`.
+
+use anyhow::Context;
+use clap::ValueEnum;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum What {
+    Workloads,
+    Services,
+    Policies,
+    Certificates,
+    Connections,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// What a node's ztunnel knows.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Which part.
+    what: What,
+    /// The node.
+    #[arg(long)]
+    node: String,
+    /// The local cluster.
+    #[arg(long, default_value = "mesh")]
+    name: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    crate::require_root("meshctl proxy-config (local cluster)")?;
+    let state = localmesh::Cluster::read_state(&crate::local::state_dir(&args.name))?;
+    let node = state
+        .nodes
+        .iter()
+        .find(|n| n.name == args.node)
+        .ok_or_else(|| anyhow::anyhow!("no node {} in cluster {}", args.node, args.name))?;
+    let admin = "127.0.0.1:15000".parse()?;
+    let path = match args.what {
+        What::Connections => "/debug/connections",
+        _ => "/config_dump",
+    };
+    let (status, body) = localmesh::net::http_get(&node.netns, admin, path)
+        .with_context(|| format!("asking ztunnel on {} ({path})", args.node))?;
+    anyhow::ensure!(status == 200, "ztunnel on {} answered {status}: {body}", args.node);
+    let dump: Value = serde_json::from_str(&body).context("ztunnel's answer is not JSON")?;
+    let items = match args.what {
+        What::Workloads => dump["workloads"].clone(),
+        What::Services => dump["services"].clone(),
+        What::Policies => dump["policies"].clone(),
+        What::Certificates => dump["certificates"].clone(),
+        What::Connections => dump,
+    };
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&items)?),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(&items)?),
+        Output::Table => print!("{}", table(args.what, &items)),
+    }
+    Ok(())
+}
+
+/// Rows of the fields that matter per kind.
+pub(crate) fn table(what: What, items: &Value) -> String {
+    let columns: &[(&str, &str)] = match what {
+        What::Workloads => &[
+            ("NAMESPACE", "namespace"),
+            ("NAME", "name"),
+            ("ADDRESS", "addresses"),
+            ("NODE", "node"),
+            ("PROTOCOL", "protocol"),
+            ("IDENTITY", "identity"),
+            ("WAYPOINT", "waypoint"),
+        ],
+        What::Services => &[
+            ("NAMESPACE", "namespace"),
+            ("NAME", "name"),
+            ("VIPS", "vips"),
+            ("WAYPOINT", "waypoint"),
+        ],
+        What::Policies => &[
+            ("NAMESPACE", "namespace"),
+            ("NAME", "name"),
+            ("ACTION", "action"),
+            ("SCOPE", "scope"),
+            ("RULES", "rules"),
+        ],
+        What::Certificates => &[
+            ("IDENTITY", "identity"),
+            ("STATE", "state"),
+            ("PODS", "pods"),
+            ("SERIAL", "certificate.serial"),
+            ("NOT AFTER", "certificate.notAfter"),
+        ],
+        What::Connections => &[
+            ("DIRECTION", "direction"),
+            ("SOURCE", "source"),
+            ("DESTINATION", "destination"),
+            ("UPSTREAM", "upstream"),
+            ("PROTOCOL", "protocol"),
+            ("SOURCE IDENTITY", "source_identity"),
+        ],
+    };
+    let rows: Vec<Vec<String>> = items
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|item| columns.iter().map(|(_, path)| cell(item, path)).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.len()).collect();
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    let mut out = line(columns.iter().map(|(h, _)| h.to_string()).collect());
+    for row in rows {
+        out += &line(row);
+    }
+    out
+}
+
+fn cell(item: &Value, path: &str) -> String {
+    let mut v = item;
+    for part in path.split('.') {
+        v = &v[part];
+    }
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_show_the_fields_that_matter() {
+        let items = serde_json::json!([
+            {"namespace": "apps", "name": "web", "addresses": ["10.244.1.2"], "node": "node-a", "protocol": "HBONE", "identity": "spiffe://cluster.local/ns/apps/sa/web", "waypoint": null}
+        ]);
+        let out = table(What::Workloads, &items);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("NAMESPACE  NAME  ADDRESS"), "{out}");
+        assert!(
+            lines[1].contains("10.244.1.2")
+                && lines[1].contains("HBONE")
+                && lines[1].ends_with("-"),
+            "{out}"
+        );
+    }
+}
