@@ -19,6 +19,7 @@ use std::sync::Arc;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use proxy_core::errors::error_chain;
 use tokio::sync::Mutex;
 use tracing::{error, info, warn};
 use zds::{WorkloadInfo, ZdsListener, ZdsPeer};
@@ -245,15 +246,4 @@ fn info(pod: &CapturedPod) -> WorkloadInfo {
         namespace: pod.namespace.clone(),
         service_account: pod.service_account.clone(),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -12,12 +12,14 @@
 //!   expect them.
 //! - [`http`]: a tiny HTTP/1 server for admin, metrics and readiness.
 //! - [`readiness`]: what a proxy still waits for before it is ready.
+//! - [`errors`]: one-line error chains for logs and protocol answers.
 //!
 //! It deliberately holds no proxy logic: deciding where a connection goes
 //! and what is allowed lives in each proxy.
 
 pub mod certificates;
 pub mod connections;
+pub mod errors;
 pub mod http;
 pub mod readiness;
 pub mod sockets;

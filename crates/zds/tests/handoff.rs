@@ -87,16 +87,6 @@ async fn garbage_and_protocol_violations_are_named() {
     assert!(matches!(listener.accept().await.unwrap_err(), ZdsError::Version(7)));
 
     // ztunnel's side: an AddWorkload without a namespace, then garbage.
-    let (agent, ztunnel) = {
-        let conn = tokio::spawn({
-            let path = path.clone();
-            async move { ZdsConnection::connect(&path).await.unwrap() }
-        });
-        let peer = listener.accept().await.unwrap();
-        (peer, conn.await.unwrap())
-    };
-    drop(agent);
-    let _ = ztunnel;
     let (a, b) = UnixSeqpacket::pair().unwrap();
     let add = mesh_proto::zds::WorkloadRequest {
         payload: Some(Payload::Add(mesh_proto::zds::AddWorkload {

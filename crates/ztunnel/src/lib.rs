@@ -13,6 +13,7 @@
 //! It deliberately does no L7 processing (that is the waypoint's job) and
 //! never reads the environment: the binary's `config.rs` does.
 
+mod accept;
 pub mod admin;
 pub mod app;
 pub mod config;

@@ -9,16 +9,7 @@ use std::time::Duration;
 
 use localmesh::{Cluster, ClusterSpec, Options};
 
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Uid:").map(|u| u.split_whitespace().nth(1) == Some("0"))
-            })
-        })
-        .unwrap_or(false)
-}
+pub use testkit::netns::is_root;
 
 /// The directory holding the workspace's binaries (next to `deps/`).
 pub fn bin_dir() -> PathBuf {

@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use xds::Backoff;
 
+use crate::errors::error_chain;
+
 pub use provider::{CertificateProvider, FetchError, GrpcCa, IMPERSONATED_IDENTITY};
 
 /// Retry and wait settings.
@@ -248,17 +250,6 @@ async fn keep_fresh(
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -134,24 +134,10 @@ pub(crate) async fn serve_plaintext(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    loop {
-        let (client, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "inbound plaintext accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(
-            async move { plaintext(ctx, client, peer).await }
-                .instrument(debug_span!("inbound_plaintext", %peer)),
-        );
-    }
+    crate::accept::accept_loop(listener, stop, "inbound plaintext", move |client, peer| {
+        plaintext(ctx.clone(), client, peer).instrument(debug_span!("inbound_plaintext", %peer))
+    })
+    .await;
 }
 
 async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr) {

@@ -147,6 +147,6 @@ impl Session<'_> {
         let sockets = Arc::new(NetnsSockets::new(netns, self.host.clone(), self.config.mark));
         self.ztunnel
             .add_pod(spec, sockets, Arc::new(SoOriginalDst))
-            .map_err(|e| crate::outbound::error_chain(&e))
+            .map_err(|e| proxy_core::errors::error_chain(&e))
     }
 }

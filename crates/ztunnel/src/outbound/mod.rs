@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use hbone::{ConnectError, ConnectRequest};
 use proxy_core::connections::{ConnectionInfo, Direction};
+use proxy_core::errors::error_chain;
 use proxy_core::sockets;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -21,24 +22,10 @@ use crate::tracked::{Tracked, report_failure};
 
 /// Accepts captured outbound connections until `stop`.
 pub(crate) async fn serve(ctx: Arc<PodContext>, listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let (client, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(
-            async move { handle(ctx, client, peer).await }
-                .instrument(debug_span!("outbound", %peer)),
-        );
-    }
+    crate::accept::accept_loop(listener, stop, "outbound", move |client, peer| {
+        handle(ctx.clone(), client, peer).instrument(debug_span!("outbound", %peer))
+    })
+    .await;
 }
 
 async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
@@ -178,15 +165,4 @@ fn is_own_listener(ctx: &PodContext, client: &TcpStream, original: SocketAddr) -
     let ports = ctx.shared.config.ports;
     client.local_addr().is_ok_and(|local| local == original)
         && [ports.outbound, ports.inbound_plaintext].contains(&original.port())
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
