@@ -249,6 +249,41 @@ spec:
     assert!(support::echoes(&sleep, echo), "sleep is still allowed");
     assert!(!support::echoes(&outsider, echo), "plaintext has no principal");
 
+    // By namespace: every identity of `apps` may call echo.
+    policy_yaml(
+        &c,
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo-from-apps, namespace: apps}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules: [{from: [{source: {namespaces: [apps]}}]}]
+"#,
+    );
+    support::eventually("other allowed by namespace", 20, || support::echoes(&other, echo));
+    assert!(support::echoes(&sleep, echo));
+    assert!(!support::echoes(&outsider, echo), "plaintext has no namespace");
+
+    // By source address: other's IP is blocked.
+    let other_ip = c.pod("apps", "other").unwrap().ip;
+    policy_yaml(
+        &c,
+        &format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: block-other-ip, namespace: apps}}
+spec:
+  action: DENY
+  rules: [{{from: [{{source: {{ipBlocks: ["{other_ip}/32"]}}}}]}}]
+"#
+        ),
+    );
+    support::eventually("other's address blocked", 20, || !support::echoes(&other, echo));
+    assert!(support::echoes(&sleep, echo), "sleep's address is not blocked");
+
     // Changed live: deny sleep on port 8080; STRICT mTLS for the namespace.
     policy_yaml(
         &c,
@@ -456,5 +491,100 @@ impl Drop for Down {
     fn drop(&mut self) {
         let _ =
             std::process::Command::new(&self.0).args(["local", "down", "--name", &self.1]).output();
+    }
+}
+
+#[test]
+fn a_deleted_endpoint_stops_receiving() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let (mut c, _state) = cluster("endpoints", MIXED);
+    let sleep = netns(&c, "apps", "sleep");
+    let vip: SocketAddr = "10.96.0.20:80".parse().unwrap();
+    // echo-0 runs on node-a, echo-1 on node-b (placed round robin).
+    assert_eq!(c.pod("apps", "echo-1").unwrap().node, "node-b");
+    support::eventually("the service is known", 20, || support::echoes(&sleep, vip));
+    let on_b = |c: &localmesh::Cluster| {
+        support::sample(
+            &ztunnel_metrics(c, "node-b"),
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination"), ("destination_canonical_service", "echo")],
+        )
+    };
+    support::eventually("both endpoints serve", 20, || {
+        support::echoes(&sleep, vip) && on_b(&c) > 0
+    });
+
+    c.delete_pod("apps", "echo-1").unwrap();
+    // Once the deletion has propagated, every connection succeeds and none
+    // reaches node-b any more.
+    support::eventually("echo-1 gone from the service", 20, || {
+        let before = on_b(&c);
+        (0..6).all(|_| support::echoes(&sleep, vip)) && on_b(&c) == before
+    });
+    let before = on_b(&c);
+    for _ in 0..20 {
+        assert!(support::echoes(&sleep, vip), "the remaining endpoint serves every connection");
+    }
+    assert_eq!(on_b(&c), before, "the deleted endpoint received nothing");
+}
+
+#[test]
+fn two_hundred_connections_for_thirty_seconds_without_error_or_leak() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let (c, _state) = cluster("soak", APPS);
+    let sleep = netns(&c, "apps", "sleep");
+    let echo = addr(&c, "apps", "echo", 8080);
+    support::eventually("mesh traffic", 20, || support::echoes(&sleep, echo));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let workers: Vec<_> = (0..200u32)
+        .map(|i| {
+            let sleep = sleep.clone();
+            std::thread::spawn(move || -> Result<u64, String> {
+                use std::io::{Read, Write};
+                let mut stream =
+                    localmesh::net::connect_from(&sleep, echo, std::time::Duration::from_secs(5))
+                        .map_err(|e| format!("connect {i}: {e}"))?;
+                stream
+                    .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .map_err(|e| e.to_string())?;
+                let mut rounds = 0u64;
+                let message = format!("worker {i} says hello").into_bytes();
+                let mut back = vec![0u8; message.len()];
+                while std::time::Instant::now() < until {
+                    stream.write_all(&message).map_err(|e| format!("write {i}: {e}"))?;
+                    stream.read_exact(&mut back).map_err(|e| format!("read {i}: {e}"))?;
+                    if back != message {
+                        return Err(format!("worker {i} got someone else's bytes"));
+                    }
+                    rounds += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Ok(rounds)
+            })
+        })
+        .collect();
+    let results: Vec<Result<u64, String>> =
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err("panicked".into()))).collect();
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        errors.is_empty(),
+        "{} of 200 failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    let rounds: u64 = results.iter().filter_map(|r| r.as_ref().ok()).sum();
+    eprintln!("200 connections × 30 s: {rounds} round trips");
+    for node in ["node-a", "node-b"] {
+        let ns = c.node(node).unwrap().netns.clone();
+        support::eventually(&format!("no connection left on {node}"), 20, || {
+            localmesh::net::http_get(&ns, "127.0.0.1:15000".parse().unwrap(), "/debug/connections")
+                .is_ok_and(|(_, body)| body.trim() == "[]")
+        });
     }
 }

@@ -98,6 +98,9 @@ pub struct PodInfo {
     pub ip: IpAddr,
     /// Its network namespace.
     pub netns: String,
+    /// Its containers' processes.
+    #[serde(default)]
+    pub containers: Vec<u32>,
 }
 
 /// Why a cluster could not be built.
@@ -310,6 +313,7 @@ impl Cluster {
                 node: node.name.clone(),
                 ip: IpAddr::V4(address),
                 netns: ns,
+                containers: Vec::new(),
             };
             let object = running_pod(&pod.object, &info, node);
             self.spec_pods.insert((pod.namespace.clone(), pod.name.clone()), object.clone());
@@ -439,14 +443,14 @@ impl Cluster {
             for (i, command) in pod.commands.iter().enumerate() {
                 let program = self.resolve(&command[0]);
                 let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
-                self.spawn_program(
-                    &info.netns,
-                    &program,
-                    &args,
-                    &format!("{}-{}-{i}", pod.namespace, pod.name),
-                )?;
+                let log = format!("{}-{}-{i}", pod.namespace, pod.name);
+                let pid = self.spawn_program(&info.netns, &program, &args, &log)?;
+                if let Some(p) = self.state.pods.iter_mut().find(|p| p.netns == info.netns) {
+                    p.containers.push(pid);
+                }
             }
         }
+        self.save()?;
         Ok(())
     }
 
@@ -533,6 +537,27 @@ impl Cluster {
         self.state.pids.push(child.id());
         self.save()?;
         Ok(child.id())
+    }
+
+    /// Deletes a pod: its processes stop, it leaves the control plane's
+    /// view, its namespace is removed.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let Some(index) =
+            self.state.pods.iter().position(|p| p.namespace == namespace && p.name == name)
+        else {
+            return Err(ClusterError::Spec(format!("no pod {namespace}/{name}")));
+        };
+        let pod = self.state.pods.remove(index);
+        self.spec_pods.remove(&(namespace.to_string(), name.to_string()));
+        let pods: Vec<Value> = self.spec_pods.values().cloned().collect();
+        write_yaml(&self.options.state_dir.join("config/pods.yaml"), &pods)?;
+        for pid in &pod.containers {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(*pid).unwrap_or(0));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        delete_netns(&pod.netns);
+        self.save()
     }
 
     /// Sets or removes a namespace label (e.g. enrolling a namespace).
