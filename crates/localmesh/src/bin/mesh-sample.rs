@@ -1,7 +1,8 @@
 //! The sample applications pods run in the local mesh:
 //! `mesh-sample echo --port P` (TCP echo), `mesh-sample http --port P
 //! [--message TEXT]` (HTTP/1.1: answers every request with TEXT), `mesh-sample greeter --port P` (speaks first, then
-//! echoes).
+//! echoes), `mesh-sample sink --port P` (reads until EOF, answers the
+//! byte count: for throughput measurements).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,8 +15,8 @@ fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port))?;
     let role = args.first().cloned().unwrap_or_default();
     let message = flag("--message").unwrap_or_else(|| "hello from the mesh".into());
-    if !matches!(role.as_str(), "echo" | "http" | "greeter") {
-        anyhow::bail!("usage: mesh-sample echo|http|greeter --port P [--message TEXT]");
+    if !matches!(role.as_str(), "echo" | "http" | "greeter" | "sink") {
+        anyhow::bail!("usage: mesh-sample echo|http|greeter|sink --port P [--message TEXT]");
     }
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -25,6 +26,7 @@ fn main() -> anyhow::Result<()> {
             let _ = match role.as_str() {
                 "echo" => echo(stream),
                 "greeter" => greet(stream),
+                "sink" => sink(stream),
                 _ => http(stream, &message),
             };
         });
@@ -35,6 +37,22 @@ fn main() -> anyhow::Result<()> {
 fn echo(mut stream: TcpStream) -> std::io::Result<()> {
     let mut reader = stream.try_clone()?;
     std::io::copy(&mut reader, &mut stream)?;
+    stream.shutdown(std::net::Shutdown::Write)
+}
+
+/// Reads everything, then answers with the byte count (8 bytes, big
+/// endian) and closes: the sender knows every byte arrived.
+fn sink(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        let n = stream.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    stream.write_all(&total.to_be_bytes())?;
     stream.shutdown(std::net::Shutdown::Write)
 }
 

@@ -1,0 +1,310 @@
+//! `meshbench`: the mesh path against the direct path, in one run, side by
+//! side, on a local cluster of network namespaces (root).
+//!
+//! `cargo run --release -p e2e --bin meshbench -- [--seconds 10] [--pin] [--json FILE]`
+//!
+//! Paths: direct across nodes (two pods outside the mesh), mesh on the same
+//! node (one ztunnel), mesh across nodes (two ztunnels, HBONE). Figures:
+//! single-stream and 64-stream throughput, 64-byte request/response over
+//! one connection and with a new connection each time, a brand-new HBONE
+//! connection (TLS included) to first byte, and each ztunnel's memory and
+//! CPU seconds per GiB carried.
+
+mod measure;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use localmesh::{Cluster, ClusterSpec, Options};
+use serde_json::json;
+
+use measure::{Percentiles, ProcessStats, inside, process_stats};
+
+/// Mesh vs direct, one run.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Seconds per throughput run.
+    #[arg(long, default_value = "10")]
+    seconds: f64,
+    /// Request/response rounds.
+    #[arg(long, default_value = "5000")]
+    rounds: usize,
+    /// Pin ztunnels to CPU 0 and the load to CPU 1 (2-core results are
+    /// bimodal without it).
+    #[arg(long)]
+    pin: bool,
+    /// Also write the results here as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: mesh}
+spec: {nodeName: node-a, serviceAccountName: client, containers: [{name: c, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-local, namespace: mesh}
+spec:
+  nodeName: node-a
+  serviceAccountName: server
+  containers:
+  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
+  - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-remote, namespace: mesh}
+spec:
+  nodeName: node-b
+  serviceAccountName: server
+  containers:
+  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
+  - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: plain}
+spec: {nodeName: node-a, containers: [{name: c, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-remote, namespace: plain}
+spec:
+  nodeName: node-b
+  containers:
+  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
+  - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
+"#;
+
+/// Pins the calling thread to one CPU.
+pub(crate) fn pin_current_thread(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+fn pin_process(pid: u32, cpu: usize) {
+    // Every thread of the process.
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(tid) = task.file_name().to_string_lossy().parse::<i32>() {
+                let mut set = nix::sched::CpuSet::new();
+                if set.set(cpu).is_ok() {
+                    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
+                }
+            }
+        }
+    }
+}
+
+struct Path {
+    name: &'static str,
+    client_netns: String,
+    echo: SocketAddr,
+    sink: SocketAddr,
+}
+
+#[derive(Default)]
+struct Figures {
+    throughput: f64,
+    parallel: f64,
+    rr: Percentiles,
+    rr_new: Percentiles,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe.parent().context("no bin dir")?.to_path_buf();
+    let spec = ClusterSpec::from_documents(localmesh::spec::parse(CLUSTER, "meshbench")?)?;
+    let state_dir = std::env::temp_dir().join(format!("meshbench-{}", std::process::id()));
+    let options = Options { name: "bench".into(), state_dir: state_dir.clone(), bin_dir };
+    let mut cluster = Cluster::up(&spec, options).context("building the cluster (root needed)")?;
+    let pod = |ns: &str, name: &str| cluster.pod(ns, name).cloned().context(format!("{ns}/{name}"));
+    let (mesh_client, plain_client) = (pod("mesh", "client")?, pod("plain", "client")?);
+    let (local, remote, plain_remote) = (
+        pod("mesh", "server-local")?,
+        pod("mesh", "server-remote")?,
+        pod("plain", "server-remote")?,
+    );
+    let paths = [
+        Path {
+            name: "direct, across nodes",
+            client_netns: plain_client.netns.clone(),
+            echo: SocketAddr::new(plain_remote.ip, 8080),
+            sink: SocketAddr::new(plain_remote.ip, 9000),
+        },
+        Path {
+            name: "mesh, same node",
+            client_netns: mesh_client.netns.clone(),
+            echo: SocketAddr::new(local.ip, 8080),
+            sink: SocketAddr::new(local.ip, 9000),
+        },
+        Path {
+            name: "mesh, across nodes",
+            client_netns: mesh_client.netns.clone(),
+            echo: SocketAddr::new(remote.ip, 8080),
+            sink: SocketAddr::new(remote.ip, 9000),
+        },
+    ];
+    // Wait until the mesh carries traffic.
+    for _ in 0..100 {
+        if measure::first_byte(&mesh_client.netns, paths[2].echo).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ztunnels: Vec<(String, u32)> = cluster
+        .state()
+        .components
+        .iter()
+        .filter(|c| c.label.starts_with("ztunnel-"))
+        .map(|c| (c.label.clone(), c.pid))
+        .collect();
+    let load_cpu = if args.pin {
+        for (_, pid) in &ztunnels {
+            pin_process(*pid, 0);
+        }
+        Some(1)
+    } else {
+        None
+    };
+    let idle: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
+
+    let mut results = Vec::new();
+    let mut cpu_per_gib = Vec::new();
+    for path in &paths {
+        eprintln!("measuring: {}", path.name);
+        let (echo, sink, secs, rounds) = (path.echo, path.sink, args.seconds, args.rounds);
+        let before: Vec<ProcessStats> =
+            ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
+        let (throughput, bytes) =
+            inside(&path.client_netns, load_cpu, move || measure::throughput(sink, secs))??;
+        let after: Vec<ProcessStats> =
+            ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
+        if path.name.starts_with("mesh, across") {
+            let gib = bytes as f64 / (1u64 << 30) as f64;
+            for (i, (label, _)) in ztunnels.iter().enumerate() {
+                cpu_per_gib.push((
+                    label.clone(),
+                    (after[i].cpu_seconds - before[i].cpu_seconds) / gib.max(1e-9),
+                ));
+            }
+        }
+        let parallel = inside(&path.client_netns, load_cpu, move || {
+            measure::parallel_throughput(sink, 64, secs)
+        })??;
+        let rr =
+            inside(&path.client_netns, load_cpu, move || measure::rr_persistent(echo, rounds))??;
+        let rr_new = inside(&path.client_netns, load_cpu, move || {
+            measure::rr_new_connection(echo, rounds / 5)
+        })??;
+        results.push((path.name, Figures { throughput, parallel, rr, rr_new }));
+    }
+    let peak: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
+
+    // A brand-new HBONE connection: restart the client's ztunnel so its pool
+    // is empty, wait until it is ready, time connect → first echoed byte.
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        cluster.stop("ztunnel-node-a")?;
+        cluster.start("ztunnel-node-a")?;
+        let node = cluster.node("node-a").context("node-a")?.netns.clone();
+        for _ in 0..200 {
+            if localmesh::net::http_get(&node, "127.0.0.1:15021".parse()?, "/healthz/ready")
+                .is_ok_and(|(s, _)| s == 200)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(d) = measure::first_byte(&mesh_client.netns, paths[2].echo) {
+            cold.push(d);
+        }
+    }
+    let cold = Percentiles::of(cold);
+
+    // Report.
+    let direct = &results[0].1;
+    println!(
+        "\n{:<24} {:>12} {:>12} {:>22} {:>22}",
+        "path", "1 stream", "64 streams", "RR p50/p90/p99 µs", "RR new conn p50/p99 µs"
+    );
+    for (name, f) in &results {
+        println!(
+            "{:<24} {:>9.0} MiB/s {:>6.0} MiB/s {:>8.0}/{:.0}/{:.0} {:>14.0}/{:.0}",
+            name,
+            f.throughput / 1048576.0,
+            f.parallel / 1048576.0,
+            f.rr.p50,
+            f.rr.p90,
+            f.rr.p99,
+            f.rr_new.p50,
+            f.rr_new.p99
+        );
+    }
+    println!("\nmesh / direct (same run)");
+    for (name, f) in results.iter().skip(1) {
+        println!(
+            "{:<24} throughput {:.2}×   64 streams {:.2}×   RR p50 +{:.0} µs   RR p99 {:.0} µs",
+            name,
+            f.throughput / direct.throughput,
+            f.parallel / direct.parallel,
+            f.rr.p50 - direct.rr.p50,
+            f.rr.p99
+        );
+    }
+    println!(
+        "\nnew HBONE connection (TLS) to first byte: p50 {:.0} µs, p99 {:.0} µs",
+        cold.p50, cold.p99
+    );
+    for (i, (label, _)) in ztunnels.iter().enumerate() {
+        println!(
+            "{label}: RSS idle {:.1} MiB, peak {:.1} MiB, now {:.1} MiB; {:.2} CPU-s per GiB (across nodes)",
+            idle[i].rss_kib as f64 / 1024.0,
+            peak[i].peak_kib as f64 / 1024.0,
+            peak[i].rss_kib as f64 / 1024.0,
+            cpu_per_gib.iter().find(|(l, _)| l == label).map_or(0.0, |(_, v)| *v)
+        );
+    }
+    println!("pinned: {}", args.pin);
+    if let Some(path) = &args.json {
+        let out = json!({
+            "pinned": args.pin,
+            "seconds": args.seconds,
+            "paths": results.iter().map(|(name, f)| json!({
+                "path": name,
+                "throughput_bytes_per_second": f.throughput,
+                "parallel64_bytes_per_second": f.parallel,
+                "rr_us": {"p50": f.rr.p50, "p90": f.rr.p90, "p99": f.rr.p99},
+                "rr_new_connection_us": {"p50": f.rr_new.p50, "p90": f.rr_new.p90, "p99": f.rr_new.p99},
+            })).collect::<Vec<_>>(),
+            "new_hbone_connection_us": {"p50": cold.p50, "p99": cold.p99},
+            "ztunnels": ztunnels.iter().enumerate().map(|(i, (label, _))| json!({
+                "name": label,
+                "rss_idle_kib": idle[i].rss_kib,
+                "rss_peak_kib": peak[i].peak_kib,
+                "rss_after_kib": peak[i].rss_kib,
+                "cpu_seconds_per_gib": cpu_per_gib.iter().find(|(l, _)| l == label).map(|(_, v)| *v),
+            })).collect::<Vec<_>>(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
+    }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(state_dir);
+    Ok(())
+}
