@@ -155,7 +155,14 @@ where
         opened: SystemTime::now(),
     });
     let mut upstream = Tracked::new(upstream, facts, ctx.shared.metrics.clone(), guard, &ctx.kill);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        crate::COPY_BUFFER,
+        crate::COPY_BUFFER,
+    )
+    .await
+    {
         debug!(error = %e, "outbound connection ended with an error");
     }
 }
