@@ -475,7 +475,44 @@ fn meshctl_local_up_status_exec_proxy_config_down() {
     );
 
     let (ok, text) = run(&["local", "apply", "-f", example.to_str().unwrap(), "--name", &name]);
-    assert!(!ok && text.contains("fixed at `local up`"), "pods cannot be applied live: {text}");
+    assert!(
+        !ok && text.contains("fixed at `local up`"),
+        "deployments cannot be applied live: {text}"
+    );
+
+    // Enroll the running legacy pod from the command line, then call it
+    // with the sample client from sleep.
+    let relabel = std::env::temp_dir().join(format!("{name}-relabel.yaml"));
+    std::fs::write(
+        &relabel,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: legacy-web, namespace: legacy, labels: {istio.io/dataplane-mode: ambient}}\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&["local", "apply", "-f", relabel.to_str().unwrap(), "--name", &name]);
+    let _ = std::fs::remove_file(&relabel);
+    assert!(ok && text.contains("1 pod(s) relabelled"), "{text}");
+    let state = localmesh::Cluster::read_state(
+        &std::path::PathBuf::from("/var/run/mesh-local").join(&name),
+    )
+    .unwrap();
+    let legacy_ip = state.pods.iter().find(|p| p.name == "legacy-web").unwrap().ip;
+    support::eventually("legacy-web in the mesh", 20, || {
+        let (ok, text) = run(&["proxy-config", "workloads", "--node", "node-b", "--name", &name]);
+        ok && text.lines().any(|l| l.contains("legacy-web") && l.contains("HBONE"))
+    });
+    let sample = support::bin_dir().join("mesh-sample");
+    let target = format!("{legacy_ip}:8080");
+    let request = "GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let client = ["connect", target.as_str(), "--send", request];
+    // The control plane's view and the node agent's capture arrive
+    // separately; the call succeeds once both have.
+    support::eventually("sleep reaches legacy-web through the mesh", 20, || {
+        let mut args = vec!["local", "exec", "ambient-demo/sleep", "--name", &name, "--"];
+        args.push(sample.to_str().unwrap());
+        args.extend(client);
+        let (ok, text) = run(&args);
+        ok && text.contains("legacy web server")
+    });
 
     drop(guard);
     let left: Vec<_> = std::fs::read_dir("/var/run/netns")

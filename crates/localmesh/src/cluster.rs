@@ -648,6 +648,40 @@ impl Cluster {
     }
 }
 
+/// Changes running pods' labels and annotations in a cluster's store (the
+/// control plane and node agents see it at their next read): each given
+/// Pod must exist; its labels and annotations replace the current ones,
+/// keeping the namespace annotation the cluster set. Returns how many pods
+/// changed.
+pub fn relabel_pods(state_dir: &Path, pods: &[Value]) -> Result<usize, ClusterError> {
+    let path = state_dir.join("config/pods.yaml");
+    let text = std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+    let mut current =
+        crate::spec::parse(&text, "pods.yaml").map_err(|e| ClusterError::Spec(e.to_string()))?;
+    for pod in pods {
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let Some(target) = current
+            .iter_mut()
+            .find(|p| p["metadata"]["name"] == name && p["metadata"]["namespace"] == namespace)
+        else {
+            return Err(ClusterError::Spec(format!(
+                "pod {namespace}/{name} does not exist; new pods are created by `local up`"
+            )));
+        };
+        target["metadata"]["labels"] = pod["metadata"]["labels"].clone();
+        let netns = target["metadata"]["annotations"]["mesh.dev/netns"].clone();
+        let mut annotations = pod["metadata"]["annotations"].clone();
+        if !annotations.is_object() {
+            annotations = json!({});
+        }
+        annotations["mesh.dev/netns"] = netns;
+        target["metadata"]["annotations"] = annotations;
+    }
+    write_yaml(&path, &current)?;
+    Ok(pods.len())
+}
+
 /// Stops every process and removes every namespace of cluster `name`
 /// (from `state.json`, and by name prefix for whatever a crash left),
 /// then the state directory's runtime files.

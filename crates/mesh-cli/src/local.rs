@@ -104,15 +104,23 @@ pub(crate) fn run(command: LocalCommand) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let objects = localmesh::spec::parse(&text, &file.display().to_string())?;
-            if let Some(o) = objects
-                .iter()
-                .find(|o| matches!(o["kind"].as_str(), Some("Pod" | "Deployment" | "Node")))
+            if let Some(o) =
+                objects.iter().find(|o| matches!(o["kind"].as_str(), Some("Deployment" | "Node")))
             {
                 anyhow::bail!(
-                    "{} {}: pods, deployments and nodes are fixed at `local up`; apply policies, services and other objects",
+                    "{} {}: deployments and nodes are fixed at `local up`; apply pods (labels, annotations), policies, services and other objects",
                     o["kind"].as_str().unwrap_or_default(),
                     o["metadata"]["name"].as_str().unwrap_or_default()
                 );
+            }
+            let (pods, objects): (Vec<_>, Vec<_>) =
+                objects.into_iter().partition(|o| o["kind"] == "Pod");
+            if !pods.is_empty() {
+                let n = localmesh::cluster::relabel_pods(&state_dir(&name), &pods)?;
+                println!("{n} pod(s) relabelled");
+            }
+            if objects.is_empty() {
+                return Ok(());
             }
             let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("applied");
             let target = state_dir(&name).join("config").join(format!("applied-{stem}.yaml"));

@@ -2,7 +2,8 @@
 //! `mesh-sample echo --port P` (TCP echo), `mesh-sample http --port P
 //! [--message TEXT]` (HTTP/1.1: answers every request with TEXT), `mesh-sample greeter --port P` (speaks first, then
 //! echoes), `mesh-sample sink --port P` (reads until EOF, answers the
-//! byte count: for throughput measurements).
+//! byte count: for throughput measurements), and the client
+//! `mesh-sample connect HOST:PORT [--send TEXT]` (prints the reply).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,6 +12,11 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag =
         |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    if args.first().map(String::as_str) == Some("connect") {
+        let usage = || anyhow::anyhow!("usage: mesh-sample connect HOST:PORT [--send TEXT]");
+        let target = args.get(1).ok_or_else(usage)?;
+        return connect(target, &flag("--send").unwrap_or_else(|| "hello\n".into()));
+    }
     let port: u16 = flag("--port").unwrap_or_else(|| "8080".into()).parse()?;
     let listener = TcpListener::bind(("0.0.0.0", port))?;
     let role = args.first().cloned().unwrap_or_default();
@@ -31,6 +37,19 @@ fn main() -> anyhow::Result<()> {
             };
         });
     }
+    Ok(())
+}
+
+/// The client: sends TEXT, half-closes, prints what comes back.
+fn connect(target: &str, text: &str) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(target)?;
+    stream.write_all(text.as_bytes())?;
+    // A server that answered and closed already makes this fail; the reply
+    // is still there to read.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    std::io::stdout().write_all(&reply)?;
     Ok(())
 }
 
