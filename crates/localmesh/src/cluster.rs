@@ -336,9 +336,9 @@ impl Cluster {
             tokens += &format!("{} {token}\n", node.name);
             let node_dir = dir.join("nodes").join(&node.name);
             std::fs::create_dir_all(&node_dir).map_err(io("creating node dir"))?;
-            std::fs::write(node_dir.join("token"), &token).map_err(io("writing token"))?;
+            write_secret(&node_dir.join("token"), &token)?;
         }
-        std::fs::write(dir.join("tokens"), tokens).map_err(io("writing tokens"))?;
+        write_secret(&dir.join("tokens"), &tokens)?;
 
         // The control plane.
         let cp = format!("{CONTROL_PLANE_IP}");
@@ -640,6 +640,13 @@ impl Cluster {
         self.down_on_drop = false;
     }
 
+    /// Whether a cluster's processes are still running (state in `state_dir`).
+    pub fn is_running(state_dir: &Path) -> bool {
+        Self::read_state(state_dir).is_ok_and(|s| {
+            s.components.iter().any(|c| Path::new(&format!("/proc/{}", c.pid)).exists())
+        })
+    }
+
     /// Reads a running cluster's state (`meshctl local status`, `exec`).
     pub fn read_state(state_dir: &Path) -> Result<State, ClusterError> {
         let text = std::fs::read_to_string(state_dir.join("state.json"))
@@ -766,6 +773,20 @@ fn running_pod(object: &Value, info: &PodInfo, node: &NodeInfo) -> Value {
         "conditions": [{"type": "Ready", "status": "True"}],
     });
     pod
+}
+
+/// Writes a file only root can read (bootstrap tokens).
+fn write_secret(path: &Path, text: &str) -> Result<(), ClusterError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("writing {}", path.display())))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .map_err(io(format!("writing {}", path.display())))
 }
 
 fn write_yaml(path: &Path, objects: &[Value]) -> Result<(), ClusterError> {

@@ -62,6 +62,11 @@ pub(crate) fn run(command: LocalCommand) -> anyhow::Result<()> {
     crate::require_root("meshctl local")?;
     match command {
         LocalCommand::Up { file, name } => {
+            if Cluster::is_running(&state_dir(&name)) {
+                anyhow::bail!(
+                    "cluster {name} is already running; remove it first: meshctl local down --name {name}"
+                );
+            }
             let spec =
                 ClusterSpec::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let options = Options {
