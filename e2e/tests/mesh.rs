@@ -412,6 +412,26 @@ spec: {action: DENY, rules: [{}]}
     assert!(support::echoes(&sleep, echo), "no control plane, no change");
     c.start("controlplane").unwrap();
     support::eventually("the control plane caught up", 30, || !support::echoes(&sleep, echo));
+
+    // Dropping the cluster stops every process it started (restarted ones
+    // included) and removes its namespaces.
+    let mut pids: Vec<u32> = c.state().components.iter().map(|p| p.pid).collect();
+    pids.extend(c.state().pods.iter().flat_map(|p| p.containers.clone()));
+    assert!(pids.len() >= 6, "{pids:?}");
+    drop(c);
+    let running: Vec<u32> = pids
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+        })
+        .collect();
+    assert!(running.is_empty(), "still running after the cluster was dropped: {running:?}");
+    assert!(
+        !localmesh::net::netns_with_prefix("ml-restart-").iter().any(|_| true),
+        "namespaces left"
+    );
 }
 
 #[test]

@@ -628,7 +628,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.down_on_drop {
-            down(&self.options.name, &self.options.state_dir);
+            // From memory, not from state.json: the state directory may
+            // already be gone (a test's temporary directory dropped first).
+            down_state(&self.options.name, &self.state);
+            let _ = std::fs::remove_file(self.options.state_dir.join("state.json"));
         }
     }
 }
@@ -697,9 +700,17 @@ pub fn down(name: &str, state_dir: &Path) {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
+    down_state(name, &state);
+    let _ = std::fs::remove_file(state_dir.join("state.json"));
+}
+
+/// Stops the processes and removes the namespaces `state` lists, and any
+/// namespace named `ml-<name>-*`.
+fn down_state(name: &str, state: &State) {
     let pids: Vec<nix::unistd::Pid> = state
         .pids
         .iter()
+        .chain(state.components.iter().map(|c| &c.pid))
         .filter_map(|p| i32::try_from(*p).ok())
         .map(nix::unistd::Pid::from_raw)
         .collect();
@@ -722,7 +733,6 @@ pub fn down(name: &str, state_dir: &Path) {
     for ns in names {
         delete_netns(&ns);
     }
-    let _ = std::fs::remove_file(state_dir.join("state.json"));
 }
 
 fn alive(pid: nix::unistd::Pid) -> bool {
