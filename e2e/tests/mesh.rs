@@ -428,10 +428,7 @@ spec: {action: DENY, rules: [{}]}
         })
         .collect();
     assert!(running.is_empty(), "still running after the cluster was dropped: {running:?}");
-    assert!(
-        !localmesh::net::netns_with_prefix("ml-restart-").iter().any(|_| true),
-        "namespaces left"
-    );
+    assert!(localmesh::net::netns_with_prefix("ml-restart-").is_empty(), "namespaces left");
 }
 
 #[test]
