@@ -193,7 +193,8 @@ fn main() -> anyhow::Result<()> {
         let before: Vec<ProcessStats> =
             ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
         let (throughput, bytes) =
-            inside(&path.client_netns, load_cpu, move || measure::throughput(sink, secs))??;
+            inside(&path.client_netns, load_cpu, move || measure::throughput(sink, secs))?
+                .with_context(|| format!("{}: single-stream throughput", path.name))?;
         let after: Vec<ProcessStats> =
             ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
         if path.name.starts_with("mesh, across") {
@@ -207,12 +208,15 @@ fn main() -> anyhow::Result<()> {
         }
         let parallel = inside(&path.client_netns, load_cpu, move || {
             measure::parallel_throughput(sink, 64, secs)
-        })??;
+        })?
+        .with_context(|| format!("{}: 64 streams", path.name))?;
         let rr =
-            inside(&path.client_netns, load_cpu, move || measure::rr_persistent(echo, rounds))??;
+            inside(&path.client_netns, load_cpu, move || measure::rr_persistent(echo, rounds))?
+                .with_context(|| format!("{}: request/response", path.name))?;
         let rr_new = inside(&path.client_netns, load_cpu, move || {
             measure::rr_new_connection(echo, rounds / 5)
-        })??;
+        })?
+        .with_context(|| format!("{}: request/response on new connections", path.name))?;
         results.push((path.name, Figures { throughput, parallel, rr, rr_new }));
     }
     let peak: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
