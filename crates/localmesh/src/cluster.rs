@@ -152,7 +152,12 @@ pub struct Cluster {
 impl Cluster {
     /// Builds and starts everything; on failure, undoes what it made.
     pub fn up(spec: &ClusterSpec, options: Options) -> Result<Self, ClusterError> {
+        // Whatever a previous run with this name left (even a killed one):
+        // its processes and namespaces, then its files.
         down(&options.name, &options.state_dir);
+        for sub in ["config", "ca", "logs", "nodes"] {
+            let _ = std::fs::remove_dir_all(options.state_dir.join(sub));
+        }
         let mut cluster = Cluster {
             state: State { name: options.name.clone(), ..State::default() },
             options,

@@ -74,8 +74,9 @@ pub mod tempfile_dir {
 
     impl TempDir {
         pub fn new(name: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("mesh-e2e-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
+            // A stable path per test: the next run finds a killed run's
+            // state.json there and stops what it left running.
+            let path = std::env::temp_dir().join(format!("mesh-e2e-{name}"));
             std::fs::create_dir_all(&path).unwrap();
             Self { path }
         }
