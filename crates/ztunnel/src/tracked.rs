@@ -115,6 +115,28 @@ impl<S> Drop for Tracked<S> {
     }
 }
 
+/// Registers a connection of `ctx`'s pod on the admin listing and wraps
+/// its upstream.
+pub(crate) fn open<S>(
+    ctx: &crate::pod::PodContext,
+    direction: proxy_core::connections::Direction,
+    upstream: S,
+    facts: ConnectionFacts,
+) -> Tracked<S> {
+    let guard = ctx.shared.connections.register(proxy_core::connections::ConnectionInfo {
+        direction,
+        workload: ctx.spec.uid.clone(),
+        source: facts.source_addr,
+        destination: facts.destination_addr,
+        upstream: facts.upstream,
+        source_identity: facts.source_identity.as_ref().map(ToString::to_string),
+        destination_identity: facts.destination_identity.as_ref().map(ToString::to_string),
+        protocol: if facts.mtls { "HBONE" } else { "TCP" },
+        opened: std::time::SystemTime::now(),
+    });
+    Tracked::new(upstream, facts, ctx.shared.metrics.clone(), guard, &ctx.kill)
+}
+
 /// Reports a connection that failed before any byte moved: counted as
 /// opened and closed with its flag, and logged with the reason.
 pub(crate) fn report_failure(

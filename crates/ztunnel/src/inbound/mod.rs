@@ -5,11 +5,10 @@ pub mod authorize;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use hbone::{ConnectHandler, H2Settings, HboneServer, InboundConnect, Verdict};
-use mesh_core::{Identity, Workload};
-use proxy_core::connections::{ConnectionInfo, Direction};
+use mesh_core::Workload;
+use proxy_core::connections::Direction;
 use proxy_core::sockets;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -226,16 +225,5 @@ async fn connect_app(ctx: &PodContext, target: SocketAddr) -> Result<TcpStream, 
 }
 
 fn track(ctx: &PodContext, stream: TcpStream, facts: ConnectionFacts) -> Tracked<TcpStream> {
-    let guard = ctx.shared.connections.register(ConnectionInfo {
-        direction: Direction::Inbound,
-        workload: ctx.spec.uid.clone(),
-        source: facts.source_addr,
-        destination: facts.destination_addr,
-        upstream: facts.upstream,
-        source_identity: facts.source_identity.as_ref().map(Identity::to_string),
-        destination_identity: facts.destination_identity.as_ref().map(Identity::to_string),
-        protocol: if facts.mtls { "HBONE" } else { "TCP" },
-        opened: SystemTime::now(),
-    });
-    Tracked::new(stream, facts, ctx.shared.metrics.clone(), guard, &ctx.kill)
+    crate::tracked::open(ctx, Direction::Inbound, stream, facts)
 }

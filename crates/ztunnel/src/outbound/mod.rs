@@ -5,10 +5,9 @@ pub mod plan;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use hbone::{ConnectError, ConnectRequest};
-use proxy_core::connections::{ConnectionInfo, Direction};
+use proxy_core::connections::Direction;
 use proxy_core::errors::error_chain;
 use proxy_core::sockets;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,7 +17,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 use self::plan::{Destination, Plan, PlanError, Source};
 use crate::pod::PodContext;
 use crate::telemetry::{ConnectionFacts, Failure, Reporter};
-use crate::tracked::{Tracked, report_failure};
+use crate::tracked::report_failure;
 
 /// Accepts captured outbound connections until `stop`.
 pub(crate) async fn serve(ctx: Arc<PodContext>, listener: TcpListener, stop: CancellationToken) {
@@ -143,18 +142,7 @@ async fn splice<U>(ctx: &PodContext, mut client: TcpStream, upstream: U, facts: 
 where
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let guard = ctx.shared.connections.register(ConnectionInfo {
-        direction: Direction::Outbound,
-        workload: ctx.spec.uid.clone(),
-        source: facts.source_addr,
-        destination: facts.destination_addr,
-        upstream: facts.upstream,
-        source_identity: facts.source_identity.as_ref().map(ToString::to_string),
-        destination_identity: facts.destination_identity.as_ref().map(ToString::to_string),
-        protocol: if facts.mtls { "HBONE" } else { "TCP" },
-        opened: SystemTime::now(),
-    });
-    let mut upstream = Tracked::new(upstream, facts, ctx.shared.metrics.clone(), guard, &ctx.kill);
+    let mut upstream = crate::tracked::open(ctx, Direction::Outbound, upstream, facts);
     if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
         &mut upstream,
