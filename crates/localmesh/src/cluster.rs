@@ -178,11 +178,6 @@ impl Cluster {
         &self.state
     }
 
-    /// The state directory.
-    pub fn state_dir(&self) -> &Path {
-        &self.options.state_dir
-    }
-
     /// A pod by `namespace/name`.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
         self.state.pods.iter().find(|p| p.namespace == namespace && p.name == name)
@@ -433,12 +428,8 @@ impl Cluster {
             let ns = node.netns.clone();
             let log = dir_s(&format!("logs/ztunnel-{}.log", node.name));
             wait(&format!("ztunnel on {}", node.name), &log, Duration::from_secs(60), || {
-                http_get(
-                    &ns,
-                    "127.0.0.1:15021".parse().unwrap_or_else(|_| unreachable_addr()),
-                    "/healthz/ready",
-                )
-                .is_ok_and(|(status, _)| status == 200)
+                http_get(&ns, SocketAddr::from(([127, 0, 0, 1], 15021)), "/healthz/ready")
+                    .is_ok_and(|(status, _)| status == 200)
             })?;
         }
 
@@ -766,10 +757,6 @@ fn wait(
         std::thread::sleep(Duration::from_millis(100));
     }
     Err(ClusterError::NotReady { what: what.into(), seconds: limit.as_secs(), log: log.into() })
-}
-
-fn unreachable_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 15021))
 }
 
 fn running_pod(object: &Value, info: &PodInfo, node: &NodeInfo) -> Value {

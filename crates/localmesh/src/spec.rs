@@ -2,7 +2,6 @@
 //! builds: nodes, pods (Deployments expanded), and everything else passed
 //! to the control plane unchanged.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -212,14 +211,6 @@ fn expand_deployment(doc: &Value) -> Result<Vec<PodSpec>, SpecError> {
         .collect()
 }
 
-/// Labels of an object, for display.
-pub fn labels(doc: &Value) -> BTreeMap<String, String> {
-    doc["metadata"]["labels"]
-        .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -259,7 +250,7 @@ spec: {nodeName: node-b, containers: [{name: s, image: x}]}
             spec.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect();
         assert_eq!(names, ["apps/web-0", "apps/web-1", "default/sleep"]);
         assert_eq!(spec.pods[0].commands, [["mesh-sample", "http", "--port", "8080"]]);
-        assert_eq!(labels(&spec.pods[1].object)["app"], "web");
+        assert_eq!(spec.pods[1].object["metadata"]["labels"]["app"], "web");
         assert_eq!(spec.pods[2].node.as_deref(), Some("node-b"));
         assert_eq!(spec.objects.len(), 1);
     }

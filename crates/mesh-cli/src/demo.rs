@@ -166,15 +166,17 @@ fn ztunnel_metrics(c: &Cluster, node: &str) -> anyhow::Result<String> {
     Ok(localmesh::net::http_get(&n.netns, "127.0.0.1:15020".parse()?, "/metrics")?.1)
 }
 
+/// Destination-side `connections_opened` samples in mutual TLS to `workload`.
+fn mtls_lines<'a>(metrics: &'a str, workload: &'a str) -> impl Iterator<Item = &'a str> {
+    metrics.lines().filter(move |l| {
+        l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\"")
+            && l.contains(&format!("destination_canonical_service=\"{workload}\""))
+            && l.contains("mutual_tls")
+    })
+}
+
 fn find_metric(metrics: &str, workload: &str) -> Option<String> {
-    metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\"")
-                && l.contains(&format!("destination_canonical_service=\"{workload}\""))
-                && l.contains("mutual_tls")
-        })
-        .map(str::to_string)
+    mtls_lines(metrics, workload).next().map(str::to_string)
 }
 
 fn label(line: &str, key: &str) -> String {
@@ -187,13 +189,7 @@ fn label(line: &str, key: &str) -> String {
 
 fn mtls_count(c: &Cluster, workload: &str) -> anyhow::Result<u64> {
     let metrics = ztunnel_metrics(c, "node-b")?;
-    Ok(metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\"")
-                && l.contains(&format!("destination_workload=\"{workload}\""))
-                && l.contains("mutual_tls")
-        })
+    Ok(mtls_lines(&metrics, workload)
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum())
 }
