@@ -8,7 +8,9 @@
 //! - [`server`]: accepting tunnels and asking a [`server::ConnectHandler`]
 //!   what each one gets;
 //! - [`stream::H2Stream`]: a tunnel as `AsyncRead + AsyncWrite`, half-close
-//!   included.
+//!   included;
+//! - [`splice`]: joining a tunnel and a socket both ways without copying
+//!   bytes in user space.
 //!
 //! This crate knows nothing of xDS, Kubernetes or policy: who may connect to
 //! what is the handler's business, and which identities a destination may
@@ -20,6 +22,7 @@ pub mod client;
 mod keepalive;
 pub mod server;
 pub mod settings;
+pub mod splice;
 pub mod stream;
 pub mod tls;
 
@@ -27,6 +30,7 @@ pub use cert::{CertificateError, CertificateRequest, TrustBundle, WorkloadCertif
 pub use client::{ConnectError, ConnectRequest, Pool, PoolConfig, TcpDialer};
 pub use server::{ConnectHandler, HboneServer, InboundConnect, ServeError, Verdict};
 pub use settings::H2Settings;
+pub use splice::{ChunkIo, splice};
 pub use stream::H2Stream;
 pub use tls::TlsError;
 

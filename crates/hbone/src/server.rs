@@ -10,18 +10,15 @@ use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use mesh_core::Identity;
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::authority::{ForwardedFor, RequestError, parse_authority, parse_forwarded_for};
-use crate::settings::H2Settings;
+use crate::settings::{H2Settings, TLS_READ_BUFFER};
+use crate::splice::ChunkIo;
 use crate::stream::H2Stream;
 use crate::tls::{self, TlsError};
-
-/// Buffer size of each direction of the copy between tunnel and upstream.
-const COPY_BUFFER: usize = 64 * 1024;
 
 /// What the handler is asked about: one CONNECT from a verified peer.
 #[derive(Debug, Clone)]
@@ -55,7 +52,7 @@ pub enum Verdict<U> {
 /// Decides what each CONNECT gets. Implemented by the proxies.
 pub trait ConnectHandler: Send + Sync + 'static {
     /// The upstream byte stream an accepted CONNECT is joined to.
-    type Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Upstream: ChunkIo + Send + 'static;
 
     /// Decides on one CONNECT. Connecting the upstream happens here, so a
     /// 200 is only sent once the upstream is open.
@@ -158,6 +155,7 @@ impl<H: ConnectHandler> HboneServer<H> {
     ) -> Result<(), ServeError> {
         let _ = tcp.set_nodelay(true);
         let handshake = async {
+            let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
             let tls = self
                 .acceptor()
                 .accept(tcp)
@@ -300,14 +298,7 @@ async fn serve_stream<H: ConnectHandler>(
         }
     };
     let mut tunnel = H2Stream::new(send, request.into_body(), None);
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut tunnel,
-        &mut upstream,
-        COPY_BUFFER,
-        COPY_BUFFER,
-    )
-    .await
-    {
+    match crate::splice::splice(&mut tunnel, &mut upstream).await {
         Ok((from_client, to_client)) => debug!(%target, from_client, to_client, "tunnel closed"),
         Err(e) => debug!(%target, error = %e, "tunnel failed"),
     }

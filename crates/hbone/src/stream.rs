@@ -14,6 +14,8 @@ use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::splice::{ChunkIo, ReadBuffer};
+
 /// Something to drop when the stream ends (e.g. a pool's stream count).
 pub(crate) type StreamGuard = Box<dyn Send + Sync + 'static>;
 
@@ -68,6 +70,75 @@ fn h2_to_io(err: h2::Error) -> io::Error {
     io::Error::new(kind, err)
 }
 
+impl H2Stream {
+    /// The peer's next DATA chunk, `None` once it finished sending.
+    fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+        }
+        loop {
+            if self.recv_done {
+                return Poll::Ready(Ok(None));
+            }
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(chunk)) => {
+                    // Give the window back as soon as the chunk is ours: we
+                    // hold at most one chunk, so memory stays bounded.
+                    let _ = self.recv.flow_control().release_capacity(chunk.len());
+                    if !chunk.is_empty() {
+                        return Poll::Ready(Ok(Some(chunk)));
+                    }
+                }
+                // A NO_ERROR reset after the peer finished sending is a normal end.
+                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => self.recv_done = true,
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => self.recv_done = true,
+            }
+        }
+    }
+
+    /// Waits for send window for up to `wanted` bytes; returns how much may
+    /// be sent now (at least 1).
+    fn poll_send_capacity(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: usize,
+    ) -> Poll<io::Result<usize>> {
+        if self.send_done {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the HBONE stream was shut down",
+            )));
+        }
+        self.send.reserve_capacity(wanted);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => return Poll::Ready(Ok(n.min(wanted))),
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => {
+                    // The stream is no longer open for sending: say why.
+                    return Poll::Ready(Err(match ready!(self.send.poll_reset(cx)) {
+                        Ok(reason) => io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            format!("HBONE stream reset by peer: {reason:?}"),
+                        ),
+                        Err(e) => h2_to_io(e),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn end_send(&mut self) -> io::Result<()> {
+        if !self.send_done {
+            self.send_done = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Ok(())
+    }
+}
+
 impl AsyncRead for H2Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -75,28 +146,12 @@ impl AsyncRead for H2Stream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            if this.recv_done {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(chunk)) => {
-                    // Give the window back as soon as the chunk is ours: we
-                    // hold at most one chunk, so memory stays bounded.
-                    let _ = this.recv.flow_control().release_capacity(chunk.len());
-                    this.pending = chunk;
-                }
-                // A NO_ERROR reset after the peer finished sending is a normal end.
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => this.recv_done = true,
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => this.recv_done = true,
-            }
+        if let Some(mut chunk) = ready!(this.poll_next_chunk(cx))? {
+            let n = chunk.len().min(buf.remaining());
+            buf.put_slice(&chunk.split_to(n));
+            this.pending = chunk;
         }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -110,36 +165,9 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.send_done {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "write after the HBONE stream was shut down",
-            )));
-        }
-        this.send.reserve_capacity(buf.len());
-        loop {
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(n)) => {
-                    let n = n.min(buf.len());
-                    this.send
-                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                        .map_err(h2_to_io)?;
-                    return Poll::Ready(Ok(n));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => {
-                    // The stream is no longer open for sending: say why.
-                    return Poll::Ready(Err(match ready!(this.send.poll_reset(cx)) {
-                        Ok(reason) => io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            format!("HBONE stream reset by peer: {reason:?}"),
-                        ),
-                        Err(e) => h2_to_io(e),
-                    }));
-                }
-            }
-        }
+        let n = ready!(this.poll_send_capacity(cx, buf.len()))?;
+        this.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -148,11 +176,35 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.send_done {
-            this.send_done = true;
-            this.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        Poll::Ready(self.get_mut().end_send())
+    }
+}
+
+/// Without copies: h2's chunks are handed out as they are, and chunks
+/// written are handed to h2 as they are (split at the send window).
+impl ChunkIo for H2Stream {
+    fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        _buffer: &mut ReadBuffer,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        self.poll_next_chunk(cx)
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<io::Result<()>> {
+        if chunk.is_empty() {
+            return Poll::Ready(Ok(()));
         }
+        let n = ready!(self.poll_send_capacity(cx, chunk.len()))?;
+        self.send.send_data(chunk.split_to(n), false).map_err(h2_to_io)?;
         Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown_write(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.end_send())
     }
 }

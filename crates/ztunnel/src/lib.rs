@@ -38,10 +38,6 @@ use proxy_core::tcp_metrics::TcpMetrics;
 pub use config::{DnsConfig, PodPorts, ProxyConfig};
 pub use pod::{PodError, PodSpec};
 
-/// Buffer size of each direction when ztunnel copies bytes itself
-/// (tokio's default of 8 KiB costs a system call per 8 KiB).
-pub(crate) const COPY_BUFFER: usize = 64 * 1024;
-
 /// What every pod's proxy shares.
 pub struct Shared {
     /// Workloads, services, policies.

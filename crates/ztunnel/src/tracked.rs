@@ -4,14 +4,17 @@
 //! the connection on the admin endpoint while it is open, and ends it when
 //! its pod is drained past the deadline.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
+use hbone::splice::{ChunkIo, ReadBuffer};
+
 use proxy_core::connections::ConnectionGuard;
 use proxy_core::tcp_metrics::TcpMetrics;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::info;
 
@@ -25,6 +28,7 @@ pub(crate) struct Tracked<S> {
     facts: ConnectionFacts,
     metrics: TcpMetrics,
     opened: Instant,
+    kill: CancellationToken,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
     _guard: ConnectionGuard,
 }
@@ -46,60 +50,64 @@ impl<S> Tracked<S> {
             facts,
             metrics,
             opened: Instant::now(),
+            kill: kill.clone(),
             killed: Box::pin(kill.clone().cancelled_owned()),
             _guard: guard,
         }
     }
 
-    fn check_killed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.killed.as_mut().poll(cx) {
-            Poll::Ready(()) => Err(io::Error::new(
+    /// Fails once the connection's pod was drained past the deadline. The
+    /// token is checked on every call (one atomic load); the wake-up is
+    /// registered only when the caller is about to wait, so a busy
+    /// connection does not touch the token's waiter list per chunk.
+    fn check_killed(&mut self, cx: &mut Context<'_>, waiting: bool) -> io::Result<()> {
+        let killed = if waiting {
+            self.killed.as_mut().poll(cx).is_ready()
+        } else {
+            self.kill.is_cancelled()
+        };
+        if killed {
+            return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "connection ended: its pod was drained",
-            )),
-            Poll::Pending => Ok(()),
+            ));
         }
+        Ok(())
     }
 }
 
-use std::future::Future;
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+impl<S: ChunkIo> ChunkIo for Tracked<S> {
+    fn poll_read_chunk(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        buffer: &mut ReadBuffer,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let polled = self.inner.poll_read_chunk(cx, buffer);
+        if let Poll::Ready(Ok(Some(chunk))) = &polled {
+            self.from_destination += chunk.len() as u64;
+        }
+        self.check_killed(cx, polled.is_pending())?;
+        polled
+    }
+
+    fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        this.check_killed(cx)?;
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.from_destination += (buf.filled().len() - before) as u64;
-        result
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        this.check_killed(cx)?;
-        let result = Pin::new(&mut this.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = &result {
-            this.to_destination += *n as u64;
-        }
-        result
+        let before = chunk.len();
+        let polled = self.inner.poll_write_chunk(cx, chunk);
+        self.to_destination += (before - chunk.len()) as u64;
+        self.check_killed(cx, polled.is_pending())?;
+        polled
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush_chunks(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_flush_chunks(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_shutdown_write(cx)
     }
 }
 

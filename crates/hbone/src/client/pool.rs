@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info_span};
 use super::capture::{self, CaptureErrors, ErrorSlot};
 use super::{ConnectError, ConnectRequest, Dialer};
 use crate::authority::{format_authority, format_forwarded};
-use crate::settings::H2Settings;
+use crate::settings::{H2Settings, TLS_READ_BUFFER};
 use crate::stream::H2Stream;
 use crate::tls::{self, TlsError};
 
@@ -200,6 +200,7 @@ impl Pool {
                 .dial(addr)
                 .await
                 .map_err(|source| ConnectError::Dial { addr, source })?;
+            let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
             let tls = TlsConnector::from(Arc::new(tls_config))
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)
                 .await

@@ -178,14 +178,7 @@ async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr
     match connect_app(&ctx, target).await {
         Ok(stream) => {
             let mut upstream = track(&ctx, stream, facts);
-            if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
-                &mut client,
-                &mut upstream,
-                crate::COPY_BUFFER,
-                crate::COPY_BUFFER,
-            )
-            .await
-            {
+            if let Err(e) = hbone::splice(&mut client, &mut upstream).await {
                 debug!(error = %e, "inbound plaintext connection ended with an error");
             }
         }

@@ -140,17 +140,10 @@ fn fail(ctx: &PodContext, facts: &ConnectionFacts, failure: Failure, reason: &st
 /// Copies both ways until both sides are done (half-closes are passed on).
 async fn splice<U>(ctx: &PodContext, mut client: TcpStream, upstream: U, facts: ConnectionFacts)
 where
-    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: hbone::ChunkIo,
 {
     let mut upstream = crate::tracked::open(ctx, Direction::Outbound, upstream, facts);
-    if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        crate::COPY_BUFFER,
-        crate::COPY_BUFFER,
-    )
-    .await
-    {
+    if let Err(e) = hbone::splice(&mut client, &mut upstream).await {
         debug!(error = %e, "outbound connection ended with an error");
     }
 }
