@@ -236,6 +236,12 @@ impl WorkloadCertificate {
         &self.chain
     }
 
+    /// Whether `other` is this very certificate (a clone of it), not merely
+    /// one for the same identity: a renewed certificate is a new one.
+    pub fn is_same(&self, other: &WorkloadCertificate) -> bool {
+        Arc::ptr_eq(&self.chain, &other.chain) && Arc::ptr_eq(&self.key, &other.key)
+    }
+
     /// The roots peers must chain to.
     pub fn roots(&self) -> &TrustBundle {
         &self.roots

@@ -343,3 +343,32 @@ async fn garbage_instead_of_tls_is_an_error_not_a_hang() {
     let result = verdict(served).await;
     assert!(matches!(result, Err(ServeError::HandshakeTimeout(_))), "{result:?}");
 }
+
+#[tokio::test]
+async fn aes_128_gcm_is_preferred_on_both_sides() {
+    let ca = TestCa::new("cluster.local");
+    let server_id = ca.identity("b", "server");
+    let server = ca.issue(&server_id);
+    let client = ca.issue(&ca.identity("a", "client"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(hbone::tls::server_config(&server, &[]).unwrap()));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        hbone::tls::client_config(&client, &[server_id]).unwrap(),
+    ));
+    let accept = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        acceptor.accept(tcp).await.unwrap()
+    };
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        connector.connect(name, tcp).await.unwrap()
+    };
+    let (served, connected) = tokio::join!(accept, connect);
+    let suite = |s: Option<rustls::SupportedCipherSuite>| s.map(|s| s.suite());
+    let expected = Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    assert_eq!(suite(connected.get_ref().1.negotiated_cipher_suite()), expected);
+    assert_eq!(suite(served.get_ref().1.negotiated_cipher_suite()), expected);
+}

@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, info_span};
 use super::capture::{self, CaptureErrors, ErrorSlot};
 use super::{ConnectError, ConnectRequest, Dialer};
 use crate::authority::{format_authority, format_forwarded};
+use crate::cert::WorkloadCertificate;
 use crate::settings::{H2Settings, TLS_READ_BUFFER};
 use crate::stream::H2Stream;
 use crate::tls::{self, TlsError};
@@ -85,6 +86,10 @@ struct PoolInner {
 #[derive(Default)]
 struct KeyEntry {
     conns: Mutex<Vec<Arc<Conn>>>,
+    /// The TLS configuration of the last dial and the certificate it
+    /// presents: building one parses the private key and allocates the
+    /// verifier, so dials with the same certificate share it.
+    tls: Mutex<Option<(WorkloadCertificate, Arc<rustls::ClientConfig>)>>,
     /// Held while dialing, so a burst of tunnels to a new destination opens
     /// one connection instead of one each.
     dialing: tokio::sync::Mutex<()>,
@@ -178,7 +183,8 @@ impl Pool {
         if let Some(token) = entry.checkout(max) {
             return Ok((token, false));
         }
-        let conn = self.dial(key, request).await?;
+        let tls = entry.client_tls(key, request)?;
+        let conn = self.dial(key, tls).await?;
         let token = conn.take();
         lock(&entry.conns).push(conn);
         Ok((token, true))
@@ -187,12 +193,10 @@ impl Pool {
     async fn dial(
         &self,
         key: &PoolKey,
-        request: &ConnectRequest,
+        tls_config: Arc<rustls::ClientConfig>,
     ) -> Result<Arc<Conn>, ConnectError> {
         let addr = key.addr;
         let settings = &self.inner.config.h2;
-        let tls_config = tls::client_config(&request.source, &key.destinations)
-            .map_err(|source| ConnectError::Tls { addr, source })?;
         let handshake = async {
             let tcp = self
                 .inner
@@ -201,7 +205,7 @@ impl Pool {
                 .await
                 .map_err(|source| ConnectError::Dial { addr, source })?;
             let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
-            let tls = TlsConnector::from(Arc::new(tls_config))
+            let tls = TlsConnector::from(tls_config)
                 .connect(ServerName::IpAddress(addr.ip().into()), tcp)
                 .await
                 .map_err(|e| ConnectError::Tls { addr, source: TlsError::from_io(e) })?;
@@ -312,6 +316,26 @@ impl PoolInner {
 // === impl KeyEntry ===
 
 impl KeyEntry {
+    /// The client TLS configuration for `request`'s certificate, built once
+    /// per certificate.
+    fn client_tls(
+        &self,
+        key: &PoolKey,
+        request: &ConnectRequest,
+    ) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+        let mut cached = lock(&self.tls);
+        if let Some((cert, config)) = cached.as_ref()
+            && cert.is_same(&request.source)
+        {
+            return Ok(config.clone());
+        }
+        let config = tls::client_config(&request.source, &key.destinations)
+            .map(Arc::new)
+            .map_err(|source| ConnectError::Tls { addr: key.addr, source })?;
+        *cached = Some((request.source.clone(), config.clone()));
+        Ok(config)
+    }
+
     fn checkout(&self, max_streams: usize) -> Option<StreamToken> {
         let conns = lock(&self.conns);
         conns
