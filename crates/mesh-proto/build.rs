@@ -14,7 +14,11 @@ const PROTOS: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with `env!`: a build-script binary is reused
+    // across checkouts that share a target directory, and a path compiled
+    // into it would point at the checkout that first built it.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR unset")?;
+    let root = PathBuf::from(manifest_dir).join("../../proto");
     let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

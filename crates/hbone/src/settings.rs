@@ -13,15 +13,17 @@ pub(crate) const TLS_READ_BUFFER: usize = 64 * 1024;
 
 /// HTTP/2 tuning for HBONE connections.
 ///
-/// The defaults are chosen for bulk throughput between nodes of one cluster:
-/// - `stream_window` 4 MiB: one stream must be able to fill a 10 Gbit/s link
-///   with ~3 ms round trips (bandwidth × delay ≈ 3.75 MB) without waiting for
-///   WINDOW_UPDATEs; h2's 64 KiB default caps a stream at ~20 MB/s at 3 ms.
-/// - `connection_window` 16 MiB: four streams at full speed before the shared
-///   window throttles them, while bounding what one peer can make us buffer.
-/// - `max_frame_size` 256 KiB: fewer frame headers and wake-ups per byte than
-///   the 16 KiB minimum; TLS still splits records at 16 KiB, so larger frames
-///   gain little more and would delay interleaving of other streams.
+/// The defaults are chosen for bulk throughput between nodes of one cluster
+/// with memory bounded per connection:
+/// - `stream_window` 1 MiB: one stream fills 8 Gbit/s at a 1 ms round trip
+///   (bandwidth × delay) without waiting for WINDOW_UPDATEs; h2's 64 KiB
+///   default caps a stream at ~60 MB/s there.
+/// - `connection_window` 4 MiB: four streams at full speed before the shared
+///   window throttles them; it is also the most a peer can make us buffer
+///   for one connection when our applications read slowly.
+/// - `max_frame_size` 64 KiB: four TLS records. Our own frames are at most
+///   that (see [`crate::splice`]); a larger limit only lets a peer make us
+///   allocate larger frame buffers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct H2Settings {
     /// Initial flow-control window of each stream, bytes.
@@ -43,9 +45,9 @@ pub struct H2Settings {
 impl Default for H2Settings {
     fn default() -> Self {
         Self {
-            stream_window: 4 * 1024 * 1024,
-            connection_window: 16 * 1024 * 1024,
-            max_frame_size: 256 * 1024,
+            stream_window: 1024 * 1024,
+            connection_window: 4 * 1024 * 1024,
+            max_frame_size: 64 * 1024,
             max_concurrent_streams: 2048,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
