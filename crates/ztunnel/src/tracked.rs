@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hbone::splice::{ChunkIo, ReadBuffer};
-
 use proxy_core::connections::ConnectionGuard;
 use proxy_core::tcp_metrics::TcpMetrics;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
