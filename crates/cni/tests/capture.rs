@@ -97,16 +97,7 @@ async fn a_captured_pods_traffic_goes_through_ztunnel_in_mutual_tls() {
     // The application: an echo server in the server pod.
     let app = in_ns(&server_ns, || StdListener::bind("0.0.0.0:8080").unwrap());
     app.set_nonblocking(true).unwrap();
-    let app = tokio::net::TcpListener::from_std(app).unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = app.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    testkit::serve_echo(tokio::net::TcpListener::from_std(app).unwrap(), b"");
 
     // The control plane's view.
     let store = WorkloadStore::new();

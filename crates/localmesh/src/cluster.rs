@@ -573,17 +573,7 @@ impl Cluster {
         else {
             return Err(ClusterError::Spec(format!("no namespace {namespace}")));
         };
-        if !ns["metadata"]["labels"].is_object() {
-            ns["metadata"]["labels"] = json!({});
-        }
-        match value {
-            Some(v) => ns["metadata"]["labels"][key] = json!(v),
-            None => {
-                if let Some(labels) = ns["metadata"]["labels"].as_object_mut() {
-                    labels.remove(key);
-                }
-            }
-        }
+        set_label(ns, key, value);
         write_yaml(&path, &objects)
     }
 
@@ -599,17 +589,7 @@ impl Cluster {
         let Some(pod) = self.spec_pods.get_mut(&(namespace.to_string(), name.to_string())) else {
             return Err(ClusterError::Spec(format!("no pod {namespace}/{name}")));
         };
-        if !pod["metadata"]["labels"].is_object() {
-            pod["metadata"]["labels"] = json!({});
-        }
-        match value {
-            Some(v) => pod["metadata"]["labels"][key] = json!(v),
-            None => {
-                if let Some(labels) = pod["metadata"]["labels"].as_object_mut() {
-                    labels.remove(key);
-                }
-            }
-        }
+        set_label(pod, key, value);
         let pods: Vec<Value> = self.spec_pods.values().cloned().collect();
         write_yaml(&self.options.state_dir.join("config/pods.yaml"), &pods)
     }
@@ -791,6 +771,24 @@ fn write_secret(path: &Path, text: &str) -> Result<(), ClusterError> {
         .map_err(io(format!("writing {}", path.display())))
 }
 
+/// Sets (`Some`) or removes (`None`) one label of a Kubernetes object.
+fn set_label(object: &mut Value, key: &str, value: Option<&str>) {
+    let metadata = &mut object["metadata"];
+    match value {
+        Some(v) => {
+            if !metadata["labels"].is_object() {
+                metadata["labels"] = json!({});
+            }
+            metadata["labels"][key] = json!(v);
+        }
+        None => {
+            if let Some(labels) = metadata.get_mut("labels").and_then(Value::as_object_mut) {
+                labels.remove(key);
+            }
+        }
+    }
+}
+
 fn write_yaml(path: &Path, objects: &[Value]) -> Result<(), ClusterError> {
     // JSON is YAML: one document per object. Written then renamed, so a
     // reader never sees half a file.
@@ -799,4 +797,27 @@ fn write_yaml(path: &Path, objects: &[Value]) -> Result<(), ClusterError> {
     std::fs::write(&tmp, text.join("\n---\n") + "\n")
         .map_err(io(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io(format!("writing {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_set_replaced_and_removed() {
+        let mut pod = json!({"metadata": {"name": "p"}});
+        set_label(&mut pod, "app", Some("web"));
+        assert_eq!(pod["metadata"]["labels"], json!({"app": "web"}));
+        set_label(&mut pod, "istio.io/dataplane-mode", Some("none"));
+        set_label(&mut pod, "app", Some("api"));
+        assert_eq!(
+            pod["metadata"]["labels"],
+            json!({"app": "api", "istio.io/dataplane-mode": "none"})
+        );
+        set_label(&mut pod, "app", None);
+        assert_eq!(pod["metadata"]["labels"], json!({"istio.io/dataplane-mode": "none"}));
+        let mut bare = json!({"metadata": {}});
+        set_label(&mut bare, "app", None);
+        assert_eq!(bare["metadata"].get("labels"), None, "removing from nothing adds nothing");
+    }
 }

@@ -19,6 +19,6 @@ pub use ca::{LeafOptions, TestCa};
 pub use ca_provider::TestCaProvider;
 pub use fake_api::FakeApiServer;
 pub use servers::{
-    ForwardingHandler, PatternSource, Sha256Stream, spawn_discard, spawn_echo, spawn_hash_sink,
-    spawn_hbone, spawn_hbone_with, spawn_speak_first,
+    ForwardingHandler, PatternSource, Sha256Stream, serve_echo, spawn_discard, spawn_echo,
+    spawn_hash_sink, spawn_hbone, spawn_hbone_with, spawn_speak_first,
 };

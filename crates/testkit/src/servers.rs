@@ -13,7 +13,16 @@ where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), serve)
+}
+
+/// Runs `serve` on every connection `listener` accepts. The caller binds:
+/// a particular address, or a socket made inside a network namespace.
+fn serve_on<F, Fut>(listener: TcpListener, serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -30,12 +39,20 @@ where
 /// Echoes every byte back; after the client half-closes, finishes echoing
 /// and half-closes too. Returns the address it listens on.
 pub async fn spawn_echo() -> SocketAddr {
-    spawn_server(|mut tcp| async move {
+    serve_echo(TcpListener::bind("127.0.0.1:0").await.unwrap(), b"")
+}
+
+/// Like [`spawn_echo`] on a listener the caller bound, after sending
+/// `greeting` (empty: none) to each client as it connects.
+pub fn serve_echo(listener: TcpListener, greeting: &'static [u8]) -> SocketAddr {
+    serve_on(listener, move |mut tcp| async move {
+        if tcp.write_all(greeting).await.is_err() {
+            return;
+        }
         let (mut r, mut w) = tcp.split();
         let _ = tokio::io::copy(&mut r, &mut w).await;
         let _ = w.shutdown().await;
     })
-    .await
 }
 
 /// Sends `greeting` as soon as a client connects, then reads until the

@@ -140,13 +140,8 @@ pub(crate) async fn serve_plaintext(
 }
 
 async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr) {
-    let _ = client.set_nodelay(true);
-    let target = match ctx.original_dst.original_dst(&client) {
-        Ok(addr) => addr,
-        Err(e) => {
-            warn!(error = %e, "no original destination; closing");
-            return;
-        }
+    let Some(target) = crate::accept::captured_destination(&ctx, &client) else {
+        return;
     };
     let destination = destination_workload(&ctx, target.ip());
     let facts = ConnectionFacts {

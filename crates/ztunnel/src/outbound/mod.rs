@@ -28,13 +28,8 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, listener: TcpListener, stop: Can
 }
 
 async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
-    let _ = client.set_nodelay(true);
-    let original = match ctx.original_dst.original_dst(&client) {
-        Ok(addr) => addr,
-        Err(e) => {
-            warn!(error = %e, "no original destination; closing");
-            return;
-        }
+    let Some(original) = crate::accept::captured_destination(&ctx, &client) else {
+        return;
     };
     if is_own_listener(&ctx, &client, original) {
         // Connecting to our own capture port would loop forever.

@@ -154,36 +154,13 @@ pub fn put(store: &WorkloadStore, address: Address) {
 
 /// An echo server on `ip:port`.
 pub async fn echo_on(ip: IpAddr, port: u16) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
+    greeter_on(ip, port, b"").await
 }
 
 /// A server on `ip:port` that greets, then echoes.
 pub async fn greeter_on(ip: IpAddr, port: u16, greeting: &'static [u8]) -> SocketAddr {
-    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                s.write_all(greeting).await.unwrap();
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
+    testkit::serve_echo(listener, greeting)
 }
 
 /// Writes `data`, half-closes, reads everything back.
