@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::environment::environment_for;
 use crate::net::{NetError, delete_netns, http_get, ip, netns_with_prefix};
 use crate::spec::ClusterSpec;
 
@@ -525,6 +526,7 @@ impl Cluster {
             .args(["netns", "exec", netns, program])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(environment_for(program).iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -9,6 +9,7 @@
 //! never sends traffic outside the namespaces it made.
 
 pub mod cluster;
+mod environment;
 pub mod net;
 pub mod spec;
 

@@ -7,8 +7,9 @@
 //! node (one ztunnel), mesh across nodes (two ztunnels, HBONE). Figures:
 //! single-stream and 64-stream throughput, 64-byte request/response over
 //! one connection and with a new connection each time, a brand-new HBONE
-//! connection (TLS included) to first byte, and each ztunnel's memory and
-//! CPU seconds per GiB carried.
+//! connection (TLS included) to first byte — in a running ztunnel, against
+//! a new direct TCP connection, and right after a ztunnel restart — and each
+//! ztunnel's memory and CPU seconds per GiB carried.
 
 mod measure;
 
@@ -89,6 +90,24 @@ spec:
   - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
 "#;
 
+/// Echo pods on node-b that nothing talks to until the new-connection
+/// measurement: each is a pool key (destination address) node-a's ztunnel
+/// has no HBONE connection for, so its first connection is a brand-new one
+/// made by a process that has been carrying traffic.
+const FRESH_PODS: usize = 12;
+
+fn cluster_yaml() -> String {
+    let mut yaml = CLUSTER.to_string();
+    for i in 0..FRESH_PODS {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: fresh-{i}, namespace: mesh}}\n\
+             spec:\n  nodeName: node-b\n  serviceAccountName: server\n  containers:\n  \
+             - {{name: echo, image: none, command: [mesh-sample, echo, --port, \"8080\"]}}\n"
+        ));
+    }
+    yaml
+}
+
 /// Pins the calling thread to one CPU.
 pub(crate) fn pin_current_thread(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
@@ -130,7 +149,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let exe = std::env::current_exe()?;
     let bin_dir = exe.parent().context("no bin dir")?.to_path_buf();
-    let spec = ClusterSpec::from_documents(localmesh::spec::parse(CLUSTER, "meshbench")?)?;
+    let spec = ClusterSpec::from_documents(localmesh::spec::parse(&cluster_yaml(), "meshbench")?)?;
     let state_dir = std::env::temp_dir().join(format!("meshbench-{}", std::process::id()));
     let options = Options { name: "bench".into(), state_dir: state_dir.clone(), bin_dir };
     let mut cluster = Cluster::up(&spec, options).context("building the cluster (root needed)")?;
@@ -221,9 +240,26 @@ fn main() -> anyhow::Result<()> {
     }
     let peak: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
 
-    // A brand-new HBONE connection: restart the client's ztunnel so its pool
-    // is empty, wait until it is ready, warm it on another destination, then
-    // time connect → first echoed byte to the remote server.
+    // A brand-new HBONE connection in a running ztunnel: the first
+    // connection to each fresh pod (its own pool key), against a new direct
+    // TCP connection to the plain server timed the same way.
+    let mut fresh = Vec::new();
+    for i in 0..FRESH_PODS {
+        let ip = pod("mesh", &format!("fresh-{i}"))?.ip;
+        fresh.push(measure::first_byte(&mesh_client.netns, SocketAddr::new(ip, 8080))?);
+    }
+    let fresh = Percentiles::of(fresh);
+    let mut new_tcp = Vec::new();
+    for _ in 0..FRESH_PODS {
+        new_tcp.push(measure::first_byte(&plain_client.netns, paths[0].echo)?);
+    }
+    let new_tcp = Percentiles::of(new_tcp);
+
+    // The first HBONE connection after a restart: restart the client's
+    // ztunnel so its pool is empty, wait until it is ready, warm it on
+    // another destination, then time connect → first echoed byte to the
+    // remote server. Slower than the above: a young process grows its heap
+    // and faults its code in.
     let mut cold = Vec::new();
     for _ in 0..5 {
         cluster.stop("ztunnel-node-a")?;
@@ -278,7 +314,16 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nnew HBONE connection (TLS) to first byte: p50 {:.0} µs, p99 {:.0} µs",
+        "\nnew HBONE connection (TLS) to first byte: p50 {:.0} µs, p99 {:.0} µs \
+         (new direct TCP connection: p50 {:.0} µs, p99 {:.0} µs; {:.1}× the time)",
+        fresh.p50,
+        fresh.p99,
+        new_tcp.p50,
+        new_tcp.p99,
+        fresh.p50 / new_tcp.p50.max(1.0)
+    );
+    println!(
+        "first HBONE connection after a ztunnel restart: p50 {:.0} µs, p99 {:.0} µs",
         cold.p50, cold.p99
     );
     for (i, (label, _)) in ztunnels.iter().enumerate() {
@@ -302,7 +347,9 @@ fn main() -> anyhow::Result<()> {
                 "rr_us": {"p50": f.rr.p50, "p90": f.rr.p90, "p99": f.rr.p99},
                 "rr_new_connection_us": {"p50": f.rr_new.p50, "p90": f.rr_new.p90, "p99": f.rr_new.p99},
             })).collect::<Vec<_>>(),
-            "new_hbone_connection_us": {"p50": cold.p50, "p99": cold.p99},
+            "new_hbone_connection_us": {"p50": fresh.p50, "p90": fresh.p90, "p99": fresh.p99},
+            "new_direct_connection_us": {"p50": new_tcp.p50, "p90": new_tcp.p90, "p99": new_tcp.p99},
+            "first_hbone_connection_after_restart_us": {"p50": cold.p50, "p99": cold.p99},
             "ztunnels": ztunnels.iter().enumerate().map(|(i, (label, _))| json!({
                 "name": label,
                 "rss_idle_kib": idle[i].rss_kib,
