@@ -10,6 +10,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::tls::VerifiedChains;
+
 /// Why a certificate, key or CSR could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CertificateError {
@@ -74,6 +76,7 @@ pub struct CertificateInfo {
 pub struct TrustBundle {
     store: Arc<RootCertStore>,
     certs: Arc<[CertificateDer<'static>]>,
+    verified: Arc<VerifiedChains>,
 }
 
 /// A private key and the PEM CSR asking the CA to certify it.
@@ -109,7 +112,11 @@ impl TrustBundle {
         for cert in &certs {
             store.add(cert.clone()).map_err(CertificateError::Root)?;
         }
-        Ok(Self { store: Arc::new(store), certs: certs.into() })
+        Ok(Self {
+            store: Arc::new(store),
+            certs: certs.into(),
+            verified: Arc::new(VerifiedChains::default()),
+        })
     }
 
     /// Trusts every certificate in a PEM bundle.
@@ -125,6 +132,11 @@ impl TrustBundle {
     /// The root certificates.
     pub fn certs(&self) -> &[CertificateDer<'static>] {
         &self.certs
+    }
+
+    /// Peer chains already verified against these roots.
+    pub(crate) fn verified(&self) -> &Arc<VerifiedChains> {
+        &self.verified
     }
 }
 

@@ -372,3 +372,69 @@ async fn aes_128_gcm_is_preferred_on_both_sides() {
     assert_eq!(suite(connected.get_ref().1.negotiated_cipher_suite()), expected);
     assert_eq!(suite(served.get_ref().1.negotiated_cipher_suite()), expected);
 }
+
+/// Presents a fixed certificate and key, whether or not they belong together.
+#[derive(Debug)]
+struct Presents(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Presents {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Verified chains are remembered per trust bundle (so a known chain skips
+/// the chain check); the holder must still prove it has the key.
+#[tokio::test]
+async fn a_known_client_chain_presented_without_its_key_is_refused() {
+    let ca = TestCa::with_intermediate("cluster.local");
+    let server = ca.issue(&ca.identity("b", "server"));
+    let client = ca.issue(&ca.identity("a", "client"));
+    let thief = ca.issue(&ca.identity("a", "thief"));
+    for _ in 0..2 {
+        let outcome = handshake(&client, vec![server.identity().clone()], &server).await;
+        assert!(outcome.client.is_ok(), "{:?}", outcome.client.err());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let thief_key = provider.key_provider.load_private_key(thief.key().clone_key()).unwrap();
+    let stolen = rustls::sign::CertifiedKey::new(client.chain().to_vec(), thief_key);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+        .with_client_cert_resolver(Arc::new(Presents(Arc::new(stolen))));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let result = raw_client_against(&server, config).await;
+    assert!(matches!(result, Err(ServeError::Tls { .. })), "{result:?}");
+    // And the rightful holder is still welcome.
+    let outcome = handshake(&client, vec![server.identity().clone()], &server).await;
+    assert!(outcome.client.is_ok(), "{:?}", outcome.client.err());
+}
+
+/// A server chain accepted before is still matched against the identities
+/// expected for each new destination.
+#[tokio::test]
+async fn a_known_server_chain_is_still_checked_for_the_expected_identity() {
+    let ca = TestCa::new("cluster.local");
+    let client = ca.issue(&ca.identity("a", "client"));
+    let server = ca.issue(&ca.identity("b", "server"));
+    let outcome = handshake(&client, vec![server.identity().clone()], &server).await;
+    assert!(outcome.client.is_ok(), "{:?}", outcome.client.err());
+    let expected = ca.identity("b", "payments");
+    let outcome = handshake(&client, vec![expected.clone()], &server).await;
+    match client_tls_error(&outcome) {
+        TlsError::WrongIdentity { expected: e, found } => {
+            assert_eq!(e, &vec![expected]);
+            assert_eq!(found, server.identity());
+        }
+        other => panic!("expected WrongIdentity, got {other:?}"),
+    }
+}

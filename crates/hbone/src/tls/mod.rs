@@ -2,6 +2,7 @@
 //! required both ways, peers identified by SPIFFE URI SANs.
 
 mod error;
+mod verified;
 mod verify;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use rustls_pki_types::CertificateDer;
 use crate::cert::{TrustBundle, WorkloadCertificate, identity_of};
 
 pub use error::TlsError;
+pub(crate) use verified::VerifiedChains;
 
 /// The only application protocol HBONE speaks.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -67,6 +69,7 @@ fn build_client_config(
     let provider = provider();
     let verifier = verify::SpiffeServerVerifier::new(
         roots.store().clone(),
+        roots.verified().clone(),
         expected.to_vec(),
         provider.signature_verification_algorithms,
     );
@@ -123,7 +126,8 @@ fn build_server_config(
     let webpki = builder.build().map_err(TlsError::Verifier)?;
     let mut trust_domains = vec![cert.identity().trust_domain().to_string()];
     trust_domains.extend(extra_trust_domains.iter().cloned());
-    let verifier = verify::SpiffeClientVerifier::new(webpki, trust_domains);
+    let verifier =
+        verify::SpiffeClientVerifier::new(webpki, cert.roots().verified().clone(), trust_domains);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?

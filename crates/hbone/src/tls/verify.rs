@@ -13,6 +13,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::verified::{ChainKey, Usage, VerifiedChains};
 use crate::cert::identity_of;
 
 /// Why an otherwise valid chain was refused. Carried inside
@@ -54,9 +55,13 @@ fn refuse(refusal: IdentityRefusal) -> rustls::Error {
 /// Client side: the server must chain to our roots AND be one of the
 /// identities expected for this destination. The server name is ignored:
 /// mesh destinations are IPs, their names are their SPIFFE identities.
+/// A chain verified before against the same roots is not verified again
+/// while its validity lasts (see [`super::verified`]); the identity check
+/// and the handshake signature are done every time.
 #[derive(Debug)]
 pub(crate) struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
+    verified: Arc<VerifiedChains>,
     expected: Vec<Identity>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -64,10 +69,11 @@ pub(crate) struct SpiffeServerVerifier {
 impl SpiffeServerVerifier {
     pub(crate) fn new(
         roots: Arc<RootCertStore>,
+        verified: Arc<VerifiedChains>,
         expected: Vec<Identity>,
         algorithms: WebPkiSupportedAlgorithms,
     ) -> Self {
-        Self { roots, expected, algorithms }
+        Self { roots, verified, expected, algorithms }
     }
 }
 
@@ -80,16 +86,24 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        let found = identity_of(end_entity)
-            .map_err(|e| refuse(IdentityRefusal::NoIdentity(e.to_string())))?;
+        let key = ChainKey::new(Usage::Server, end_entity, intermediates);
+        let found = match self.verified.lookup(&key, now) {
+            Some(found) => found,
+            None => {
+                let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &cert,
+                    &self.roots,
+                    intermediates,
+                    now,
+                    self.algorithms.all,
+                )?;
+                let found = identity_of(end_entity)
+                    .map_err(|e| refuse(IdentityRefusal::NoIdentity(e.to_string())))?;
+                self.verified.remember(key, found.clone(), end_entity, intermediates, now);
+                found
+            }
+        };
         if !self.expected.contains(&found) {
             return Err(refuse(IdentityRefusal::Unexpected {
                 expected: self.expected.clone(),
@@ -124,16 +138,23 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
 /// Server side: the client must present a certificate chaining to our roots
 /// whose identity is in one of the trust domains we accept. Which identities
-/// may do what is policy, decided later with the verified identity.
+/// may do what is policy, decided later with the verified identity. Chains
+/// verified before are remembered as on the client side.
 #[derive(Debug)]
 pub(crate) struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    verified: Arc<VerifiedChains>,
     trust_domains: Vec<String>,
 }
 
 impl SpiffeClientVerifier {
-    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>, trust_domains: Vec<String>) -> Self {
-        Self { inner, trust_domains }
+    /// `inner` and `verified` must belong to the same roots.
+    pub(crate) fn new(
+        inner: Arc<dyn ClientCertVerifier>,
+        verified: Arc<VerifiedChains>,
+        trust_domains: Vec<String>,
+    ) -> Self {
+        Self { inner, verified, trust_domains }
     }
 }
 
@@ -158,9 +179,17 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let found = identity_of(end_entity)
-            .map_err(|e| refuse(IdentityRefusal::NoIdentity(e.to_string())))?;
+        let key = ChainKey::new(Usage::Client, end_entity, intermediates);
+        let found = match self.verified.lookup(&key, now) {
+            Some(found) => found,
+            None => {
+                self.inner.verify_client_cert(end_entity, intermediates, now)?;
+                let found = identity_of(end_entity)
+                    .map_err(|e| refuse(IdentityRefusal::NoIdentity(e.to_string())))?;
+                self.verified.remember(key, found.clone(), end_entity, intermediates, now);
+                found
+            }
+        };
         if !self.trust_domains.iter().any(|td| td == found.trust_domain()) {
             return Err(refuse(IdentityRefusal::ForeignTrustDomain {
                 found,
