@@ -258,8 +258,8 @@ fn main() -> anyhow::Result<()> {
     // The first HBONE connection after a restart: restart the client's
     // ztunnel so its pool is empty, wait until it is ready, warm it on
     // another destination, then time connect → first echoed byte to the
-    // remote server. Slower than the above: a young process grows its heap
-    // and faults its code in.
+    // remote server. Slower than the above: a young process still grows its
+    // heap (`mprotect` calls in strace) and, presumably, faults code in.
     let mut cold = Vec::new();
     for _ in 0..5 {
         cluster.stop("ztunnel-node-a")?;
