@@ -5,7 +5,7 @@ mod config;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::{EnvFilter, prelude::*, reload};
+use tracing_subscriber::{prelude::*, reload};
 
 fn main() -> anyhow::Result<()> {
     let flags = config::Flags::parse();
@@ -16,14 +16,13 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let filter = EnvFilter::try_new(&addrs.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, reload_handle) = reload::Layer::new(filter);
+    let (filter, reload_handle) = reload::Layer::new(addrs.log);
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
     let set_log_level: ztunnel::admin::SetLogLevel = Box::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let filter = config::parse_log_filter(level)?;
         reload_handle.reload(filter).map_err(|e| e.to_string())
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
