@@ -12,6 +12,7 @@
 //! ztunnel's memory and CPU seconds per GiB carried.
 
 mod measure;
+mod targets;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -336,6 +337,24 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("pinned: {}", args.pin);
+
+    let across = &results[2].1;
+    let worst = |f: &dyn Fn(usize) -> f64| (0..ztunnels.len()).map(f).fold(0.0, f64::max);
+    let verdicts = targets::judge(&targets::Measured {
+        throughput_ratio: across.throughput / direct.throughput.max(1.0),
+        rr_p50_over_direct_us: across.rr.p50 - direct.rr.p50,
+        rr_p99_us: across.rr.p99,
+        rr_new_connection_p50_us: across.rr_new.p50,
+        new_hbone_connection_p50_us: fresh.p50,
+        cpu_seconds_per_gib: cpu_per_gib.iter().map(|(_, v)| *v).fold(0.0, f64::max),
+        rss_idle_mib: worst(&|i| idle[i].rss_kib as f64 / 1024.0),
+        rss_peak_mib: worst(&|i| peak[i].peak_kib as f64 / 1024.0),
+    });
+    println!("\n{:<38} {:>8} {:>10}  met", "target (issue #8)", "bound", "this run");
+    for v in &verdicts {
+        let met = if v.met { "yes" } else { "no" };
+        println!("{:<38} {:>8} {:>10.2}  {met}", v.metric, v.target, v.value);
+    }
     if let Some(path) = &args.json {
         let out = json!({
             "pinned": args.pin,
@@ -350,6 +369,9 @@ fn main() -> anyhow::Result<()> {
             "new_hbone_connection_us": {"p50": fresh.p50, "p90": fresh.p90, "p99": fresh.p99},
             "new_direct_connection_us": {"p50": new_tcp.p50, "p90": new_tcp.p90, "p99": new_tcp.p99},
             "first_hbone_connection_after_restart_us": {"p50": cold.p50, "p99": cold.p99},
+            "targets": verdicts.iter().map(|v| json!({
+                "metric": v.metric, "target": v.target, "value": v.value, "met": v.met,
+            })).collect::<Vec<_>>(),
             "ztunnels": ztunnels.iter().enumerate().map(|(i, (label, _))| json!({
                 "name": label,
                 "rss_idle_kib": idle[i].rss_kib,
