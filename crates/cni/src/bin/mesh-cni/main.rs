@@ -3,7 +3,7 @@
 
 mod config;
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 
 use anyhow::Context;
 use clap::Parser;
@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
             EnvFilter::try_new(&process.log).unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

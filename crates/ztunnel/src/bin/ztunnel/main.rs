@@ -2,6 +2,8 @@
 
 mod config;
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +21,11 @@ fn main() -> anyhow::Result<()> {
     let (filter, reload_handle) = reload::Layer::new(addrs.log);
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
     let set_log_level: ztunnel::admin::SetLogLevel = Box::new(move |level: &str| {
         let filter = config::parse_log_filter(level)?;
