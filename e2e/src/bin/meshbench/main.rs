@@ -33,6 +33,11 @@ struct Args {
     /// Request/response rounds.
     #[arg(long, default_value = "5000")]
     rounds: usize,
+    /// Measure every path this many times, interleaved (direct, mesh,
+    /// direct, mesh...), and report each figure's median: one run of
+    /// this machine is noisy.
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// Pin ztunnels to CPU 0 and the load to CPU 1 (2-core results are
     /// bimodal without it).
     #[arg(long)]
@@ -138,12 +143,30 @@ struct Path {
     sink: SocketAddr,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct Figures {
     throughput: f64,
     parallel: f64,
     rr: Percentiles,
     rr_new: Percentiles,
+}
+
+impl Figures {
+    /// Each figure's median over `rounds`, on its own.
+    fn median(rounds: &[Figures]) -> Figures {
+        let m = |f: &dyn Fn(&Figures) -> f64| measure::median(rounds.iter().map(f).collect());
+        let p = |f: &dyn Fn(&Figures) -> Percentiles| Percentiles {
+            p50: m(&|r| f(r).p50),
+            p90: m(&|r| f(r).p90),
+            p99: m(&|r| f(r).p99),
+        };
+        Figures {
+            throughput: m(&|r| r.throughput),
+            parallel: m(&|r| r.parallel),
+            rr: p(&|r| r.rr),
+            rr_new: p(&|r| r.rr_new),
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -205,40 +228,50 @@ fn main() -> anyhow::Result<()> {
     };
     let idle: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
 
-    let mut results = Vec::new();
-    let mut cpu_per_gib = Vec::new();
-    for path in &paths {
-        eprintln!("measuring: {}", path.name);
-        let (echo, sink, secs, rounds) = (path.echo, path.sink, args.seconds, args.rounds);
-        let before: Vec<ProcessStats> =
-            ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
-        let (throughput, bytes) =
-            inside(&path.client_netns, load_cpu, move || measure::throughput(sink, secs))?
-                .with_context(|| format!("{}: single-stream throughput", path.name))?;
-        let after: Vec<ProcessStats> =
-            ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
-        if path.name.starts_with("mesh, across") {
-            let gib = bytes as f64 / (1u64 << 30) as f64;
-            for (i, (label, _)) in ztunnels.iter().enumerate() {
-                cpu_per_gib.push((
-                    label.clone(),
-                    (after[i].cpu_seconds - before[i].cpu_seconds) / gib.max(1e-9),
-                ));
+    let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); paths.len()];
+    // CPU seconds and bytes, per ztunnel, over every across-nodes run.
+    let mut carried = vec![(0.0f64, 0u64); ztunnels.len()];
+    for round in 1..=args.repeat {
+        for (index, path) in paths.iter().enumerate() {
+            eprintln!("measuring: {} (round {round} of {})", path.name, args.repeat);
+            let (echo, sink, secs, rounds_rr) = (path.echo, path.sink, args.seconds, args.rounds);
+            let before: Vec<ProcessStats> =
+                ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
+            let (throughput, bytes) =
+                inside(&path.client_netns, load_cpu, move || measure::throughput(sink, secs))?
+                    .with_context(|| format!("{}: single-stream throughput", path.name))?;
+            let after: Vec<ProcessStats> =
+                ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
+            if path.name.starts_with("mesh, across") {
+                for (i, total) in carried.iter_mut().enumerate() {
+                    total.0 += after[i].cpu_seconds - before[i].cpu_seconds;
+                    total.1 += bytes;
+                }
             }
+            let parallel = inside(&path.client_netns, load_cpu, move || {
+                measure::parallel_throughput(sink, 64, secs)
+            })?
+            .with_context(|| format!("{}: 64 streams", path.name))?;
+            let rr = inside(&path.client_netns, load_cpu, move || {
+                measure::rr_persistent(echo, rounds_rr)
+            })?
+            .with_context(|| format!("{}: request/response", path.name))?;
+            let rr_new = inside(&path.client_netns, load_cpu, move || {
+                measure::rr_new_connection(echo, rounds_rr / 5)
+            })?
+            .with_context(|| format!("{}: request/response on new connections", path.name))?;
+            rounds[index].push(Figures { throughput, parallel, rr, rr_new });
         }
-        let parallel = inside(&path.client_netns, load_cpu, move || {
-            measure::parallel_throughput(sink, 64, secs)
-        })?
-        .with_context(|| format!("{}: 64 streams", path.name))?;
-        let rr =
-            inside(&path.client_netns, load_cpu, move || measure::rr_persistent(echo, rounds))?
-                .with_context(|| format!("{}: request/response", path.name))?;
-        let rr_new = inside(&path.client_netns, load_cpu, move || {
-            measure::rr_new_connection(echo, rounds / 5)
-        })?
-        .with_context(|| format!("{}: request/response on new connections", path.name))?;
-        results.push((path.name, Figures { throughput, parallel, rr, rr_new }));
     }
+    let results: Vec<(&str, Figures)> =
+        paths.iter().zip(&rounds).map(|(p, r)| (p.name, Figures::median(r))).collect();
+    let cpu_per_gib: Vec<(String, f64)> = ztunnels
+        .iter()
+        .zip(&carried)
+        .map(|((label, _), (seconds, bytes))| {
+            (label.clone(), seconds / (*bytes as f64 / (1u64 << 30) as f64).max(1e-9))
+        })
+        .collect();
     let peak: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
 
     // A brand-new HBONE connection in a running ztunnel: the first
@@ -286,6 +319,9 @@ fn main() -> anyhow::Result<()> {
 
     // Report.
     let direct = &results[0].1;
+    if args.repeat > 1 {
+        println!("\nmedians of {} interleaved rounds", args.repeat);
+    }
     println!(
         "\n{:<24} {:>12} {:>12} {:>22} {:>22}",
         "path", "1 stream", "64 streams", "RR p50/p90/p99 µs", "RR new conn p50/p99 µs"
@@ -359,6 +395,7 @@ fn main() -> anyhow::Result<()> {
         let out = json!({
             "pinned": args.pin,
             "seconds": args.seconds,
+            "repeat": args.repeat,
             "paths": results.iter().map(|(name, f)| json!({
                 "path": name,
                 "throughput_bytes_per_second": f.throughput,

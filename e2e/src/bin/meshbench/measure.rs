@@ -31,6 +31,17 @@ impl Percentiles {
     }
 }
 
+/// The median of `values` (the mean of the middle two for an even count);
+/// 0 for none.
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 }
+}
+
 /// Runs `f` on a thread inside `netns`, pinned to `cpu` when given.
 pub(crate) fn inside<T: Send + 'static>(
     netns: &str,
@@ -158,5 +169,18 @@ pub(crate) fn process_stats(pid: u32) -> ProcessStats {
         rss_kib: field("VmRSS:"),
         peak_kib: field("VmHWM:"),
         cpu_seconds: (ticks(11) + ticks(12)) as f64 / per_second,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_even_and_no_rounds() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![7.0]), 7.0);
+        assert_eq!(median(vec![]), 0.0);
     }
 }
