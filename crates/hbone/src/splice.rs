@@ -34,8 +34,10 @@ pub const MIN_READ: usize = TLS_RECORD - FRAME_HEADER;
 /// Largest read size: two records. Under load each stream holds about two
 /// chunks (one read, one queued in h2), so this sets memory per busy
 /// stream: 64 streams peaked the sending ztunnel at 15 MiB instead of
-/// 18.5 MiB with four records, for the same single-stream throughput and
-/// 0–9% more CPU per byte (docs/performance.md).
+/// 18 MiB with four records, for ~7% less single-stream throughput and
+/// 4–9% more CPU per byte (medians of 4 alternating pairs,
+/// `scripts/ztunnel-ab.py`; docs/performance.md). Memory per busy stream
+/// is what grows with a node's load, so it wins here.
 pub const MAX_READ: usize = 2 * TLS_RECORD - FRAME_HEADER;
 
 /// A byte stream that hands over and takes owned chunks.

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""A/B two ztunnel binaries on one local cluster, alternating.
+
+Usage (root; iperf3 and python3 installed):
+    sudo scripts/ztunnel-ab.py BIN_A BIN_B [--pairs 3] [--seconds 5] [--rr 3000]
+
+One `meshctl local` cluster (named `ab`) is built once; for each pair,
+both ztunnels are restarted with A, measured, restarted with B, measured.
+Measured across nodes: single-stream iperf3 throughput and the ztunnels'
+CPU during it, 64-stream throughput and the ztunnels' peak RSS, and a
+64-byte request/response p50/p99 (Python client: includes ~10 us of its
+own). Prints every run and each binary's medians. Single runs on a shared
+2-core machine differ by more than most changes; this is how the per-change
+table in docs/performance.md was measured. The cluster is removed at exit.
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+NAME = "ab"
+STATE = f"/var/run/mesh-local/{NAME}/state.json"
+# As localmesh starts ztunnel (crates/localmesh/src/environment.rs).
+ZTUNNEL_ENV = {"MALLOC_ARENA_MAX": "1", "RUST_LOG": "info"}
+
+CLUSTER = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: mesh}
+spec: {nodeName: node-a, serviceAccountName: client, containers: [{name: c, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: mesh}
+spec:
+  nodeName: node-b
+  serviceAccountName: server
+  containers:
+  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
+"""
+
+RR_CLIENT = """
+import socket, sys, time
+host, n = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((host, 8080)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+req = b"a" * 64; lat = []
+for i in range(n + 500):
+    t = time.perf_counter_ns(); s.sendall(req); got = 0
+    while got < 64: got += len(s.recv(64 - got))
+    if i >= 500: lat.append(time.perf_counter_ns() - t)
+lat.sort()
+print(lat[len(lat) // 2] / 1000, lat[int((len(lat) - 1) * 0.99)] / 1000)
+"""
+
+READY = """
+import socket, sys
+try:
+    s = socket.create_connection(("127.0.0.1", 15021), timeout=1)
+    s.sendall(b"GET /healthz/ready HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+    sys.exit(0 if s.recv(64).split(b" ")[1] == b"200" else 1)
+except Exception:
+    sys.exit(1)
+"""
+
+
+def netns(ns, *cmd, **kw):
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, **kw)
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+
+
+def iperf(ns, host, seconds, streams):
+    out = netns(ns, "iperf3", "-c", host, "-t", str(seconds), "-l", "256K", "-P", str(streams),
+                "-J", capture_output=True, text=True).stdout
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8 / 2**20
+
+
+class Ztunnels:
+    """The cluster's two ztunnels, restartable with another binary."""
+
+    def __init__(self, state, logdir):
+        self.components = [c for c in state["components"] if c["label"].startswith("ztunnel-")]
+        self.logdir = logdir
+        self.procs = {}
+
+    def restart(self, binary):
+        for c in self.components:
+            proc = self.procs.pop(c["label"], None)
+            pid = proc.pid if proc else c["pid"]
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if proc:
+                proc.wait()
+            else:
+                while os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read():
+                    time.sleep(0.02)
+        for c in self.components:
+            log = open(os.path.join(self.logdir, c["label"] + ".log"), "a")
+            self.procs[c["label"]] = subprocess.Popen(
+                ["ip", "netns", "exec", c["netns"], binary, *c["args"]],
+                env={**os.environ, **ZTUNNEL_ENV}, stdout=log, stderr=log)
+        for c in self.components:
+            for _ in range(300):
+                if subprocess.run(["ip", "netns", "exec", c["netns"], "python3", "-c", READY]).returncode == 0:
+                    break
+                time.sleep(0.05)
+            else:
+                sys.exit(f"{c['label']} did not become ready with {binary}")
+
+    def pids(self):
+        # `ip netns exec` execs the binary: the Popen pid is ztunnel's.
+        return [p.pid for p in self.procs.values()]
+
+    def stop(self):
+        for p in self.procs.values():
+            p.terminate()
+            p.wait()
+
+
+def measure(zt, client, server, args):
+    netns(client, "python3", "-c", RR_CLIENT, server, "50", capture_output=True)  # warm the pool
+    pids = zt.pids()
+    before = [cpu_seconds(p) for p in pids]
+    one = iperf(client, server, args.seconds, 1)
+    cpu = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+    many = iperf(client, server, args.seconds, 64)
+    p50, p99 = map(float, netns(client, "python3", "-c", RR_CLIENT, server, str(args.rr),
+                                capture_output=True, text=True).stdout.split())
+    gib = one * args.seconds / 1024
+    return {
+        "1 stream MiB/s": one,
+        "64 streams MiB/s": many,
+        "CPU-s/GiB a": cpu[0] / gib,
+        "CPU-s/GiB b": cpu[1] / gib,
+        "peak MiB a": peak_kib(pids[0]) / 1024,
+        "peak MiB b": peak_kib(pids[1]) / 1024,
+        "RR p50 us": p50,
+        "RR p99 us": p99,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a")
+    parser.add_argument("b")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rr", type=int, default=3000)
+    parser.add_argument("--meshctl", default=None, help="default: meshctl beside BIN_A")
+    args = parser.parse_args()
+    binaries = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}
+    meshctl = args.meshctl or os.path.join(os.path.dirname(binaries["A"]), "meshctl")
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = os.path.join(tmp, "cluster.yaml")
+        with open(spec, "w") as f:
+            f.write(CLUSTER)
+        subprocess.run([meshctl, "local", "up", "-f", spec, "--name", NAME], check=True,
+                       stdout=subprocess.DEVNULL)
+        zt = None
+        iperf_servers = []
+        try:
+            with open(STATE) as f:
+                state = json.load(f)
+            pod = {f"{p['namespace']}/{p['name']}": p for p in state["pods"]}
+            client, server = pod["mesh/client"]["netns"], pod["mesh/server"]
+            iperf_servers.append(subprocess.Popen(["ip", "netns", "exec", server["netns"], "iperf3", "-s"],
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            zt = Ztunnels(state, tmp)
+            results = {"A": [], "B": []}
+            for pair in range(1, args.pairs + 1):
+                for which in ("A", "B"):
+                    zt.restart(binaries[which])
+                    r = measure(zt, client, server["ip"], args)
+                    results[which].append(r)
+                    print(f"pair {pair} {which}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()), flush=True)
+            print("\nmedians")
+            for which in ("A", "B"):
+                keys = results[which][0].keys()
+                print(f"{which} ({binaries[which]}): " +
+                      ", ".join(f"{k} {statistics.median(r[k] for r in results[which]):.1f}" for k in keys))
+        finally:
+            if zt:
+                zt.stop()
+            for s in iperf_servers:
+                s.terminate()
+            subprocess.run([meshctl, "local", "down", "--name", NAME], stdout=subprocess.DEVNULL)
+
+
+if __name__ == "__main__":
+    main()
