@@ -40,3 +40,21 @@ fi
 
 # Builds land outside the clone so repeated runs reuse them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mesh-target}"
+
+# A persistent target directory only grows: every change leaves another set
+# of test binaries and incremental state behind, and on a long-lived machine
+# it filled the disk (the linker then dies with SIGBUS). When little space is
+# left, drop what cargo rebuilds on demand: incremental state, and test
+# executables older than three hours (no run of ours takes that long).
+prune_target_dir() {
+  local dir=$CARGO_TARGET_DIR min_gib=${MESH_TARGET_MIN_FREE_GIB:-20} free_kib
+  [[ -d $dir ]] || return 0
+  free_kib=$(df -Pk "$dir" | awk 'NR==2 {print $4}')
+  ((free_kib < min_gib * 1024 * 1024)) || return 0
+  echo "setup: $((free_kib / 1024 / 1024)) GiB free under $dir (< $min_gib); pruning incremental state and old test binaries" >&2
+  rm -rf "$dir/debug/incremental"
+  if [[ -d $dir/debug/deps ]]; then
+    find "$dir/debug/deps" -maxdepth 1 -type f -perm -u+x ! -name '*.so' -mmin +180 -delete
+  fi
+}
+prune_target_dir
