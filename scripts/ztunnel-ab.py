@@ -87,6 +87,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def alive(pid):
+    """Running and not yet a zombie (meshctl's children are reaped by init)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
 def peak_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
@@ -117,7 +126,7 @@ class Ztunnels:
             if proc:
                 proc.wait()
             else:
-                while os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read():
+                while alive(pid):
                     time.sleep(0.02)
         for c in self.components:
             log = open(os.path.join(self.logdir, c["label"] + ".log"), "a")
