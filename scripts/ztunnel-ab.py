@@ -26,8 +26,6 @@ import time
 
 NAME = "ab"
 STATE = f"/var/run/mesh-local/{NAME}/state.json"
-# As localmesh starts ztunnel (crates/localmesh/src/environment.rs).
-ZTUNNEL_ENV = {"MALLOC_ARENA_MAX": "1", "RUST_LOG": "info"}
 
 CLUSTER = """
 apiVersion: v1
@@ -87,6 +85,12 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def environment_of(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = f.read().decode(errors="replace").split("\0")
+    return dict(p.split("=", 1) for p in pairs if "=" in p)
+
+
 def alive(pid):
     """Running and not yet a zombie (meshctl's children are reaped by init)."""
     try:
@@ -114,6 +118,9 @@ class Ztunnels:
         self.components = [c for c in state["components"] if c["label"].startswith("ztunnel-")]
         self.logdir = logdir
         self.procs = {}
+        # Restarts run with the environment localmesh gave the first ones
+        # (RUST_LOG, MALLOC_ARENA_MAX...), read from the running processes.
+        self.env = {c["label"]: environment_of(c["pid"]) for c in self.components}
 
     def restart(self, binary):
         for c in self.components:
@@ -132,7 +139,7 @@ class Ztunnels:
             log = open(os.path.join(self.logdir, c["label"] + ".log"), "a")
             self.procs[c["label"]] = subprocess.Popen(
                 ["ip", "netns", "exec", c["netns"], binary, *c["args"]],
-                env={**os.environ, **ZTUNNEL_ENV}, stdout=log, stderr=log)
+                env=self.env[c["label"]], stdout=log, stderr=log)
         for c in self.components:
             for _ in range(300):
                 if subprocess.run(["ip", "netns", "exec", c["netns"], "python3", "-c", READY]).returncode == 0:

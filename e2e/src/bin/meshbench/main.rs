@@ -136,6 +136,10 @@ fn pin_process(pid: u32, cpu: usize) {
     }
 }
 
+/// Where the direct path and the mesh path across nodes sit in `paths`.
+const DIRECT: usize = 0;
+const ACROSS: usize = 2;
+
 struct Path {
     name: &'static str,
     client_netns: String,
@@ -242,7 +246,7 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("{}: single-stream throughput", path.name))?;
             let after: Vec<ProcessStats> =
                 ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
-            if path.name.starts_with("mesh, across") {
+            if index == ACROSS {
                 for (i, total) in carried.iter_mut().enumerate() {
                     total.0 += after[i].cpu_seconds - before[i].cpu_seconds;
                     total.1 += bytes;
@@ -318,7 +322,7 @@ fn main() -> anyhow::Result<()> {
     let cold = Percentiles::of(cold);
 
     // Report.
-    let direct = &results[0].1;
+    let direct = &results[DIRECT].1;
     if args.repeat > 1 {
         println!("\nmedians of {} interleaved rounds", args.repeat);
     }
@@ -374,7 +378,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!("pinned: {}", args.pin);
 
-    let across = &results[2].1;
+    let across = &results[ACROSS].1;
     let worst = |f: &dyn Fn(usize) -> f64| (0..ztunnels.len()).map(f).fold(0.0, f64::max);
     let verdicts = targets::judge(&targets::Measured {
         throughput_ratio: across.throughput / direct.throughput.max(1.0),
