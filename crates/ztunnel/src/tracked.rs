@@ -55,6 +55,12 @@ impl<S> Tracked<S> {
         }
     }
 
+    /// Counts bytes that went to the destination before the stream was
+    /// wrapped (a tunnel's first bytes, sent with its CONNECT).
+    pub(crate) fn count_sent(&mut self, bytes: u64) {
+        self.to_destination += bytes;
+    }
+
     /// Fails once the connection's pod was drained past the deadline. The
     /// token is checked on every call (one atomic load); the wake-up is
     /// registered only when the caller is about to wait, so a busy

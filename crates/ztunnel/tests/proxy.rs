@@ -79,6 +79,10 @@ impl TwoNodes {
     async fn connect(&self, dst: SocketAddr) -> tokio::net::TcpStream {
         self.a.redirects.connect(self.client_ip, self.capture(), dst).await
     }
+
+    fn connect_having_sent(&self, dst: SocketAddr, first: &[u8]) -> tokio::net::TcpStream {
+        self.a.redirects.connect_having_sent(self.client_ip, self.capture(), dst, first)
+    }
 }
 
 #[tokio::test]
@@ -446,4 +450,35 @@ async fn an_application_that_is_not_listening_is_a_503_at_the_destination() {
         ),
         1
     );
+}
+
+#[tokio::test]
+async fn bytes_sent_before_the_tunnel_opens_arrive_once_and_are_counted() {
+    let m = two_nodes(14).await;
+    let app = echo_on(m.server_ip, 8080).await;
+    // Written before ztunnel accepts: they travel with the CONNECT.
+    let stream = m.connect_having_sent(app, b"written early, ");
+    let back = round_trip(stream, b"written later").await;
+    assert_eq!(back, b"written early, written later");
+    m.a.idle().await;
+    m.b.idle().await;
+    let sent = b"written early, written later".len() as u64;
+    let client_side = [("reporter", "source")];
+    assert_eq!(m.a.sample("istio_tcp_sent_bytes_total", &client_side), sent, "{}", m.a.metrics());
+    assert_eq!(m.a.sample("istio_tcp_received_bytes_total", &client_side), sent);
+    let server_side = [("reporter", "destination")];
+    assert_eq!(m.b.sample("istio_tcp_received_bytes_total", &server_side), sent);
+}
+
+#[tokio::test]
+async fn a_failed_tunnel_resets_a_client_that_already_sent() {
+    let m = two_nodes(15).await;
+    // Nothing listens on web:8081: the destination answers 503. The client's
+    // bytes were read for the tunnel, so it must see a reset, not an
+    // orderly close it could take for an empty answer.
+    let mut stream = m.connect_having_sent(SocketAddr::new(m.server_ip, 8081), b"GET / HTTP/1.1");
+    let mut out = Vec::new();
+    let err = stream.read_to_end(&mut out).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(out.is_empty());
 }

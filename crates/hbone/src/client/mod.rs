@@ -3,6 +3,7 @@
 
 mod capture;
 mod dial;
+mod open;
 mod pool;
 
 use std::net::SocketAddr;
@@ -65,6 +66,17 @@ pub enum ConnectError {
     /// HTTP/2 failed on the connection.
     #[error("HTTP/2 with {addr} failed")]
     H2 {
+        /// The HBONE server.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: h2::Error,
+    },
+    /// The connection failed after the tunnel's first bytes were sent, and
+    /// the server may have delivered them: not retried, so they cannot
+    /// arrive twice. The caller's peer should see a reset.
+    #[error("connection to {addr} failed after the tunnel's first bytes were sent")]
+    Interrupted {
         /// The HBONE server.
         addr: SocketAddr,
         /// Why.

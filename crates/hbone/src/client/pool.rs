@@ -10,16 +10,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http::{Method, Request, StatusCode, Uri};
 use mesh_core::Identity;
 use rustls_pki_types::ServerName;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tracing::{Instrument, debug, info_span};
 
-use super::capture::{self, CaptureErrors, ErrorSlot};
+use super::capture::{CaptureErrors, ErrorSlot};
+use super::open::{OpenError, connection_error, open_stream};
 use super::{ConnectError, ConnectRequest, Dialer};
-use crate::authority::{format_authority, format_forwarded};
 use crate::cert::WorkloadCertificate;
 use crate::settings::{H2Settings, TLS_READ_BUFFER};
 use crate::stream::H2Stream;
@@ -134,22 +133,40 @@ impl Pool {
 
     /// Opens a tunnel, reusing a pooled connection when one has room.
     pub async fn connect(&self, request: &ConnectRequest) -> Result<H2Stream, ConnectError> {
+        self.connect_with_first_bytes(request, Bytes::new()).await
+    }
+
+    /// Opens a tunnel like [`Pool::connect`] and sends `first` (when not
+    /// empty) as its first bytes right behind the CONNECT instead of after
+    /// the server's answer, saving a round trip. On success they were sent;
+    /// on failure they were not delivered, except after
+    /// [`ConnectError::Interrupted`], when they may have been. See
+    /// `client/open.rs` for why this is safe and when it is retried.
+    pub async fn connect_with_first_bytes(
+        &self,
+        request: &ConnectRequest,
+        first: Bytes,
+    ) -> Result<H2Stream, ConnectError> {
         if request.expected_identities.is_empty() {
             return Err(ConnectError::NoExpectedIdentity(request.hbone_addr));
         }
         let key = PoolKey::of(request);
         // A pooled connection can die between checkout and use; then try once
-        // more. A fresh connection that fails says why (often a TLS alert:
-        // in TLS 1.3 the server judges our certificate after we finished).
+        // more if that cannot deliver bytes twice. A fresh connection that
+        // fails says why (often a TLS alert: in TLS 1.3 the server judges our
+        // certificate after we finished).
         loop {
             let (token, fresh) = self.checkout_or_dial(&key, request).await?;
-            match open_stream(&token.conn, request).await {
+            match open_stream(&token.conn.send, request, first.clone()).await {
                 Ok((send, recv)) => return Ok(H2Stream::new(send, recv, Some(Box::new(token)))),
-                Err(OpenError::ConnectionGone(source)) => {
+                Err(OpenError::ConnectionGone { source, replayable }) => {
                     token.conn.closed.store(true, Ordering::Release);
                     self.inner.remove(&key, token.conn.id);
                     if fresh {
                         return Err(connection_error(key.addr, source, &token.conn.io_error));
+                    }
+                    if !replayable {
+                        return Err(ConnectError::Interrupted { addr: key.addr, source });
                     }
                     debug!(addr = %key.addr, error = %source, "pooled connection gone; retrying");
                 }
@@ -434,74 +451,5 @@ impl Driver {
         if let Some(pool) = self.pool.upgrade() {
             pool.remove(&self.key, self.conn.id);
         }
-    }
-}
-
-// === opening one stream ===
-
-/// Names a failure of a connection: a TLS refusal carried as an I/O error
-/// becomes the TLS error it is.
-fn connection_error(addr: SocketAddr, source: h2::Error, slot: &ErrorSlot) -> ConnectError {
-    if source.is_io()
-        && let Some(io) = capture::take(slot)
-    {
-        return match TlsError::from_io(io) {
-            TlsError::Io(io) => ConnectError::Dial { addr, source: io },
-            tls => ConnectError::Tls { addr, source: tls },
-        };
-    }
-    ConnectError::H2 { addr, source }
-}
-
-enum OpenError {
-    /// The connection is unusable; another may work.
-    ConnectionGone(h2::Error),
-    /// The server answered, and the answer is final.
-    Refused(ConnectError),
-}
-
-async fn open_stream(
-    conn: &Conn,
-    request: &ConnectRequest,
-) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), OpenError> {
-    let addr = request.hbone_addr;
-    let target = request.target;
-    let mut send = conn.send.clone().ready().await.map_err(OpenError::ConnectionGone)?;
-    let authority = format_authority(target);
-    let uri: Uri =
-        authority.parse().map_err(|_| OpenError::Refused(ConnectError::BadHeader(":authority")))?;
-    let mut builder = Request::builder().method(Method::CONNECT).uri(uri);
-    if let Some(src) = request.forwarded_for {
-        builder = builder.header("forwarded", format_forwarded(src));
-    }
-    if let Some(baggage) = &request.baggage {
-        builder = builder.header("baggage", baggage.as_str());
-    }
-    if let Some(traceparent) = &request.traceparent {
-        builder = builder.header("traceparent", traceparent.as_str());
-    }
-    let http_request = builder.body(()).map_err(|_| {
-        OpenError::Refused(ConnectError::BadHeader(if request.baggage.is_some() {
-            "baggage or traceparent"
-        } else {
-            "traceparent"
-        }))
-    })?;
-    let (response, send_stream) =
-        send.send_request(http_request, false).map_err(OpenError::ConnectionGone)?;
-    let response = response.await.map_err(|source| {
-        if source.is_io() || source.is_go_away() {
-            OpenError::ConnectionGone(source)
-        } else {
-            OpenError::Refused(ConnectError::H2 { addr, source })
-        }
-    })?;
-    let refused = |e| Err(OpenError::Refused(e));
-    match response.status() {
-        StatusCode::OK => Ok((send_stream, response.into_body())),
-        StatusCode::UNAUTHORIZED => refused(ConnectError::Denied { addr, target }),
-        StatusCode::SERVICE_UNAVAILABLE => refused(ConnectError::Unavailable { addr, target }),
-        StatusCode::BAD_REQUEST => refused(ConnectError::BadRequest { addr, target }),
-        status => refused(ConnectError::UnexpectedStatus { addr, target, status }),
     }
 }

@@ -6,6 +6,7 @@ pub mod plan;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use hbone::{ConnectError, ConnectRequest};
 use proxy_core::connections::Direction;
 use proxy_core::errors::error_chain;
@@ -77,7 +78,10 @@ async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             describe(&mut facts, &destination, upstream, false, None);
             let connect = sockets::connect(ctx.sockets.as_ref(), upstream);
             match tokio::time::timeout(shared.config.connect_timeout, connect).await {
-                Ok(Ok(stream)) => splice(&ctx, client, stream, facts).await,
+                Ok(Ok(stream)) => {
+                    splice(client, crate::tracked::open(&ctx, Direction::Outbound, stream, facts))
+                        .await
+                }
                 Ok(Err(e)) => fail(&ctx, &facts, Failure::UpstreamConnect, &e.to_string()),
                 Err(_) => fail(&ctx, &facts, Failure::UpstreamConnect, "connect timed out"),
             }
@@ -97,20 +101,51 @@ async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                 baggage: None,
                 traceparent: None,
             };
-            let connect = ctx.pool.connect(&request);
-            match tokio::time::timeout(shared.config.connect_timeout, connect).await {
-                Ok(Ok(stream)) => splice(&ctx, client, stream, facts).await,
-                Ok(Err(e)) => {
-                    let failure = match e {
-                        ConnectError::Denied { .. } => Failure::Denied,
-                        _ => Failure::UpstreamConnect,
-                    };
-                    fail(&ctx, &facts, failure, &error_chain(&e));
-                }
-                Err(_) => fail(&ctx, &facts, Failure::UpstreamConnect, "tunnel timed out"),
-            }
+            tunnel(&ctx, client, &request, facts).await;
         }
     }
+}
+
+/// Carries `client` in an HBONE tunnel; what the client already sent goes
+/// out with the CONNECT.
+async fn tunnel(
+    ctx: &PodContext,
+    client: TcpStream,
+    request: &ConnectRequest,
+    facts: ConnectionFacts,
+) {
+    let first = match ready_bytes(&client) {
+        Ok(first) => first,
+        Err(e) => {
+            debug!(error = %e, "client connection failed before the tunnel opened");
+            return;
+        }
+    };
+    let first_len = first.len() as u64;
+    let connect = ctx.pool.connect_with_first_bytes(request, first);
+    let (failure, reason) =
+        match tokio::time::timeout(ctx.shared.config.connect_timeout, connect).await {
+            Ok(Ok(stream)) => {
+                let mut upstream = crate::tracked::open(ctx, Direction::Outbound, stream, facts);
+                upstream.count_sent(first_len);
+                return splice(client, upstream).await;
+            }
+            Ok(Err(e)) => {
+                let failure = match e {
+                    ConnectError::Denied { .. } => Failure::Denied,
+                    _ => Failure::UpstreamConnect,
+                };
+                (failure, error_chain(&e))
+            }
+            Err(_) => (Failure::UpstreamConnect, "tunnel timed out".to_string()),
+        };
+    if first_len > 0 {
+        // Closing a socket with unread bytes resets it; we read them
+        // for the tunnel, so reset explicitly: the client must not
+        // mistake a failed tunnel for a server that answered nothing.
+        let _ = client.set_zero_linger();
+    }
+    fail(ctx, &facts, failure, &reason);
 }
 
 fn describe(
@@ -133,13 +168,23 @@ fn fail(ctx: &PodContext, facts: &ConnectionFacts, failure: Failure, reason: &st
 }
 
 /// Copies both ways until both sides are done (half-closes are passed on).
-async fn splice<U>(ctx: &PodContext, mut client: TcpStream, upstream: U, facts: ConnectionFacts)
-where
-    U: hbone::ChunkIo,
-{
-    let mut upstream = crate::tracked::open(ctx, Direction::Outbound, upstream, facts);
+async fn splice<U: hbone::ChunkIo>(mut client: TcpStream, mut upstream: U) {
     if let Err(e) = hbone::splice(&mut client, &mut upstream).await {
         debug!(error = %e, "outbound connection ended with an error");
+    }
+}
+
+/// What the client has already sent, without waiting: the tunnel's first
+/// bytes, sent with the CONNECT (see `hbone::client`'s `open.rs`). Empty
+/// when nothing has arrived yet (a server-speaks-first protocol, or a slow
+/// client) or the client already half-closed; the copy loop picks up from
+/// there either way.
+fn ready_bytes(client: &TcpStream) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(hbone::splice::MIN_READ);
+    match client.try_read_buf(&mut buf) {
+        Ok(_) => Ok(buf.freeze()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(Bytes::new()),
+        Err(e) => Err(e),
     }
 }
 

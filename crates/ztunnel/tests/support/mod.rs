@@ -53,6 +53,30 @@ impl Redirects {
         self.0.lock().unwrap().insert(local, dst);
         socket.connect(capture).await.unwrap()
     }
+
+    /// Like [`Redirects::connect`], with `first` already written when the
+    /// proxy first sees the connection: connecting and writing block the
+    /// test's thread, so on a current-thread runtime no proxy task runs in
+    /// between.
+    pub fn connect_having_sent(
+        &self,
+        from_ip: IpAddr,
+        capture: SocketAddr,
+        dst: SocketAddr,
+        first: &[u8],
+    ) -> TcpStream {
+        use std::io::Write;
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(from_ip, 0).into()).unwrap();
+        let local = socket.local_addr().unwrap().as_socket().unwrap();
+        self.0.lock().unwrap().insert(local, dst);
+        socket.connect(&capture.into()).unwrap();
+        let mut stream = std::net::TcpStream::from(socket);
+        stream.write_all(first).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        TcpStream::from_std(stream).unwrap()
+    }
 }
 
 /// One node proxy with its metrics.
