@@ -2,14 +2,15 @@
 """A/B two ztunnel binaries on one local cluster, alternating.
 
 Usage (root; iperf3 and python3 installed):
-    sudo scripts/ztunnel-ab.py BIN_A BIN_B [--pairs 3] [--seconds 5] [--rr 3000]
+    sudo scripts/ztunnel-ab.py BIN_A BIN_B [--pairs 3] [--seconds 5] [--rr 3000] [--no-throughput]
 
 One `meshctl local` cluster (named `ab`) is built once; for each pair,
 both ztunnels are restarted with A, measured, restarted with B, measured.
 Measured across nodes: single-stream iperf3 throughput and the ztunnels'
-CPU during it, 64-stream throughput and the ztunnels' peak RSS, and a
-64-byte request/response p50/p99 (Python client: includes ~10 us of its
-own). Prints every run and each binary's medians. Single runs on a shared
+CPU during it, 64-stream throughput and the ztunnels' peak RSS (skipped
+with --no-throughput), a 64-byte request/response p50/p99 over one
+connection and with a new connection per request (pooled HBONE) (Python
+clients: they include ~10 us of their own). Prints every run and each binary's medians. Single runs on a shared
 2-core machine differ by more than most changes; this is how the per-change
 table in docs/performance.md was measured. The cluster is removed at exit.
 """
@@ -60,6 +61,21 @@ for i in range(n + 500):
     t = time.perf_counter_ns(); s.sendall(req); got = 0
     while got < 64: got += len(s.recv(64 - got))
     if i >= 500: lat.append(time.perf_counter_ns() - t)
+lat.sort()
+print(lat[len(lat) // 2] / 1000, lat[int((len(lat) - 1) * 0.99)] / 1000)
+"""
+
+NEW_CONN_CLIENT = """
+import socket, sys, time
+host, n = sys.argv[1], int(sys.argv[2])
+req = b"a" * 64; lat = []
+for i in range(n + 100):
+    t = time.perf_counter_ns()
+    s = socket.create_connection((host, 8080)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(req); got = 0
+    while got < 64: got += len(s.recv(64 - got))
+    if i >= 100: lat.append(time.perf_counter_ns() - t)
+    s.close()
 lat.sort()
 print(lat[len(lat) // 2] / 1000, lat[int((len(lat) - 1) * 0.99)] / 1000)
 """
@@ -158,26 +174,32 @@ class Ztunnels:
             p.wait()
 
 
+def rr(client, script, server, rounds):
+    out = netns(client, "python3", "-c", script, server, str(rounds), capture_output=True, text=True)
+    return map(float, out.stdout.split())
+
+
 def measure(zt, client, server, args):
     netns(client, "python3", "-c", RR_CLIENT, server, "50", capture_output=True)  # warm the pool
     pids = zt.pids()
-    before = [cpu_seconds(p) for p in pids]
-    one = iperf(client, server, args.seconds, 1)
-    cpu = [cpu_seconds(p) - b for p, b in zip(pids, before)]
-    many = iperf(client, server, args.seconds, 64)
-    p50, p99 = map(float, netns(client, "python3", "-c", RR_CLIENT, server, str(args.rr),
-                                capture_output=True, text=True).stdout.split())
-    gib = one * args.seconds / 1024
-    return {
-        "1 stream MiB/s": one,
-        "64 streams MiB/s": many,
-        "CPU-s/GiB a": cpu[0] / gib,
-        "CPU-s/GiB b": cpu[1] / gib,
-        "peak MiB a": peak_kib(pids[0]) / 1024,
-        "peak MiB b": peak_kib(pids[1]) / 1024,
-        "RR p50 us": p50,
-        "RR p99 us": p99,
-    }
+    r = {}
+    if args.throughput:
+        before = [cpu_seconds(p) for p in pids]
+        one = iperf(client, server, args.seconds, 1)
+        cpu = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+        many = iperf(client, server, args.seconds, 64)
+        gib = one * args.seconds / 1024
+        r.update({
+            "1 stream MiB/s": one,
+            "64 streams MiB/s": many,
+            "CPU-s/GiB a": cpu[0] / gib,
+            "CPU-s/GiB b": cpu[1] / gib,
+            "peak MiB a": peak_kib(pids[0]) / 1024,
+            "peak MiB b": peak_kib(pids[1]) / 1024,
+        })
+    r["RR p50 us"], r["RR p99 us"] = rr(client, RR_CLIENT, server, args.rr)
+    r["new-conn RR p50 us"], r["new-conn RR p99 us"] = rr(client, NEW_CONN_CLIENT, server, args.rr // 3)
+    return r
 
 
 def main():
@@ -186,7 +208,10 @@ def main():
     parser.add_argument("b")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rr", type=int, default=3000)
+    parser.add_argument("--rr", type=int, default=3000,
+                        help="rounds over one connection; a third of it with new connections")
+    parser.add_argument("--no-throughput", dest="throughput", action="store_false",
+                        help="request/response only (no iperf3, CPU or peak memory)")
     parser.add_argument("--meshctl", default=None, help="default: meshctl beside BIN_A")
     args = parser.parse_args()
     binaries = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}

@@ -2,6 +2,7 @@
 //! which each outbound connection becomes one CONNECT stream.
 
 mod capture;
+mod configs;
 mod dial;
 mod open;
 mod pool;

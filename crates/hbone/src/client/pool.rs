@@ -17,9 +17,9 @@ use tokio_rustls::TlsConnector;
 use tracing::{Instrument, debug, info_span};
 
 use super::capture::{CaptureErrors, ErrorSlot};
+use super::configs::ClientConfigs;
 use super::open::{OpenError, connection_error, open_stream};
 use super::{ConnectError, ConnectRequest, Dialer};
-use crate::cert::WorkloadCertificate;
 use crate::settings::{H2Settings, TLS_READ_BUFFER};
 use crate::stream::H2Stream;
 use crate::tls::{self, TlsError};
@@ -76,6 +76,7 @@ struct PoolInner {
     config: PoolConfig,
     dialer: Arc<dyn Dialer>,
     entries: Mutex<HashMap<PoolKey, Arc<KeyEntry>>>,
+    tls: ClientConfigs,
     next_id: AtomicU64,
     opened: AtomicU64,
     /// Dropped with the pool: tells connection tasks to close once idle.
@@ -85,10 +86,6 @@ struct PoolInner {
 #[derive(Default)]
 struct KeyEntry {
     conns: Mutex<Vec<Arc<Conn>>>,
-    /// The TLS configuration of the last dial and the certificate it
-    /// presents: building one parses the private key and allocates the
-    /// verifier, so dials with the same certificate share it.
-    tls: Mutex<Option<(WorkloadCertificate, Arc<rustls::ClientConfig>)>>,
     /// Held while dialing, so a burst of tunnels to a new destination opens
     /// one connection instead of one each.
     dialing: tokio::sync::Mutex<()>,
@@ -124,6 +121,7 @@ impl Pool {
                 config,
                 dialer,
                 entries: Mutex::new(HashMap::new()),
+                tls: ClientConfigs::default(),
                 next_id: AtomicU64::new(0),
                 opened: AtomicU64::new(0),
                 alive: tokio::sync::watch::Sender::new(()),
@@ -200,7 +198,11 @@ impl Pool {
         if let Some(token) = entry.checkout(max) {
             return Ok((token, false));
         }
-        let tls = entry.client_tls(key, request)?;
+        let tls = self
+            .inner
+            .tls
+            .get(&request.source, &key.destinations)
+            .map_err(|source| ConnectError::Tls { addr: key.addr, source })?;
         let conn = self.dial(key, tls).await?;
         let token = conn.take();
         lock(&entry.conns).push(conn);
@@ -333,26 +335,6 @@ impl PoolInner {
 // === impl KeyEntry ===
 
 impl KeyEntry {
-    /// The client TLS configuration for `request`'s certificate, built once
-    /// per certificate.
-    fn client_tls(
-        &self,
-        key: &PoolKey,
-        request: &ConnectRequest,
-    ) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
-        let mut cached = lock(&self.tls);
-        if let Some((cert, config)) = cached.as_ref()
-            && cert.is_same(&request.source)
-        {
-            return Ok(config.clone());
-        }
-        let config = tls::client_config(&request.source, &key.destinations)
-            .map(Arc::new)
-            .map_err(|source| ConnectError::Tls { addr: key.addr, source })?;
-        *cached = Some((request.source.clone(), config.clone()));
-        Ok(config)
-    }
-
     fn checkout(&self, max_streams: usize) -> Option<StreamToken> {
         let conns = lock(&self.conns);
         conns
