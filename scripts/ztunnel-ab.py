@@ -9,8 +9,10 @@ both ztunnels are restarted with A, measured, restarted with B, measured.
 Measured across nodes: single-stream iperf3 throughput and the ztunnels'
 CPU during it, 64-stream throughput and the ztunnels' peak RSS (skipped
 with --no-throughput), a 64-byte request/response p50/p99 over one
-connection and with a new connection per request (pooled HBONE) (Python
-clients: they include ~10 us of their own). Prints every run and each binary's medians. Single runs on a shared
+connection and with a new connection per request (pooled HBONE), and a
+brand-new HBONE connection to first byte (the first connection to each of
+12 echo pods, each its own pool key, after the above warmed the process)
+(Python clients: they include ~10 us of their own). Prints every run and each binary's medians. Single runs on a shared
 2-core machine differ by more than most changes; this is how the per-change
 table in docs/performance.md was measured. The cluster is removed at exit.
 """
@@ -52,6 +54,20 @@ spec:
   - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
 """
 
+# Echo pods nothing talks to until the new-connection measurement: the first
+# connection to each needs a brand-new HBONE connection (its own pool key).
+FRESH_PODS = 12
+FRESH = "".join(f"""---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fresh-{i}, namespace: mesh}}
+spec:
+  nodeName: node-b
+  serviceAccountName: server
+  containers:
+  - {{name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}}
+""" for i in range(FRESH_PODS))
+
 RR_CLIENT = """
 import socket, sys, time
 host, n = sys.argv[1], int(sys.argv[2])
@@ -78,6 +94,21 @@ for i in range(n + 100):
     s.close()
 lat.sort()
 print(lat[len(lat) // 2] / 1000, lat[int((len(lat) - 1) * 0.99)] / 1000)
+"""
+
+FIRST_BYTE_CLIENT = """
+import socket, sys, time
+warm, targets = sys.argv[1], sys.argv[2:]
+socket.create_connection((warm, 8080)).close()  # Python's own first-connection cost
+lat = []
+for host in targets:
+    t = time.perf_counter_ns()
+    s = socket.create_connection((host, 8080)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"x"); s.recv(1)
+    lat.append(time.perf_counter_ns() - t)
+    s.close()
+lat.sort()
+print(lat[len(lat) // 2] / 1000, lat[-1] / 1000)
 """
 
 READY = """
@@ -179,7 +210,7 @@ def rr(client, script, server, rounds):
     return map(float, out.stdout.split())
 
 
-def measure(zt, client, server, args):
+def measure(zt, client, server, fresh, args):
     netns(client, "python3", "-c", RR_CLIENT, server, "50", capture_output=True)  # warm the pool
     pids = zt.pids()
     r = {}
@@ -199,6 +230,8 @@ def measure(zt, client, server, args):
         })
     r["RR p50 us"], r["RR p99 us"] = rr(client, RR_CLIENT, server, args.rr)
     r["new-conn RR p50 us"], r["new-conn RR p99 us"] = rr(client, NEW_CONN_CLIENT, server, args.rr // 3)
+    out = netns(client, "python3", "-c", FIRST_BYTE_CLIENT, server, *fresh, capture_output=True, text=True)
+    r["new HBONE p50 us"], r["new HBONE max us"] = map(float, out.stdout.split())
     return r
 
 
@@ -219,7 +252,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         spec = os.path.join(tmp, "cluster.yaml")
         with open(spec, "w") as f:
-            f.write(CLUSTER)
+            f.write(CLUSTER + FRESH)
         subprocess.run([meshctl, "local", "up", "-f", spec, "--name", NAME], check=True,
                        stdout=subprocess.DEVNULL)
         zt = None
@@ -229,6 +262,7 @@ def main():
                 state = json.load(f)
             pod = {f"{p['namespace']}/{p['name']}": p for p in state["pods"]}
             client, server = pod["mesh/client"]["netns"], pod["mesh/server"]
+            fresh = [pod[f"mesh/fresh-{i}"]["ip"] for i in range(FRESH_PODS)]
             iperf_servers.append(subprocess.Popen(["ip", "netns", "exec", server["netns"], "iperf3", "-s"],
                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             zt = Ztunnels(state, tmp)
@@ -236,7 +270,7 @@ def main():
             for pair in range(1, args.pairs + 1):
                 for which in ("A", "B"):
                     zt.restart(binaries[which])
-                    r = measure(zt, client, server["ip"], args)
+                    r = measure(zt, client, server["ip"], fresh, args)
                     results[which].append(r)
                     print(f"pair {pair} {which}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()), flush=True)
             print("\nmedians")

@@ -83,7 +83,7 @@ async fn first_bytes_leave_before_the_answer() {
     let pool = pool();
     let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let req = request(&certs, addr, target);
-    let connect = pool.connect_with_first_bytes(&req, "hello".into());
+    let connect = pool.connect_with_first_bytes(&req, || "hello".into());
     let mut stream = tokio::time::timeout(PATIENCE, connect)
         .await
         .expect("the client waited for the answer before sending its first bytes")
@@ -101,9 +101,17 @@ async fn first_bytes_and_the_rest_arrive_once_and_in_order() {
     let echo = testkit::spawn_echo().await;
     let pool = pool();
     let req = request(&certs, hbone_addr, echo);
-    // Twice: on a new connection, then on the pooled one.
+    // Twice: on a new connection, then on the pooled one. The bytes are
+    // read once the connection is up (a client has had the handshakes'
+    // time to write them), and once per tunnel.
+    let reads = std::sync::atomic::AtomicUsize::new(0);
     for round in 0..2 {
-        let mut stream = pool.connect_with_first_bytes(&req, "first|".into()).await.unwrap();
+        let read_first = || {
+            assert_eq!(pool.connections_opened(), 1, "read before the connection was up");
+            reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Bytes::from_static(b"first|")
+        };
+        let mut stream = pool.connect_with_first_bytes(&req, read_first).await.unwrap();
         stream.write_all(b"second|third").await.unwrap();
         stream.shutdown().await.unwrap();
         let mut echoed = Vec::new();
@@ -111,6 +119,7 @@ async fn first_bytes_and_the_rest_arrive_once_and_in_order() {
         assert_eq!(echoed, b"first|second|third", "round {round}");
     }
     assert_eq!(pool.connections_opened(), 1);
+    assert_eq!(reads.into_inner(), 2);
 }
 
 #[tokio::test]
@@ -121,7 +130,7 @@ async fn a_refused_tunnel_still_says_why() {
     let pool = pool();
     let denied: SocketAddr = "127.0.0.1:7".parse().unwrap();
     let err = pool
-        .connect_with_first_bytes(&request(&certs, hbone_addr, denied), "secret".into())
+        .connect_with_first_bytes(&request(&certs, hbone_addr, denied), || "secret".into())
         .await
         .unwrap_err();
     assert!(matches!(err, ConnectError::Denied { target, .. } if target == denied), "{err:?}");
@@ -248,11 +257,17 @@ async fn first_bytes_are_replayed_when_the_server_never_processed_the_stream() {
     let req = request(&certs, addr, "127.0.0.1:9".parse().unwrap());
     pooled_connection(&pool, &req).await;
 
-    let connect = pool.connect_with_first_bytes(&req, "only once".into());
+    let reads = std::sync::atomic::AtomicUsize::new(0);
+    let read_first = || {
+        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Bytes::from_static(b"only once")
+    };
+    let connect = pool.connect_with_first_bytes(&req, read_first);
     let _stream = tokio::time::timeout(PATIENCE, connect).await.unwrap().unwrap();
     assert_eq!(pool.connections_opened(), 2, "the stream was opened again on a new connection");
     let (conn_no, bytes) = tokio::time::timeout(PATIENCE, data.recv()).await.unwrap().unwrap();
     assert_eq!((conn_no, bytes), (1, Bytes::from_static(b"only once")));
+    assert_eq!(reads.into_inner(), 1, "the replay sends the bytes read the first time");
 }
 
 #[tokio::test]
@@ -263,7 +278,7 @@ async fn first_bytes_are_not_replayed_when_the_server_may_have_used_them() {
     let req = request(&certs, addr, "127.0.0.1:9".parse().unwrap());
     pooled_connection(&pool, &req).await;
 
-    let connect = pool.connect_with_first_bytes(&req, "at most once".into());
+    let connect = pool.connect_with_first_bytes(&req, || "at most once".into());
     let err = tokio::time::timeout(PATIENCE, connect).await.unwrap().unwrap_err();
     assert!(matches!(err, ConnectError::Interrupted { addr: a, .. } if a == addr), "{err:?}");
     assert_eq!(pool.connections_opened(), 1, "no second attempt");

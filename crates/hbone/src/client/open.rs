@@ -66,18 +66,20 @@ fn never_processed(e: &h2::Error) -> bool {
     e.is_go_away() && e.is_remote()
 }
 
-/// Sends the CONNECT for `request` on `send`, then `first` (if any) without
-/// waiting, then waits for the answer.
+/// Sends the CONNECT for `request` on `send`, then the bytes `first`
+/// returns (if any) without waiting, then waits for the answer. `first` is
+/// called once the connection can take the stream, as late as possible.
 pub(super) async fn open_stream(
     send: &h2::client::SendRequest<Bytes>,
     request: &ConnectRequest,
-    first: Bytes,
+    first: impl FnOnce() -> Bytes,
 ) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), OpenError> {
     let addr = request.hbone_addr;
     let target = request.target;
     let gone_before_sending = |source| OpenError::ConnectionGone { source, replayable: true };
     let mut send = send.clone().ready().await.map_err(gone_before_sending)?;
     let http_request = connect_request(request).map_err(OpenError::Refused)?;
+    let first = first();
     let (response, mut send_stream) =
         send.send_request(http_request, false).map_err(gone_before_sending)?;
     let sent_bytes = !first.is_empty();

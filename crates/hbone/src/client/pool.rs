@@ -131,31 +131,34 @@ impl Pool {
 
     /// Opens a tunnel, reusing a pooled connection when one has room.
     pub async fn connect(&self, request: &ConnectRequest) -> Result<H2Stream, ConnectError> {
-        self.connect_with_first_bytes(request, Bytes::new()).await
+        self.connect_with_first_bytes(request, Bytes::new).await
     }
 
-    /// Opens a tunnel like [`Pool::connect`] and sends `first` (when not
-    /// empty) as its first bytes right behind the CONNECT instead of after
-    /// the server's answer, saving a round trip. On success they were sent;
-    /// on failure they were not delivered, except after
-    /// [`ConnectError::Interrupted`], when they may have been. See
-    /// `client/open.rs` for why this is safe and when it is retried.
+    /// Opens a tunnel like [`Pool::connect`] and sends its first bytes right
+    /// behind the CONNECT instead of after the server's answer, saving a
+    /// round trip. `read_first` is called once, when the stream is about
+    /// to be opened (after a new connection's handshakes, so a client has
+    /// had that long to write); an empty result sends nothing early. On
+    /// success the bytes were sent; on failure they were not delivered,
+    /// except after [`ConnectError::Interrupted`], when they may have been.
+    /// See `client/open.rs` for why this is safe and when it is retried.
     pub async fn connect_with_first_bytes(
         &self,
         request: &ConnectRequest,
-        first: Bytes,
+        read_first: impl FnOnce() -> Bytes,
     ) -> Result<H2Stream, ConnectError> {
         if request.expected_identities.is_empty() {
             return Err(ConnectError::NoExpectedIdentity(request.hbone_addr));
         }
         let key = PoolKey::of(request);
+        let mut first = FirstBytes { read: Some(read_first), bytes: Bytes::new() };
         // A pooled connection can die between checkout and use; then try once
         // more if that cannot deliver bytes twice. A fresh connection that
         // fails says why (often a TLS alert: in TLS 1.3 the server judges our
         // certificate after we finished).
         loop {
             let (token, fresh) = self.checkout_or_dial(&key, request).await?;
-            match open_stream(&token.conn.send, request, first.clone()).await {
+            match open_stream(&token.conn.send, request, || first.get()).await {
                 Ok((send, recv)) => return Ok(H2Stream::new(send, recv, Some(Box::new(token)))),
                 Err(OpenError::ConnectionGone { source, replayable }) => {
                     token.conn.closed.store(true, Ordering::Release);
@@ -284,6 +287,22 @@ impl std::fmt::Debug for Pool {
             .field("config", &self.inner.config)
             .field("connections", &self.connection_count())
             .finish()
+    }
+}
+
+/// A tunnel's first bytes: read once, when first needed, and kept for a
+/// replay on another connection.
+struct FirstBytes<F> {
+    read: Option<F>,
+    bytes: Bytes,
+}
+
+impl<F: FnOnce() -> Bytes> FirstBytes<F> {
+    fn get(&mut self) -> Bytes {
+        if let Some(read) = self.read.take() {
+            self.bytes = read();
+        }
+        self.bytes.clone()
     }
 }
 

@@ -114,17 +114,27 @@ async fn tunnel(
     request: &ConnectRequest,
     facts: ConnectionFacts,
 ) {
-    let first = match ready_bytes(&client) {
-        Ok(first) => first,
+    // Read when the stream is about to open: after a new HBONE connection's
+    // handshakes the client has long written its request.
+    let (mut first_len, mut read_error) = (0u64, None);
+    let read_first = || match ready_bytes(&client) {
+        Ok(first) => {
+            first_len = first.len() as u64;
+            first
+        }
         Err(e) => {
-            debug!(error = %e, "client connection failed before the tunnel opened");
-            return;
+            read_error = Some(e);
+            Bytes::new()
         }
     };
-    let first_len = first.len() as u64;
-    let connect = ctx.pool.connect_with_first_bytes(request, first);
+    let connect = ctx.pool.connect_with_first_bytes(request, read_first);
     let (failure, reason) =
         match tokio::time::timeout(ctx.shared.config.connect_timeout, connect).await {
+            Ok(Ok(_)) if let Some(e) = read_error => {
+                // Dropping the stream resets it; the server drops its upstream.
+                debug!(error = %e, "client connection failed before the tunnel opened");
+                return;
+            }
             Ok(Ok(stream)) => {
                 let mut upstream = crate::tracked::open(ctx, Direction::Outbound, stream, facts);
                 upstream.count_sent(first_len);

@@ -114,6 +114,20 @@ fn cluster_yaml() -> String {
     yaml
 }
 
+/// CPU seconds a process spent per GiB carried, in user space and in the
+/// kernel (which includes the network stack's work done on its behalf).
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuPerGib {
+    user: f64,
+    kernel: f64,
+}
+
+impl CpuPerGib {
+    fn total(&self) -> f64 {
+        self.user + self.kernel
+    }
+}
+
 /// Pins the calling thread to one CPU.
 pub(crate) fn pin_current_thread(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
@@ -233,8 +247,9 @@ fn main() -> anyhow::Result<()> {
     let idle: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
 
     let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); paths.len()];
-    // CPU seconds and bytes, per ztunnel, over every across-nodes run.
-    let mut carried = vec![(0.0f64, 0u64); ztunnels.len()];
+    // CPU seconds (user, kernel) and bytes, per ztunnel, over every
+    // across-nodes run.
+    let mut carried = vec![(0.0f64, 0.0f64, 0u64); ztunnels.len()];
     for round in 1..=args.repeat {
         for (index, path) in paths.iter().enumerate() {
             eprintln!("measuring: {} (round {round} of {})", path.name, args.repeat);
@@ -248,8 +263,9 @@ fn main() -> anyhow::Result<()> {
                 ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
             if index == ACROSS {
                 for (i, total) in carried.iter_mut().enumerate() {
-                    total.0 += after[i].cpu_seconds - before[i].cpu_seconds;
-                    total.1 += bytes;
+                    total.0 += after[i].user_seconds - before[i].user_seconds;
+                    total.1 += after[i].kernel_seconds - before[i].kernel_seconds;
+                    total.2 += bytes;
                 }
             }
             let parallel = inside(&path.client_netns, load_cpu, move || {
@@ -269,11 +285,12 @@ fn main() -> anyhow::Result<()> {
     }
     let results: Vec<(&str, Figures)> =
         paths.iter().zip(&rounds).map(|(p, r)| (p.name, Figures::median(r))).collect();
-    let cpu_per_gib: Vec<(String, f64)> = ztunnels
+    let cpu_per_gib: Vec<(String, CpuPerGib)> = ztunnels
         .iter()
         .zip(&carried)
-        .map(|((label, _), (seconds, bytes))| {
-            (label.clone(), seconds / (*bytes as f64 / (1u64 << 30) as f64).max(1e-9))
+        .map(|((label, _), (user, kernel, bytes))| {
+            let gib = (*bytes as f64 / (1u64 << 30) as f64).max(1e-9);
+            (label.clone(), CpuPerGib { user: user / gib, kernel: kernel / gib })
         })
         .collect();
     let peak: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
@@ -367,13 +384,22 @@ fn main() -> anyhow::Result<()> {
         "first HBONE connection after a ztunnel restart: p50 {:.0} µs, p99 {:.0} µs",
         cold.p50, cold.p99
     );
+    let cpu_of = |label: &str| {
+        cpu_per_gib.iter().find(|(l, _)| l == label).map_or(CpuPerGib::default(), |(_, v)| *v)
+    };
     for (i, (label, _)) in ztunnels.iter().enumerate() {
+        let cpu = cpu_of(label);
         println!(
-            "{label}: RSS idle {:.1} MiB, peak {:.1} MiB, now {:.1} MiB; {:.2} CPU-s per GiB (across nodes)",
+            "{label}: RSS idle {:.1} MiB ({:.1} anonymous, the rest the binary and shared \
+             libraries), peak {:.1} MiB, now {:.1} MiB; {:.2} CPU-s per GiB across nodes \
+             ({:.2} user, {:.2} kernel)",
             idle[i].rss_kib as f64 / 1024.0,
+            idle[i].anon_kib as f64 / 1024.0,
             peak[i].peak_kib as f64 / 1024.0,
             peak[i].rss_kib as f64 / 1024.0,
-            cpu_per_gib.iter().find(|(l, _)| l == label).map_or(0.0, |(_, v)| *v)
+            cpu.total(),
+            cpu.user,
+            cpu.kernel,
         );
     }
     println!("pinned: {}", args.pin);
@@ -386,7 +412,7 @@ fn main() -> anyhow::Result<()> {
         rr_p99_us: across.rr.p99,
         rr_new_connection_p50_us: across.rr_new.p50,
         new_hbone_connection_p50_us: fresh.p50,
-        cpu_seconds_per_gib: cpu_per_gib.iter().map(|(_, v)| *v).fold(0.0, f64::max),
+        cpu_seconds_per_gib: cpu_per_gib.iter().map(|(_, v)| v.total()).fold(0.0, f64::max),
         rss_idle_mib: worst(&|i| idle[i].rss_kib as f64 / 1024.0),
         rss_peak_mib: worst(&|i| peak[i].peak_kib as f64 / 1024.0),
     });
@@ -416,9 +442,12 @@ fn main() -> anyhow::Result<()> {
             "ztunnels": ztunnels.iter().enumerate().map(|(i, (label, _))| json!({
                 "name": label,
                 "rss_idle_kib": idle[i].rss_kib,
+                "rss_idle_anonymous_kib": idle[i].anon_kib,
                 "rss_peak_kib": peak[i].peak_kib,
                 "rss_after_kib": peak[i].rss_kib,
-                "cpu_seconds_per_gib": cpu_per_gib.iter().find(|(l, _)| l == label).map(|(_, v)| *v),
+                "cpu_seconds_per_gib": cpu_of(label).total(),
+                "cpu_user_seconds_per_gib": cpu_of(label).user,
+                "cpu_kernel_seconds_per_gib": cpu_of(label).kernel,
             })).collect::<Vec<_>>(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&out)?)?;

@@ -140,12 +140,16 @@ pub(crate) fn first_byte(netns: &str, addr: SocketAddr) -> std::io::Result<Durat
     Ok(t.elapsed())
 }
 
-/// A process's resident memory now and at its peak (KiB), and CPU seconds.
+/// A process's resident memory now and at its peak (KiB), the anonymous
+/// (private heap and stacks) part of it, and CPU seconds in user space and
+/// in the kernel.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ProcessStats {
     pub(crate) rss_kib: u64,
+    pub(crate) anon_kib: u64,
     pub(crate) peak_kib: u64,
-    pub(crate) cpu_seconds: f64,
+    pub(crate) user_seconds: f64,
+    pub(crate) kernel_seconds: f64,
 }
 
 pub(crate) fn process_stats(pid: u32) -> ProcessStats {
@@ -167,8 +171,10 @@ pub(crate) fn process_stats(pid: u32) -> ProcessStats {
         nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     ProcessStats {
         rss_kib: field("VmRSS:"),
+        anon_kib: field("RssAnon:"),
         peak_kib: field("VmHWM:"),
-        cpu_seconds: (ticks(11) + ticks(12)) as f64 / per_second,
+        user_seconds: ticks(11) as f64 / per_second,
+        kernel_seconds: ticks(12) as f64 / per_second,
     }
 }
 
