@@ -64,6 +64,8 @@ pub struct ProxyConfig {
     pub drain_deadline: Duration,
     /// DNS proxy.
     pub dns: DnsConfig,
+    /// Each pod's HBONE client pool.
+    pub pool: hbone::PoolConfig,
 }
 
 impl Default for ProxyConfig {
@@ -76,6 +78,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(30),
             dns: DnsConfig::default(),
+            pool: hbone::PoolConfig::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use hbone::{Pool, PoolConfig};
+use hbone::Pool;
 use mesh_core::{Identity, IdentityError};
 use proxy_core::certificates::CertificateLease;
 use proxy_core::sockets::{FactoryDialer, SocketFactory};
@@ -103,7 +103,7 @@ impl RunningPod {
         let lease = shared.certs.acquire(&identity);
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
-        let pool = Pool::new(PoolConfig::default(), Arc::new(FactoryDialer(sockets.clone())));
+        let pool = Pool::new(shared.config.pool.clone(), Arc::new(FactoryDialer(sockets.clone())));
         let ctx = Arc::new(PodContext {
             shared,
             spec: spec.clone(),

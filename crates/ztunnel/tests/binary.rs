@@ -31,12 +31,18 @@ fn every_bad_value_is_named_at_once() {
     let output = ztunnel()
         .args(["--node-name", "node-a", "--root-cert", "/nonexistent/root.pem"])
         .args(["--control-plane-identity", "not-spiffe", "--xds-address", "nowhere"])
-        .args(["--worker-threads", "0"])
+        .args(["--worker-threads", "0", "--pool-max-streams-per-connection", "0"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for name in ["ROOT_CERT", "CONTROL_PLANE_IDENTITY", "XDS_ADDRESS", "WORKER_THREADS"] {
+    for name in [
+        "ROOT_CERT",
+        "CONTROL_PLANE_IDENTITY",
+        "XDS_ADDRESS",
+        "WORKER_THREADS",
+        "POOL_MAX_STREAMS_PER_CONNECTION",
+    ] {
         assert!(stderr.contains(name), "{name} missing from:\n{stderr}");
     }
 }

@@ -77,6 +77,11 @@ pub(crate) struct Flags {
     /// How long connections may finish on shutdown or pod removal (seconds).
     #[arg(long, env = "DRAIN_DEADLINE_SECONDS", default_value = "30")]
     drain_deadline_seconds: u64,
+    /// Tunnels one HBONE connection carries before another is opened to
+    /// the same destination (each connection is one task: more connections
+    /// spread one destination's traffic over more cores).
+    #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", default_value = "100")]
+    pool_max_streams_per_connection: usize,
     /// Tokio worker threads.
     #[arg(long, env = "WORKER_THREADS", default_value = "2")]
     worker_threads: usize,
@@ -142,6 +147,9 @@ impl Flags {
         if self.node_name.trim().is_empty() {
             problems.push("  NODE_NAME: must not be empty".into());
         }
+        if self.pool_max_streams_per_connection == 0 {
+            problems.push("  POOL_MAX_STREAMS_PER_CONNECTION=0: need at least 1".into());
+        }
         if self.worker_threads == 0 {
             problems.push("  WORKER_THREADS=0: need at least 1".into());
         }
@@ -186,6 +194,10 @@ impl Flags {
                     upstream: dns_upstream,
                     upstream_timeout: Duration::from_secs(5),
                     cluster_domain: self.cluster_domain,
+                },
+                pool: hbone::PoolConfig {
+                    max_streams_per_connection: self.pool_max_streams_per_connection,
+                    ..hbone::PoolConfig::default()
                 },
             },
             control_plane: ControlPlaneConfig {
