@@ -6,7 +6,7 @@ Usage (root; iperf3 and python3 installed):
 
 One `meshctl local` cluster (named `ab`) is built once; for each pair,
 both ztunnels are restarted with A, measured, restarted with B, measured.
-Measured across nodes: single-stream iperf3 throughput and the ztunnels'
+Measured: each ztunnel's RSS once ready (idle); across nodes: single-stream iperf3 throughput and the ztunnels'
 CPU during it, 64-stream throughput and the ztunnels' peak RSS (skipped
 with --no-throughput), a 64-byte request/response p50/p99 over one
 connection and with a new connection per request (pooled HBONE), and a
@@ -147,9 +147,13 @@ def alive(pid):
         return False
 
 
-def peak_kib(pid):
+def status_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
-        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])
+        return int(next(l for l in f if l.startswith(field + ":")).split()[1])
+
+
+def peak_kib(pid):
+    return status_kib(pid, "VmHWM")
 
 
 def iperf(ns, host, seconds, streams):
@@ -211,9 +215,10 @@ def rr(client, script, server, rounds):
 
 
 def measure(zt, client, server, fresh, args):
-    netns(client, "python3", "-c", RR_CLIENT, server, "50", capture_output=True)  # warm the pool
     pids = zt.pids()
-    r = {}
+    time.sleep(1)  # ready, then settled
+    r = {"idle MiB a": status_kib(pids[0], "VmRSS") / 1024, "idle MiB b": status_kib(pids[1], "VmRSS") / 1024}
+    netns(client, "python3", "-c", RR_CLIENT, server, "50", capture_output=True)  # warm the pool
     if args.throughput:
         before = [cpu_seconds(p) for p in pids]
         one = iperf(client, server, args.seconds, 1)
