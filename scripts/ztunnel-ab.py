@@ -5,7 +5,8 @@ Usage (root; iperf3 and python3 installed):
     sudo scripts/ztunnel-ab.py BIN_A BIN_B [--pairs 3] [--seconds 5] [--rr 3000] [--no-throughput]
 
 One `meshctl local` cluster (named `ab`) is built once; for each pair,
-both ztunnels are restarted with A, measured, restarted with B, measured.
+both ztunnels are restarted with one binary, measured, restarted with the
+other, measured (A first in odd pairs, B first in even ones).
 Measured: each ztunnel's RSS once ready (idle); across nodes: single-stream iperf3 throughput and the ztunnels'
 CPU during it, 64-stream throughput and the ztunnels' peak RSS (skipped
 with --no-throughput), a 64-byte request/response p50/p99 over one
@@ -273,7 +274,9 @@ def main():
             zt = Ztunnels(state, tmp)
             results = {"A": [], "B": []}
             for pair in range(1, args.pairs + 1):
-                for which in ("A", "B"):
+                # ABBA...: whatever the first run of a pair leaves behind
+                # (TIME_WAIT sockets, conntrack entries) falls on both.
+                for which in ("A", "B") if pair % 2 else ("B", "A"):
                     zt.restart(binaries[which])
                     r = measure(zt, client, server["ip"], fresh, args)
                     results[which].append(r)
