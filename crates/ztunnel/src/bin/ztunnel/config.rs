@@ -80,7 +80,7 @@ pub(crate) struct Flags {
     /// Tunnels one HBONE connection carries before another is opened to
     /// the same destination (each connection is one task: more connections
     /// spread one destination's traffic over more cores).
-    #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", default_value = "32")]
+    #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", default_value = "100")]
     pool_max_streams_per_connection: usize,
     /// Tokio worker threads.
     #[arg(long, env = "WORKER_THREADS", default_value = "2")]
