@@ -250,9 +250,14 @@ fn main() -> anyhow::Result<()> {
     // CPU seconds (user, kernel) and bytes, per ztunnel, over every
     // across-nodes run.
     let mut carried = vec![(0.0f64, 0.0f64, 0u64); ztunnels.len()];
+    // Each ztunnel's peak RSS (KiB) during each path's runs, when the peak
+    // can be reset between paths (it can as root).
+    let mut path_peaks = vec![vec![0u64; ztunnels.len()]; paths.len()];
+    let mut peaks_by_path = true;
     for round in 1..=args.repeat {
         for (index, path) in paths.iter().enumerate() {
             eprintln!("measuring: {} (round {round} of {})", path.name, args.repeat);
+            peaks_by_path &= ztunnels.iter().all(|(_, pid)| measure::reset_peak(*pid));
             let (echo, sink, secs, rounds_rr) = (path.echo, path.sink, args.seconds, args.rounds);
             let before: Vec<ProcessStats> =
                 ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
@@ -281,6 +286,10 @@ fn main() -> anyhow::Result<()> {
             })?
             .with_context(|| format!("{}: request/response on new connections", path.name))?;
             rounds[index].push(Figures { throughput, parallel, rr, rr_new });
+            for (i, (_, pid)) in ztunnels.iter().enumerate() {
+                let peak = process_stats(*pid).peak_kib;
+                path_peaks[index][i] = path_peaks[index][i].max(peak);
+            }
         }
     }
     let results: Vec<(&str, Figures)> =
@@ -293,7 +302,14 @@ fn main() -> anyhow::Result<()> {
             (label.clone(), CpuPerGib { user: user / gib, kernel: kernel / gib })
         })
         .collect();
-    let peak: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
+    let mut peak: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
+    if peaks_by_path {
+        // VmHWM now only covers the last path: the peak is the largest of all.
+        for (i, p) in peak.iter_mut().enumerate() {
+            p.peak_kib =
+                path_peaks.iter().map(|by_ztunnel| by_ztunnel[i]).fold(idle[i].rss_kib, u64::max);
+        }
+    }
 
     // A brand-new HBONE connection in a running ztunnel: the first
     // connection to each fresh pod (its own pool key), against a new direct
@@ -402,6 +418,15 @@ fn main() -> anyhow::Result<()> {
             cpu.kernel,
         );
     }
+    if peaks_by_path {
+        let labels: Vec<&str> = ztunnels.iter().map(|(l, _)| l.as_str()).collect();
+        println!("peak RSS by path ({}):", labels.join(" / "));
+        for (path, by_ztunnel) in paths.iter().zip(&path_peaks) {
+            let mib: Vec<String> =
+                by_ztunnel.iter().map(|k| format!("{:.1} MiB", *k as f64 / 1024.0)).collect();
+            println!("  {:<24} {}", path.name, mib.join(" / "));
+        }
+    }
     println!("pinned: {}", args.pin);
 
     let across = &results[ACROSS].1;
@@ -444,6 +469,9 @@ fn main() -> anyhow::Result<()> {
                 "rss_idle_kib": idle[i].rss_kib,
                 "rss_idle_anonymous_kib": idle[i].anon_kib,
                 "rss_peak_kib": peak[i].peak_kib,
+                "rss_peak_kib_by_path": peaks_by_path.then(|| paths.iter().zip(&path_peaks)
+                    .map(|(p, by_ztunnel)| (p.name.to_string(), json!(by_ztunnel[i])))
+                    .collect::<serde_json::Map<_, _>>()),
                 "rss_after_kib": peak[i].rss_kib,
                 "cpu_seconds_per_gib": cpu_of(label).total(),
                 "cpu_user_seconds_per_gib": cpu_of(label).user,

@@ -152,6 +152,12 @@ pub(crate) struct ProcessStats {
     pub(crate) kernel_seconds: f64,
 }
 
+/// Resets a process's peak RSS (`VmHWM`) to its current RSS, so the next
+/// reading is the peak of what follows (root; `proc(5)`, `clear_refs`).
+pub(crate) fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 pub(crate) fn process_stats(pid: u32) -> ProcessStats {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
