@@ -69,30 +69,24 @@ spec:
   - {{name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}}
 """ for i in range(FRESH_PODS))
 
+# 64-byte request/response, p50 and p99 in us. `new`: a new connection for
+# each request (timed from connect), else one connection for all.
 RR_CLIENT = """
 import socket, sys, time
-host, n = sys.argv[1], int(sys.argv[2])
-s = socket.create_connection((host, 8080)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-req = b"a" * 64; lat = []
-for i in range(n + 500):
-    t = time.perf_counter_ns(); s.sendall(req); got = 0
-    while got < 64: got += len(s.recv(64 - got))
-    if i >= 500: lat.append(time.perf_counter_ns() - t)
-lat.sort()
-print(lat[len(lat) // 2] / 1000, lat[int((len(lat) - 1) * 0.99)] / 1000)
-"""
-
-NEW_CONN_CLIENT = """
-import socket, sys, time
-host, n = sys.argv[1], int(sys.argv[2])
-req = b"a" * 64; lat = []
-for i in range(n + 100):
-    t = time.perf_counter_ns()
+host, n, new = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "new"
+warm = 100 if new else 500
+def connect():
     s = socket.create_connection((host, 8080)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(req); got = 0
-    while got < 64: got += len(s.recv(64 - got))
-    if i >= 100: lat.append(time.perf_counter_ns() - t)
-    s.close()
+    return s
+s = None if new else connect()
+req = b"a" * 64; lat = []
+for i in range(n + warm):
+    t = time.perf_counter_ns()
+    c = connect() if new else s
+    c.sendall(req); got = 0
+    while got < 64: got += len(c.recv(64 - got))
+    if i >= warm: lat.append(time.perf_counter_ns() - t)
+    if new: c.close()
 lat.sort()
 print(lat[len(lat) // 2] / 1000, lat[int((len(lat) - 1) * 0.99)] / 1000)
 """
@@ -210,8 +204,9 @@ class Ztunnels:
             p.wait()
 
 
-def rr(client, script, server, rounds):
-    out = netns(client, "python3", "-c", script, server, str(rounds), capture_output=True, text=True)
+def rr(client, server, rounds, connections):
+    out = netns(client, "python3", "-c", RR_CLIENT, server, str(rounds), connections,
+                capture_output=True, text=True)
     return map(float, out.stdout.split())
 
 
@@ -219,7 +214,7 @@ def measure(zt, client, server, fresh, args):
     pids = zt.pids()
     time.sleep(1)  # ready, then settled
     r = {"idle MiB a": status_kib(pids[0], "VmRSS") / 1024, "idle MiB b": status_kib(pids[1], "VmRSS") / 1024}
-    netns(client, "python3", "-c", RR_CLIENT, server, "50", capture_output=True)  # warm the pool
+    netns(client, "python3", "-c", RR_CLIENT, server, "50", "one", capture_output=True)  # warm the pool
     if args.throughput:
         before = [cpu_seconds(p) for p in pids]
         one = iperf(client, server, args.seconds, 1)
@@ -234,8 +229,8 @@ def measure(zt, client, server, fresh, args):
             "peak MiB a": peak_kib(pids[0]) / 1024,
             "peak MiB b": peak_kib(pids[1]) / 1024,
         })
-    r["RR p50 us"], r["RR p99 us"] = rr(client, RR_CLIENT, server, args.rr)
-    r["new-conn RR p50 us"], r["new-conn RR p99 us"] = rr(client, NEW_CONN_CLIENT, server, args.rr // 3)
+    r["RR p50 us"], r["RR p99 us"] = rr(client, server, args.rr, "one")
+    r["new-conn RR p50 us"], r["new-conn RR p99 us"] = rr(client, server, args.rr // 3, "new")
     out = netns(client, "python3", "-c", FIRST_BYTE_CLIENT, server, *fresh, capture_output=True, text=True)
     r["new HBONE p50 us"], r["new HBONE max us"] = map(float, out.stdout.split())
     return r

@@ -133,15 +133,7 @@ async fn a_workload_renews_its_own_identity_and_the_chain_works_for_hbone() {
     let hbone_addr = testkit::spawn_hbone(&server_cert, testkit::ForwardingHandler::new()).await;
     let echo = testkit::spawn_echo().await;
     let pool = hbone::Pool::new(hbone::PoolConfig::default(), Arc::new(hbone::TcpDialer));
-    let connect = hbone::ConnectRequest {
-        source: renewed,
-        hbone_addr,
-        expected_identities: vec![server_id],
-        target: echo,
-        forwarded_for: None,
-        baggage: None,
-        traceparent: None,
-    };
+    let connect = hbone::ConnectRequest::new(renewed, hbone_addr, vec![server_id], echo);
     pool.connect(&connect).await.unwrap();
 }
 

@@ -33,14 +33,8 @@ fn setup(rt: &Runtime) -> Setup {
         let sink = testkit::spawn_discard().await;
         let echo = testkit::spawn_echo().await;
         Setup {
-            request_to: Box::new(move |target| ConnectRequest {
-                source: client.clone(),
-                hbone_addr,
-                expected_identities: vec![server_id.clone()],
-                target,
-                forwarded_for: None,
-                baggage: None,
-                traceparent: None,
+            request_to: Box::new(move |target| {
+                ConnectRequest::new(client.clone(), hbone_addr, vec![server_id.clone()], target)
             }),
             sink,
             echo,

@@ -78,13 +78,8 @@ async fn main() -> anyhow::Result<()> {
     let pool = Pool::new(PoolConfig::default(), Arc::new(TcpDialer));
     let original_client: SocketAddr = "10.0.0.7:40000".parse()?;
     let request = |source: &hbone::WorkloadCertificate, expected| ConnectRequest {
-        source: source.clone(),
-        hbone_addr,
-        expected_identities: vec![expected],
-        target: app,
         forwarded_for: Some(original_client),
-        baggage: None,
-        traceparent: None,
+        ..ConnectRequest::new(source.clone(), hbone_addr, vec![expected], app)
     };
     let mut tunnel = pool.connect(&request(&sleep, httpbin_id.clone())).await?;
     tunnel.write_all(b"hello from sleep").await?;

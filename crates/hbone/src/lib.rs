@@ -24,6 +24,7 @@ pub mod server;
 pub mod settings;
 pub mod splice;
 pub mod stream;
+mod sync;
 pub mod tls;
 
 pub use cert::{CertificateError, CertificateRequest, TrustBundle, WorkloadCertificate};

@@ -38,15 +38,7 @@ fn certs() -> Certs {
 }
 
 fn request(certs: &Certs, hbone_addr: SocketAddr, target: SocketAddr) -> ConnectRequest {
-    ConnectRequest {
-        source: certs.client.clone(),
-        hbone_addr,
-        expected_identities: vec![certs.server_id.clone()],
-        target,
-        forwarded_for: None,
-        baggage: None,
-        traceparent: None,
-    }
+    ConnectRequest::new(certs.client.clone(), hbone_addr, vec![certs.server_id.clone()], target)
 }
 
 fn pool() -> Pool {

@@ -65,15 +65,7 @@ fn request(
     hbone_addr: SocketAddr,
     target: SocketAddr,
 ) -> ConnectRequest {
-    ConnectRequest {
-        source: source.clone(),
-        hbone_addr,
-        expected_identities: expected,
-        target,
-        forwarded_for: None,
-        baggage: None,
-        traceparent: None,
-    }
+    ConnectRequest::new(source.clone(), hbone_addr, expected, target)
 }
 
 fn client_tls_error(outcome: &Outcome) -> &TlsError {

@@ -37,15 +37,12 @@ impl Fixture {
     }
 
     fn request(&self, target: SocketAddr) -> ConnectRequest {
-        ConnectRequest {
-            source: self.client.clone(),
-            hbone_addr: self.hbone_addr,
-            expected_identities: vec![self.server_id.clone()],
+        ConnectRequest::new(
+            self.client.clone(),
+            self.hbone_addr,
+            vec![self.server_id.clone()],
             target,
-            forwarded_for: None,
-            baggage: None,
-            traceparent: None,
-        }
+        )
     }
 
     /// Distinct HBONE connections the server has seen streams on.
@@ -377,15 +374,8 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
     };
     let config = PoolConfig { idle_timeout: Duration::from_secs(3600), h2, ..Default::default() };
     let pool = Pool::new(config, Arc::new(TcpDialer));
-    let request = ConnectRequest {
-        source: client,
-        hbone_addr: addr,
-        expected_identities: vec![server_id],
-        target: "127.0.0.1:9".parse().unwrap(),
-        forwarded_for: None,
-        baggage: None,
-        traceparent: None,
-    };
+    let request =
+        ConnectRequest::new(client, addr, vec![server_id], "127.0.0.1:9".parse().unwrap());
     let mut stream = pool.connect(&request).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while pool.connection_count() != 0 {

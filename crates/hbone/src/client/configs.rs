@@ -14,6 +14,7 @@ use mesh_core::Identity;
 use rustls::ClientConfig;
 
 use crate::cert::WorkloadCertificate;
+use crate::sync::lock;
 use crate::tls::{self, TlsError};
 
 /// Distinct (source, destinations) pairs kept; past this the cache starts
@@ -38,7 +39,7 @@ impl ClientConfigs {
         destinations: &[Identity],
     ) -> Result<Arc<ClientConfig>, TlsError> {
         let key = (cert.identity().clone(), destinations.to_vec());
-        let mut built = self.built.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut built = lock(&self.built);
         if let Some((presented, config)) = built.get(&key)
             && presented.is_same(cert)
         {
@@ -54,7 +55,7 @@ impl ClientConfigs {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.built.lock().map(|b| b.len()).unwrap_or(0)
+        lock(&self.built).len()
     }
 }
 

@@ -37,6 +37,29 @@ pub struct ConnectRequest {
     pub traceparent: Option<String>,
 }
 
+impl ConnectRequest {
+    /// A tunnel from `source` through the HBONE server at `hbone_addr`
+    /// (which must prove one of `expected_identities`) to `target`, with no
+    /// `Forwarded`, `baggage` or `traceparent` header; set those fields for
+    /// them.
+    pub fn new(
+        source: WorkloadCertificate,
+        hbone_addr: SocketAddr,
+        expected_identities: Vec<Identity>,
+        target: SocketAddr,
+    ) -> Self {
+        Self {
+            source,
+            hbone_addr,
+            expected_identities,
+            target,
+            forwarded_for: None,
+            baggage: None,
+            traceparent: None,
+        }
+    }
+}
+
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use super::open::{OpenError, connection_error, open_stream};
 use super::{ConnectError, ConnectRequest, Dialer};
 use crate::settings::{H2Settings, TLS_READ_BUFFER};
 use crate::stream::H2Stream;
+use crate::sync::lock;
 use crate::tls::{self, TlsError};
 
 /// Pool limits.
@@ -104,11 +105,6 @@ struct Conn {
 /// Counts one tunnel on a connection; dropped when the tunnel is.
 struct StreamToken {
     conn: Arc<Conn>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing we do under these locks can panic half-way; recover if it did.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 // === impl Pool ===

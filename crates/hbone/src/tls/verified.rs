@@ -85,9 +85,7 @@ impl std::fmt::Debug for VerifiedChains {
 
 impl VerifiedChains {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChainKey, Verified>> {
-        // A panic while holding the lock cannot leave the map half-written
-        // in a way that matters: every entry is inserted whole.
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.entries)
     }
 
     /// The identity of a chain verified before, if `now` is inside the

@@ -93,13 +93,8 @@ async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                 Err(e) => return fail(&ctx, &facts, Failure::NoCertificate, &e.to_string()),
             };
             let request = ConnectRequest {
-                source: cert,
-                hbone_addr: hbone,
-                expected_identities: identities,
-                target: authority,
                 forwarded_for: Some(peer),
-                baggage: None,
-                traceparent: None,
+                ..ConnectRequest::new(cert, hbone, identities, authority)
             };
             tunnel(&ctx, client, &request, facts).await;
         }
