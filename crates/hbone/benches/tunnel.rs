@@ -116,5 +116,56 @@ fn stream_open(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, throughput, stream_open);
+/// The mutual TLS handshake alone (TCP connect, handshake, one byte each
+/// way so the server has finished too and the client has read its ticket):
+/// full, and resuming the previous iteration's session.
+fn tls_handshake(c: &mut Criterion) {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let ca = TestCa::new("cluster.local");
+    let client = ca.issue(&ca.identity("bench", "client"));
+    let server_id = ca.identity("bench", "server");
+    let server_tls = hbone::tls::server_config_with_resumption(
+        &ca.issue(&server_id),
+        &[],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
+    let addr = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut byte = [0u8; 1];
+                    if tls.read_exact(&mut byte).await.is_ok() {
+                        let _ = tls.write_all(&byte).await;
+                        let _ = tls.flush().await;
+                    }
+                });
+            }
+        });
+        addr
+    });
+    let expected = std::slice::from_ref(&server_id);
+    let full = Arc::new(hbone::tls::client_config(&client, expected).unwrap());
+    let resuming = Arc::new(hbone::tls::client_config_with_resumption(&client, expected).unwrap());
+    let handshake = |config: Arc<rustls::ClientConfig>| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+        ping(tls).await;
+    };
+    let mut group = c.benchmark_group("tls_handshake");
+    group.bench_function("full", |b| b.to_async(&rt).iter(|| handshake(full.clone())));
+    group.bench_function("resumed", |b| b.to_async(&rt).iter(|| handshake(resuming.clone())));
+    group.finish();
+}
+
+criterion_group!(benches, throughput, stream_open, tls_handshake);
 criterion_main!(benches);

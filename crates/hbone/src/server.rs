@@ -96,15 +96,16 @@ pub struct HboneServer<H> {
 }
 
 impl<H: ConnectHandler> HboneServer<H> {
-    /// A server presenting the certificate in `tls`.
-    pub fn new(tls: ServerConfig, handler: Arc<H>, settings: H2Settings) -> Self {
-        Self { tls: RwLock::new(TlsAcceptor::from(Arc::new(tls))), handler, settings }
+    /// A server presenting the certificate in `tls`. Servers may share one
+    /// configuration (its clients then resume TLS sessions across them).
+    pub fn new(tls: impl Into<Arc<ServerConfig>>, handler: Arc<H>, settings: H2Settings) -> Self {
+        Self { tls: RwLock::new(TlsAcceptor::from(tls.into())), handler, settings }
     }
 
     /// Replaces the TLS configuration (certificate rotation). Connections
     /// already open keep theirs.
-    pub fn set_tls_config(&self, tls: ServerConfig) {
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
+    pub fn set_tls_config(&self, tls: impl Into<Arc<ServerConfig>>) {
+        let acceptor = TlsAcceptor::from(tls.into());
         match self.tls.write() {
             Ok(mut guard) => *guard = acceptor,
             Err(poisoned) => *poisoned.into_inner() = acceptor,
@@ -164,6 +165,7 @@ impl<H: ConnectHandler> HboneServer<H> {
             let (_, conn) = tls.get_ref();
             tls::check_alpn(conn.alpn_protocol())
                 .map_err(|source| ServeError::Tls { peer, source })?;
+            tls::check_resumed(conn, None).map_err(|source| ServeError::Tls { peer, source })?;
             let peer_identity = tls::peer_identity(conn.peer_certificates())
                 .map_err(|source| ServeError::Tls { peer, source })?;
             let h2 = self

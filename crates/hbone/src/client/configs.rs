@@ -23,13 +23,21 @@ const MAX_CONFIGS: usize = 1024;
 
 type ConfigKey = (Identity, Vec<Identity>);
 
-/// Built configurations, each with the certificate it presents.
+/// Built configurations, each with the certificate it presents. Each also
+/// holds the TLS sessions won with it, when resuming: that is what scopes a
+/// session to the identities it was verified against.
 #[derive(Default)]
 pub(super) struct ClientConfigs {
+    resume: bool,
     built: Mutex<HashMap<ConfigKey, (WorkloadCertificate, Arc<ClientConfig>)>>,
 }
 
 impl ClientConfigs {
+    /// Configurations that resume TLS sessions if `resume`.
+    pub(super) fn new(resume: bool) -> Self {
+        Self { resume, built: Mutex::default() }
+    }
+
     /// The configuration presenting `cert` and accepting only
     /// `destinations` (sorted and deduplicated by the caller), built on
     /// first use and again after the certificate changed.
@@ -45,7 +53,12 @@ impl ClientConfigs {
         {
             return Ok(config.clone());
         }
-        let config = Arc::new(tls::client_config(cert, destinations)?);
+        let config = if self.resume {
+            tls::client_config_with_resumption(cert, destinations)?
+        } else {
+            tls::client_config(cert, destinations)?
+        };
+        let config = Arc::new(config);
         if built.len() >= MAX_CONFIGS && !built.contains_key(&key) {
             built.clear();
         }

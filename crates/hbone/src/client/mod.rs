@@ -35,13 +35,20 @@ pub struct ConnectRequest {
     pub baggage: Option<String>,
     /// W3C `traceparent`, passed on.
     pub traceparent: Option<String>,
+    /// Names the proxy behind `hbone_addr` when one proxy serves several
+    /// addresses (a node's ztunnel serves every pod on its node): a TLS
+    /// session won with one of them is resumed with the others. `None`
+    /// scopes sessions to `hbone_addr`. A wrong name costs only the
+    /// resumption: a server that cannot read the ticket does a full
+    /// handshake. Never sent on the wire.
+    pub peer_proxy: Option<String>,
 }
 
 impl ConnectRequest {
     /// A tunnel from `source` through the HBONE server at `hbone_addr`
     /// (which must prove one of `expected_identities`) to `target`, with no
-    /// `Forwarded`, `baggage` or `traceparent` header; set those fields for
-    /// them.
+    /// `Forwarded`, `baggage` or `traceparent` header and sessions resumed
+    /// with `hbone_addr` only; set those fields to change that.
     pub fn new(
         source: WorkloadCertificate,
         hbone_addr: SocketAddr,
@@ -56,6 +63,7 @@ impl ConnectRequest {
             forwarded_for: None,
             baggage: None,
             traceparent: None,
+            peer_proxy: None,
         }
     }
 }

@@ -34,6 +34,10 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// HTTP/2 settings of pooled connections.
     pub h2: H2Settings,
+    /// Resume TLS sessions with servers that issue tickets: a new connection
+    /// to a peer proxy seen before skips the certificate signatures and
+    /// checks (`tls/resumption.rs` says why that stays sound).
+    pub resume_sessions: bool,
 }
 
 impl Default for PoolConfig {
@@ -42,6 +46,7 @@ impl Default for PoolConfig {
             max_streams_per_connection: 100,
             idle_timeout: Duration::from_secs(60),
             h2: H2Settings::default(),
+            resume_sessions: true,
         }
     }
 }
@@ -80,6 +85,7 @@ struct PoolInner {
     tls: ClientConfigs,
     next_id: AtomicU64,
     opened: AtomicU64,
+    resumed: AtomicU64,
     /// Dropped with the pool: tells connection tasks to close once idle.
     alive: tokio::sync::watch::Sender<()>,
 }
@@ -112,14 +118,16 @@ struct StreamToken {
 impl Pool {
     /// An empty pool dialing with `dialer`.
     pub fn new(config: PoolConfig, dialer: Arc<dyn Dialer>) -> Self {
+        let resume_sessions = config.resume_sessions;
         Self {
             inner: Arc::new(PoolInner {
                 config,
                 dialer,
                 entries: Mutex::new(HashMap::new()),
-                tls: ClientConfigs::default(),
+                tls: ClientConfigs::new(resume_sessions),
                 next_id: AtomicU64::new(0),
                 opened: AtomicU64::new(0),
+                resumed: AtomicU64::new(0),
                 alive: tokio::sync::watch::Sender::new(()),
             }),
         }
@@ -183,6 +191,11 @@ impl Pool {
         self.inner.opened.load(Ordering::Relaxed)
     }
 
+    /// Of those, the ones whose TLS handshake resumed an earlier session.
+    pub fn sessions_resumed(&self) -> u64 {
+        self.inner.resumed.load(Ordering::Relaxed)
+    }
+
     async fn checkout_or_dial(
         &self,
         key: &PoolKey,
@@ -202,7 +215,7 @@ impl Pool {
             .tls
             .get(&request.source, &key.destinations)
             .map_err(|source| ConnectError::Tls { addr: key.addr, source })?;
-        let conn = self.dial(key, tls).await?;
+        let conn = self.dial(key, server_name(request), tls).await?;
         let token = conn.take();
         lock(&entry.conns).push(conn);
         Ok((token, true))
@@ -211,6 +224,7 @@ impl Pool {
     async fn dial(
         &self,
         key: &PoolKey,
+        server_name: ServerName<'static>,
         tls_config: Arc<rustls::ClientConfig>,
     ) -> Result<Arc<Conn>, ConnectError> {
         let addr = key.addr;
@@ -224,10 +238,13 @@ impl Pool {
                 .map_err(|source| ConnectError::Dial { addr, source })?;
             let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
             let tls = TlsConnector::from(tls_config)
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .connect(server_name, tcp)
                 .await
                 .map_err(|e| ConnectError::Tls { addr, source: TlsError::from_io(e) })?;
-            tls::check_alpn(tls.get_ref().1.alpn_protocol())
+            let session = tls.get_ref().1;
+            tls::check_alpn(session.alpn_protocol())
+                .map_err(|source| ConnectError::Tls { addr, source })?;
+            let resumed = tls::check_resumed(session, Some(&key.destinations))
                 .map_err(|source| ConnectError::Tls { addr, source })?;
             let (io, io_error) = CaptureErrors::new(tls);
             h2::client::Builder::new()
@@ -237,10 +254,10 @@ impl Pool {
                 .enable_push(false)
                 .handshake::<_, Bytes>(io)
                 .await
-                .map(|(send, connection)| (send, connection, io_error))
+                .map(|(send, connection)| (send, connection, io_error, resumed))
                 .map_err(|source| ConnectError::H2 { addr, source })
         };
-        let (send, mut connection, io_error) =
+        let (send, mut connection, io_error, resumed) =
             tokio::time::timeout(settings.handshake_timeout, handshake)
                 .await
                 .map_err(|_| ConnectError::HandshakeTimeout(addr))??;
@@ -253,7 +270,10 @@ impl Pool {
             io_error,
         });
         self.inner.opened.fetch_add(1, Ordering::Relaxed);
-        debug!(%addr, id = conn.id, source = %key.source, "HBONE connection opened");
+        if resumed {
+            self.inner.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(%addr, id = conn.id, source = %key.source, resumed, "HBONE connection opened");
 
         let ping_pong = connection.ping_pong();
         let driver = Driver {
@@ -284,6 +304,17 @@ impl std::fmt::Debug for Pool {
             .field("connections", &self.connection_count())
             .finish()
     }
+}
+
+/// The name the TLS session store knows the server by (never sent: SNI is
+/// off): the peer proxy's, so that sessions resume across the addresses it
+/// serves, or else the address.
+fn server_name(request: &ConnectRequest) -> ServerName<'static> {
+    request
+        .peer_proxy
+        .as_deref()
+        .and_then(|name| ServerName::try_from(name.to_string()).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(request.hbone_addr.ip().into()))
 }
 
 /// A tunnel's first bytes: read once, when first needed, and kept for a

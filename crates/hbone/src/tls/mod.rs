@@ -2,10 +2,13 @@
 //! required both ways, peers identified by SPIFFE URI SANs.
 
 mod error;
+mod resumption;
+mod server_configs;
 mod verified;
 mod verify;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mesh_core::Identity;
 use rustls::crypto::CryptoProvider;
@@ -16,6 +19,9 @@ use rustls_pki_types::CertificateDer;
 use crate::cert::{TrustBundle, WorkloadCertificate, identity_of};
 
 pub use error::TlsError;
+pub use resumption::MAX_TICKET_LIFETIME;
+pub use resumption::check_resumed;
+pub use server_configs::ServerConfigs;
 pub(crate) use verified::VerifiedChains;
 
 /// The only application protocol HBONE speaks.
@@ -45,7 +51,18 @@ pub fn client_config(
     cert: &WorkloadCertificate,
     expected: &[Identity],
 ) -> Result<ClientConfig, TlsError> {
-    build_client_config(cert.roots(), Some(cert), expected)
+    build_client_config(cert.roots(), Some(cert), expected, false)
+}
+
+/// Like [`client_config`], remembering sessions to resume them: one per
+/// server name, in this configuration only (see `tls/resumption.rs` for why
+/// that keeps the identity check sound). A caller resuming must check each
+/// resumed connection with [`check_resumed`]; the pool does.
+pub fn client_config_with_resumption(
+    cert: &WorkloadCertificate,
+    expected: &[Identity],
+) -> Result<ClientConfig, TlsError> {
+    build_client_config(cert.roots(), Some(cert), expected, true)
 }
 
 /// Client configuration for a caller that has no mesh certificate yet (a
@@ -55,13 +72,14 @@ pub fn client_config_without_cert(
     roots: &TrustBundle,
     expected: &[Identity],
 ) -> Result<ClientConfig, TlsError> {
-    build_client_config(roots, None, expected)
+    build_client_config(roots, None, expected, false)
 }
 
 fn build_client_config(
     roots: &TrustBundle,
     cert: Option<&WorkloadCertificate>,
     expected: &[Identity],
+    resume: bool,
 ) -> Result<ClientConfig, TlsError> {
     if expected.is_empty() {
         return Err(TlsError::NoExpectedIdentity);
@@ -85,11 +103,18 @@ fn build_client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    // A resumed TLS 1.3 session skips certificate verification, so it would
-    // skip the identity check too: a ticket won for one destination identity
-    // could be replayed for a pool key expecting another at the same IP.
-    // HBONE connections are pooled and long lived; full handshakes cost little.
-    config.resumption = rustls::client::Resumption::disabled();
+    // Server names only key the session store (peers are told apart by
+    // identity): never send one.
+    config.enable_sni = false;
+    // A resumed session skips certificate verification, so it would skip
+    // the identity check too: only sound with a store scoped to this
+    // configuration's expected identities (`tls/resumption.rs`).
+    config.resumption = if resume {
+        rustls::client::Resumption::store(Arc::new(resumption::SessionStore::default()))
+            .tls12_resumption(rustls::client::Tls12Resumption::Disabled)
+    } else {
+        rustls::client::Resumption::disabled()
+    };
     Ok(config)
 }
 
@@ -101,6 +126,25 @@ pub fn server_config(
     extra_trust_domains: &[String],
 ) -> Result<ServerConfig, TlsError> {
     build_server_config(cert, extra_trust_domains, true)
+}
+
+/// Like [`server_config`], and issuing one session ticket per handshake,
+/// valid for `ticket_lifetime` (at most [`MAX_TICKET_LIFETIME`]) and never
+/// past `cert`'s expiry. Tickets are encrypted with keys of this
+/// configuration only: share one configuration between the servers of one
+/// identity for their clients to resume across them. Resumed connections are
+/// checked by [`crate::HboneServer`] (the client certificate remembered in the
+/// session must still be valid).
+pub fn server_config_with_resumption(
+    cert: &WorkloadCertificate,
+    extra_trust_domains: &[String],
+    ticket_lifetime: Duration,
+) -> Result<ServerConfig, TlsError> {
+    let mut config = build_server_config(cert, extra_trust_domains, true)?;
+    config.ticketer =
+        Arc::new(resumption::SessionTickets::new(ticket_lifetime, cert.info().not_after)?);
+    config.send_tls13_tickets = 1;
+    Ok(config)
 }
 
 /// Like [`server_config`], but a client may also connect without a
@@ -135,7 +179,8 @@ fn build_server_config(
         .with_single_cert(cert.chain().to_vec(), cert.key().clone_key())
         .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    // No session tickets or cache: see `client_config`.
+    // No tickets or session cache unless asked for
+    // (`server_config_with_resumption`).
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(config)
