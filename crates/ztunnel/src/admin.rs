@@ -44,6 +44,11 @@ impl AdminRoute {
             "pods": self.ztunnel.pods().iter().map(|p| json!({
                 "uid": p.uid, "name": p.name, "namespace": p.namespace,
                 "serviceAccount": p.service_account,
+                "hbonePool": self.ztunnel.pod_pool(&p.uid).map(|pool| json!({
+                    "connectionsOpen": pool.connection_count(),
+                    "connectionsOpened": pool.connections_opened(),
+                    "tlsSessionsResumed": pool.sessions_resumed(),
+                })),
             })).collect::<Vec<_>>(),
             "config": {
                 "trustDomain": shared.config.trust_domain,
@@ -56,6 +61,8 @@ impl AdminRoute {
                 },
                 "drainDeadlineSeconds": shared.config.drain_deadline.as_secs_f64(),
                 "dnsUpstream": shared.config.dns.upstream.map(|a| a.to_string()),
+                "poolMaxStreamsPerConnection": shared.config.pool.max_streams_per_connection,
+                "tlsSessionTicketSeconds": shared.config.session_ticket_lifetime.map_or(0, |d| d.as_secs()),
             },
         })
     }

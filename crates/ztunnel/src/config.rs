@@ -47,6 +47,11 @@ impl Default for DnsConfig {
     }
 }
 
+/// How long a TLS session may be resumed after its full handshake: long
+/// enough for a client that comes back every few minutes, well inside a
+/// workload certificate's life (a day, renewed at half).
+pub const DEFAULT_SESSION_TICKET_LIFETIME: Duration = Duration::from_secs(3600);
+
 /// What the per-pod proxies need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
@@ -64,8 +69,12 @@ pub struct ProxyConfig {
     pub drain_deadline: Duration,
     /// DNS proxy.
     pub dns: DnsConfig,
-    /// Each pod's HBONE client pool.
+    /// Each pod's HBONE client pool (whether it resumes TLS sessions is
+    /// in here too).
     pub pool: hbone::PoolConfig,
+    /// How long the session tickets pods' HBONE servers issue are valid
+    /// (`None`: no tickets, every client does a full handshake).
+    pub session_ticket_lifetime: Option<Duration>,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +88,7 @@ impl Default for ProxyConfig {
             drain_deadline: Duration::from_secs(30),
             dns: DnsConfig::default(),
             pool: hbone::PoolConfig::default(),
+            session_ticket_lifetime: Some(DEFAULT_SESSION_TICKET_LIFETIME),
         }
     }
 }

@@ -35,7 +35,7 @@ use proxy_core::connections::ConnectionTracker;
 use proxy_core::store::WorkloadStore;
 use proxy_core::tcp_metrics::TcpMetrics;
 
-pub use config::{DnsConfig, PodPorts, ProxyConfig};
+pub use config::{DEFAULT_SESSION_TICKET_LIFETIME, DnsConfig, PodPorts, ProxyConfig};
 pub use pod::{PodError, PodSpec};
 
 /// What every pod's proxy shares.
@@ -50,6 +50,9 @@ pub struct Shared {
     pub metrics: TcpMetrics,
     /// Settings.
     pub config: ProxyConfig,
+    /// HBONE server TLS configurations, one per pod identity: pods of one
+    /// identity share it, so a client's session resumes across them.
+    pub server_tls: hbone::tls::ServerConfigs,
     round_robin: AtomicUsize,
 }
 
@@ -66,6 +69,7 @@ impl Shared {
             certs,
             connections: ConnectionTracker::new(),
             metrics,
+            server_tls: hbone::tls::ServerConfigs::new(config.session_ticket_lifetime),
             config,
             round_robin: AtomicUsize::new(0),
         })
@@ -99,6 +103,11 @@ impl Ztunnel {
         let mut all: Vec<_> = self.lock().values().map(|p| p.spec().clone()).collect();
         all.sort_by(|a, b| a.uid.cmp(&b.uid));
         all
+    }
+
+    /// A served pod's HBONE client pool (its connections and counters).
+    pub fn pod_pool(&self, uid: &str) -> Option<hbone::Pool> {
+        self.lock().get(uid).map(|p| p.pool().clone())
     }
 
     /// Whether a pod is served.

@@ -69,6 +69,7 @@ pub(crate) struct RunningPod {
     stop: CancellationToken,
     kill: CancellationToken,
     lease: CertificateLease,
+    pool: Pool,
 }
 
 impl RunningPod {
@@ -110,7 +111,7 @@ impl RunningPod {
             identity,
             sockets,
             original_dst,
-            pool,
+            pool: pool.clone(),
             kill: kill.clone(),
         });
         let span = info_span!("pod", uid = %spec.uid, name = %spec.name, ns = %spec.namespace);
@@ -128,11 +129,16 @@ impl RunningPod {
             tokio::spawn(crate::dns::serve(ctx, dns, stop.clone()).instrument(span.clone()));
         }
         span.in_scope(|| info!(listen_ip = %listen_ip, "pod added"));
-        Ok(Self { spec, stop, kill, lease })
+        Ok(Self { spec, stop, kill, lease, pool })
     }
 
     pub(crate) fn spec(&self) -> &PodSpec {
         &self.spec
+    }
+
+    /// The pod's HBONE client pool.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     pub(crate) fn stop_listeners(&self) {

@@ -32,6 +32,7 @@ fn every_bad_value_is_named_at_once() {
         .args(["--node-name", "node-a", "--root-cert", "/nonexistent/root.pem"])
         .args(["--control-plane-identity", "not-spiffe", "--xds-address", "nowhere"])
         .args(["--worker-threads", "0", "--pool-max-streams-per-connection", "0"])
+        .args(["--tls-session-ticket-seconds", "604801"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
@@ -42,6 +43,7 @@ fn every_bad_value_is_named_at_once() {
         "XDS_ADDRESS",
         "WORKER_THREADS",
         "POOL_MAX_STREAMS_PER_CONNECTION",
+        "TLS_SESSION_TICKET_SECONDS",
     ] {
         assert!(stderr.contains(name), "{name} missing from:\n{stderr}");
     }

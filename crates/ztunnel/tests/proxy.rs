@@ -482,3 +482,74 @@ async fn a_failed_tunnel_resets_a_client_that_already_sent() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     assert!(out.is_empty());
 }
+
+/// A client on node a, and two pods of one service account on node b.
+async fn two_pods_of_one_identity(
+    net: u8,
+    b_config: ztunnel::ProxyConfig,
+) -> (TwoNodes, SocketAddr) {
+    let store = WorkloadStore::new();
+    let ca = FakeCa::new();
+    let client_ip = ip(&format!("127.21.{net}.1"));
+    let server_ip = ip(&format!("127.21.{net}.2"));
+    let twin_ip = ip(&format!("127.21.{net}.3"));
+    put(
+        &store,
+        Address::Workload(Box::new(
+            workload("sleep", "apps", client_ip).service_account("sleep").build(),
+        )),
+    );
+    for (name, pod_ip) in [("web", server_ip), ("web-2", twin_ip)] {
+        let pod = workload(name, "apps", pod_ip).service_account("web").node("node-b").build();
+        put(&store, Address::Workload(Box::new(pod)));
+    }
+    let a = Node::new(store.clone(), ca.clone());
+    let b = Node::with_config(store.clone(), ca, b_config);
+    a.add_pod("sleep", "apps", "sleep", client_ip);
+    b.add_pod("web", "apps", "web", server_ip);
+    b.add_pod("web-2", "apps", "web", twin_ip);
+    a.ready().await;
+    b.ready().await;
+    (TwoNodes { store, a, b, client_ip, server_ip }, SocketAddr::new(twin_ip, 8080))
+}
+
+#[tokio::test]
+async fn a_new_pod_on_a_known_node_resumes_the_tls_session_and_keeps_identities() {
+    let (m, twin) = two_pods_of_one_identity(16, support::config()).await;
+    let first = echo_on(m.server_ip, 8080).await;
+    let second = echo_on(twin.ip(), twin.port()).await;
+    assert_eq!(round_trip(m.connect(first).await, b"one").await, b"one");
+    assert_eq!(round_trip(m.connect(second).await, b"two").await, b"two");
+    let pool = m.a.ztunnel.pod_pool(&support::uid("apps", "sleep")).unwrap();
+    assert_eq!(pool.connections_opened(), 2, "one HBONE connection per pod");
+    assert_eq!(
+        pool.sessions_resumed(),
+        1,
+        "the second pod's connection resumed the first's session"
+    );
+    m.b.idle().await;
+    let resumed_side = [
+        ("reporter", "destination"),
+        ("destination_workload", "web-2"),
+        ("source_principal", "spiffe://cluster.local/ns/apps/sa/sleep"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(
+        m.b.sample("istio_tcp_connections_opened_total", &resumed_side),
+        1,
+        "{}",
+        m.b.metrics()
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_issues_no_tickets_gets_full_handshakes() {
+    let config = ztunnel::ProxyConfig { session_ticket_lifetime: None, ..support::config() };
+    let (m, twin) = two_pods_of_one_identity(17, config).await;
+    let first = echo_on(m.server_ip, 8080).await;
+    let second = echo_on(twin.ip(), twin.port()).await;
+    assert_eq!(round_trip(m.connect(first).await, b"one").await, b"one");
+    assert_eq!(round_trip(m.connect(second).await, b"two").await, b"two");
+    let pool = m.a.ztunnel.pod_pool(&support::uid("apps", "sleep")).unwrap();
+    assert_eq!((pool.connections_opened(), pool.sessions_resumed()), (2, 0));
+}

@@ -20,7 +20,8 @@ use crate::telemetry::{ConnectionFacts, Failure, Reporter};
 use crate::tracked::{Tracked, report_failure};
 
 /// Serves HBONE once the pod's certificate is there; swaps the TLS
-/// configuration on every rotation (open connections keep theirs).
+/// configuration on every rotation (open connections keep theirs). Pods of
+/// one identity share their configuration (`Shared::server_tls`).
 pub(crate) async fn serve_hbone(
     ctx: Arc<PodContext>,
     listener: TcpListener,
@@ -39,7 +40,7 @@ pub(crate) async fn serve_hbone(
         },
     };
     let Some(first) = first else { return };
-    let tls = match hbone::tls::server_config(&first, &[]) {
+    let tls = match ctx.shared.server_tls.get(&first, &[]) {
         Ok(tls) => tls,
         Err(e) => {
             warn!(error = %e, "cannot build the HBONE TLS configuration");
@@ -54,7 +55,7 @@ pub(crate) async fn serve_hbone(
             while certs.changed().await.is_ok() {
                 let current = certs.borrow_and_update().current.clone();
                 if let Some(cert) = current {
-                    match hbone::tls::server_config(&cert, &[]) {
+                    match ctx.shared.server_tls.get(&cert, &[]) {
                         Ok(tls) => {
                             server.set_tls_config(tls);
                             info!(serial = %cert.info().serial, "HBONE certificate rotated");

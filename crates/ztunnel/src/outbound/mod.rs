@@ -86,7 +86,7 @@ async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                 Err(_) => fail(&ctx, &facts, Failure::UpstreamConnect, "connect timed out"),
             }
         }
-        Plan::Tunnel { hbone, authority, identities, via_waypoint: _, destination } => {
+        Plan::Tunnel { hbone, authority, identities, via_waypoint: _, peer_proxy, destination } => {
             describe(&mut facts, &destination, hbone, true, identities.first());
             let cert = match shared.certs.get(&ctx.identity).await {
                 Ok(cert) => cert,
@@ -94,6 +94,7 @@ async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             };
             let request = ConnectRequest {
                 forwarded_for: Some(peer),
+                peer_proxy,
                 ..ConnectRequest::new(cert, hbone, identities, authority)
             };
             tunnel(&ctx, client, &request, facts).await;

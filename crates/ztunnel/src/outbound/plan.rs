@@ -51,6 +51,9 @@ pub enum Plan {
         identities: Vec<Identity>,
         /// Whether the tunnel leads to a waypoint.
         via_waypoint: bool,
+        /// The proxy serving `hbone` with other addresses (the node's
+        /// ztunnel, named by the node), so TLS sessions resume across them.
+        peer_proxy: Option<String>,
         /// For telemetry.
         destination: Destination,
     },
@@ -233,6 +236,8 @@ fn via_waypoint(
         authority: original,
         identities: vec![workload.identity.clone()],
         via_waypoint: true,
+        // A waypoint serves HBONE itself, at its own address.
+        peer_proxy: None,
         destination,
     })
 }
@@ -264,6 +269,10 @@ fn to_workload(
     let hbone = SocketAddr::new(target.ip(), hbone_port);
     let identity = workload.identity.clone();
     let in_mesh = workload.protocol == TunnelProtocol::Hbone;
+    // A captured pod's HBONE is served by its node's ztunnel, like every pod
+    // on that node; a workload with its own tunnel serves it itself.
+    let peer_proxy =
+        (!workload.native_tunnel && !workload.node.is_empty()).then(|| workload.node.clone());
     let destination = Destination { service, workload: Some(workload) };
     if in_mesh {
         Plan::Tunnel {
@@ -271,6 +280,7 @@ fn to_workload(
             authority: target,
             identities: vec![identity],
             via_waypoint: false,
+            peer_proxy,
             destination,
         }
     } else {

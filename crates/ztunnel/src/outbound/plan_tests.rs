@@ -70,6 +70,32 @@ fn pod_ip_in_the_mesh_is_tunnelled_to_its_15008_expecting_its_identity() {
     assert!(!via);
 }
 
+fn peer_proxy(plan: Plan) -> Option<String> {
+    match plan {
+        Plan::Tunnel { peer_proxy, .. } => peer_proxy,
+        other => panic!("expected a tunnel, got {other:?}"),
+    }
+}
+
+#[test]
+fn tunnels_to_captured_pods_name_the_node_proxy_and_others_do_not() {
+    let mut native = workload("gw", "apps", ip("10.0.1.7")).node("node-b").build();
+    native.native_tunnel = true;
+    let mut nodeless = workload("vm", "apps", ip("10.0.1.8")).build();
+    nodeless.node.clear();
+    let st = store(vec![
+        w(workload("web", "apps", ip("10.0.1.5")).node("node-b")),
+        Address::Workload(Box::new(native)),
+        Address::Workload(Box::new(nodeless)),
+        w(workload("db", "apps", ip("10.0.1.9")).node("node-b").waypoint(ip("10.0.3.3"))),
+        w(workload("waypoint", "apps", ip("10.0.3.3")).node("node-c")),
+    ]);
+    assert_eq!(peer_proxy(run(&st, "10.0.1.5:80").unwrap()).as_deref(), Some("node-b"));
+    assert_eq!(peer_proxy(run(&st, "10.0.1.7:80").unwrap()), None, "serves its own tunnel");
+    assert_eq!(peer_proxy(run(&st, "10.0.1.8:80").unwrap()), None, "node unknown");
+    assert_eq!(peer_proxy(run(&st, "10.0.1.9:80").unwrap()), None, "a waypoint is its own");
+}
+
 #[test]
 fn outside_the_mesh_passes_through_unchanged() {
     let st = store(vec![w(workload("legacy", "old", ip("10.0.1.6")).plaintext())]);

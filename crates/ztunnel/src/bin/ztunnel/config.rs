@@ -82,6 +82,11 @@ pub(crate) struct Flags {
     /// spread one destination's traffic over more cores).
     #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", default_value = "100")]
     pool_max_streams_per_connection: usize,
+    /// How long a TLS session between proxies may be resumed after its full
+    /// handshake, in seconds (up to 604800, TLS 1.3's limit); 0 turns
+    /// resumption off, both the tickets pods' servers issue and their use.
+    #[arg(long, env = "TLS_SESSION_TICKET_SECONDS", default_value_t = ztunnel::DEFAULT_SESSION_TICKET_LIFETIME.as_secs())]
+    tls_session_ticket_seconds: u64,
     /// Tokio worker threads.
     #[arg(long, env = "WORKER_THREADS", default_value = "2")]
     worker_threads: usize,
@@ -150,6 +155,13 @@ impl Flags {
         if self.pool_max_streams_per_connection == 0 {
             problems.push("  POOL_MAX_STREAMS_PER_CONNECTION=0: need at least 1".into());
         }
+        if self.tls_session_ticket_seconds > hbone::tls::MAX_TICKET_LIFETIME.as_secs() {
+            problems.push(format!(
+                "  TLS_SESSION_TICKET_SECONDS={}: at most {} (7 days) expected, or 0 for no resumption",
+                self.tls_session_ticket_seconds,
+                hbone::tls::MAX_TICKET_LIFETIME.as_secs()
+            ));
+        }
         if self.worker_threads == 0 {
             problems.push("  WORKER_THREADS=0: need at least 1".into());
         }
@@ -180,6 +192,8 @@ impl Flags {
         else {
             return Err(problems.join("\n"));
         };
+        let session_ticket_lifetime = (self.tls_session_ticket_seconds > 0)
+            .then(|| Duration::from_secs(self.tls_session_ticket_seconds));
         let config = AppConfig {
             node_name: self.node_name,
             proxy: ProxyConfig {
@@ -197,8 +211,10 @@ impl Flags {
                 },
                 pool: hbone::PoolConfig {
                     max_streams_per_connection: self.pool_max_streams_per_connection,
+                    resume_sessions: session_ticket_lifetime.is_some(),
                     ..hbone::PoolConfig::default()
                 },
+                session_ticket_lifetime,
             },
             control_plane: ControlPlaneConfig {
                 xds,
