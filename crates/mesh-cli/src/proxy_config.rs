@@ -1,4 +1,4 @@
-//! `meshctl proxy-config workloads|services|policies|certificates|connections --node N`.
+//! `meshctl proxy-config workloads|services|policies|certificates|pods|connections --node N`.
 
 use anyhow::Context;
 use clap::ValueEnum;
@@ -10,6 +10,8 @@ pub(crate) enum What {
     Services,
     Policies,
     Certificates,
+    /// Pods the node's ztunnel serves, with their HBONE client pools.
+    Pods,
     Connections,
 }
 
@@ -58,6 +60,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         What::Services => dump["services"].clone(),
         What::Policies => dump["policies"].clone(),
         What::Certificates => dump["certificates"].clone(),
+        What::Pods => dump["pods"].clone(),
         What::Connections => dump,
     };
     match args.output {
@@ -99,6 +102,14 @@ pub(crate) fn table(what: What, items: &Value) -> String {
             ("PODS", "pods"),
             ("SERIAL", "certificate.serial"),
             ("NOT AFTER", "certificate.notAfter"),
+        ],
+        What::Pods => &[
+            ("NAMESPACE", "namespace"),
+            ("NAME", "name"),
+            ("SERVICE ACCOUNT", "serviceAccount"),
+            ("HBONE OPEN", "hbonePool.connectionsOpen"),
+            ("HBONE OPENED", "hbonePool.connectionsOpened"),
+            ("TLS RESUMED", "hbonePool.tlsSessionsResumed"),
         ],
         What::Connections => &[
             ("DIRECTION", "direction"),
@@ -176,5 +187,18 @@ mod tests {
                 && lines[1].ends_with("-"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn pods_show_their_pools() {
+        let items = serde_json::json!([
+            {"namespace": "apps", "name": "sleep", "serviceAccount": "sleep",
+             "hbonePool": {"connectionsOpen": 2, "connectionsOpened": 5, "tlsSessionsResumed": 3}}
+        ]);
+        let out = table(What::Pods, &items);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].ends_with("HBONE OPEN  HBONE OPENED  TLS RESUMED"), "{out}");
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells, ["apps", "sleep", "sleep", "2", "5", "3"], "{out}");
     }
 }
