@@ -18,9 +18,13 @@ pub(crate) const TLS_READ_BUFFER: usize = 64 * 1024;
 /// - `stream_window` 1 MiB: one stream fills 8 Gbit/s at a 1 ms round trip
 ///   (bandwidth × delay) without waiting for WINDOW_UPDATEs; h2's 64 KiB
 ///   default caps a stream at ~60 MB/s there.
-/// - `connection_window` 4 MiB: four streams at full speed before the shared
+/// - `connection_window` 2 MiB: two streams at full speed before the shared
 ///   window throttles them; it is also the most a peer can make us buffer
-///   for one connection when our applications read slowly.
+///   for one connection when our applications read slowly. A single stream
+///   is bound by its own window, so this only matters for several; the pool
+///   opens another connection every 32 streams (`PoolConfig`), so 64 busy
+///   streams to one destination get two connections (two tasks, two cores)
+///   holding the 4 MiB one connection used to.
 /// - `max_frame_size` 64 KiB: four TLS records. Our own frames are at most
 ///   that (see [`crate::splice`]); a larger limit only lets a peer make us
 ///   allocate larger frame buffers.
@@ -46,7 +50,7 @@ impl Default for H2Settings {
     fn default() -> Self {
         Self {
             stream_window: 1024 * 1024,
-            connection_window: 4 * 1024 * 1024,
+            connection_window: 2 * 1024 * 1024,
             max_frame_size: 64 * 1024,
             max_concurrent_streams: 2048,
             keepalive_interval: Duration::from_secs(10),

@@ -29,6 +29,8 @@ use crate::tls::{self, TlsError};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Tunnels one connection carries before another is opened for the key.
+    /// Each connection's TLS and HTTP/2 work is one task, so this is also
+    /// how many tunnels to one destination share a core.
     pub max_streams_per_connection: usize,
     /// A connection with no tunnel for this long is closed.
     pub idle_timeout: Duration,
@@ -43,7 +45,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            max_streams_per_connection: 100,
+            max_streams_per_connection: 32,
             idle_timeout: Duration::from_secs(60),
             h2: H2Settings::default(),
             resume_sessions: true,

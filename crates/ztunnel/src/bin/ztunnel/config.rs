@@ -80,7 +80,7 @@ pub(crate) struct Flags {
     /// Tunnels one HBONE connection carries before another is opened to
     /// the same destination (each connection is one task: more connections
     /// spread one destination's traffic over more cores).
-    #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", default_value = "100")]
+    #[arg(long, env = "POOL_MAX_STREAMS_PER_CONNECTION", default_value = "32")]
     pool_max_streams_per_connection: usize,
     /// How long a TLS session between proxies may be resumed after its full
     /// handshake, in seconds (up to 604800, TLS 1.3's limit); 0 turns
