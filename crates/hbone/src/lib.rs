@@ -25,6 +25,8 @@ pub mod settings;
 pub mod splice;
 pub mod stream;
 mod sync;
+#[cfg(test)]
+mod test_certs;
 pub mod tls;
 
 pub use cert::{CertificateError, CertificateRequest, TrustBundle, WorkloadCertificate};

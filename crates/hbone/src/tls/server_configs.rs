@@ -71,19 +71,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::cert::TrustBundle;
-
-    /// A self-signed certificate for `sa`, its own root.
-    fn cert(sa: &str) -> WorkloadCertificate {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let uri = rcgen::string::Ia5String::try_from(format!("spiffe://td/ns/ns/sa/{sa}")).unwrap();
-        params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
-        let pem = params.self_signed(&key).unwrap().pem();
-        let roots = TrustBundle::from_pem(&pem).unwrap();
-        WorkloadCertificate::from_pem(&pem, &key.serialize_pem(), roots).unwrap()
-    }
+    use crate::test_certs::self_signed as cert;
 
     #[test]
     fn servers_of_one_certificate_share_a_configuration() {
