@@ -169,10 +169,7 @@ fn services_passthrough_server_first_dns_and_many_connections() {
     // that resumes the TLS session won with node-b for that identity.
     assert!(support::echoes(&sleep, addr(&c, "apps", "echo-twin", 8080)));
     let node_a = c.node("node-a").unwrap().netns.clone();
-    let (_, dump) =
-        localmesh::net::http_get(&node_a, "127.0.0.1:15000".parse().unwrap(), "/config_dump")
-            .unwrap();
-    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let dump = localmesh::net::ztunnel_admin_json(&node_a, "/config_dump").unwrap();
     let sleep_pod = dump["pods"].as_array().unwrap().iter().find(|p| p["name"] == "sleep").unwrap();
     let resumed = sleep_pod["hbonePool"]["tlsSessionsResumed"].as_u64().unwrap();
     assert!(resumed >= 1, "no TLS session resumed: {sleep_pod}");

@@ -165,9 +165,13 @@ impl<H: ConnectHandler> HboneServer<H> {
             let (_, conn) = tls.get_ref();
             tls::check_alpn(conn.alpn_protocol())
                 .map_err(|source| ServeError::Tls { peer, source })?;
-            tls::check_resumed(conn, None).map_err(|source| ServeError::Tls { peer, source })?;
-            let peer_identity = tls::peer_identity(conn.peer_certificates())
-                .map_err(|source| ServeError::Tls { peer, source })?;
+            // A resumed session's identity comes with its validity check.
+            let peer_identity = match tls::check_resumed(conn, None) {
+                Ok(Some(identity)) => Ok(identity),
+                Ok(None) => tls::peer_identity(conn.peer_certificates()),
+                Err(e) => Err(e),
+            }
+            .map_err(|source| ServeError::Tls { peer, source })?;
             let h2 = self
                 .h2_builder()
                 .handshake::<_, Bytes>(tls)

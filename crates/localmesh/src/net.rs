@@ -93,3 +93,15 @@ pub fn http_get(name: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u1
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
+
+/// The JSON a node's ztunnel serves on its admin port (`127.0.0.1:15000`,
+/// inside the node's namespace) at `path`, e.g. `/config_dump`.
+pub fn ztunnel_admin_json(node_netns: &str, path: &str) -> std::io::Result<serde_json::Value> {
+    let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
+    let (status, body) = http_get(node_netns, admin, path)?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!("ztunnel answered {status} for {path}: {body}")));
+    }
+    serde_json::from_str(&body)
+        .map_err(|e| std::io::Error::other(format!("ztunnel's {path} is not JSON: {e}")))
+}

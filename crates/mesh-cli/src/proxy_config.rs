@@ -46,15 +46,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .find(|n| n.name == args.node)
         .ok_or_else(|| anyhow::anyhow!("no node {} in cluster {}", args.node, args.name))?;
-    let admin = "127.0.0.1:15000".parse()?;
     let path = match args.what {
         What::Connections => "/debug/connections",
         _ => "/config_dump",
     };
-    let (status, body) = localmesh::net::http_get(&node.netns, admin, path)
-        .with_context(|| format!("asking ztunnel on {} ({path})", args.node))?;
-    anyhow::ensure!(status == 200, "ztunnel on {} answered {status}: {body}", args.node);
-    let dump: Value = serde_json::from_str(&body).context("ztunnel's answer is not JSON")?;
+    let dump = localmesh::net::ztunnel_admin_json(&node.netns, path)
+        .with_context(|| format!("asking ztunnel on {}", args.node))?;
     let items = match args.what {
         What::Workloads => dump["workloads"].clone(),
         What::Services => dump["services"].clone(),

@@ -69,11 +69,12 @@ pub struct ProxyConfig {
     pub drain_deadline: Duration,
     /// DNS proxy.
     pub dns: DnsConfig,
-    /// Each pod's HBONE client pool (whether it resumes TLS sessions is
-    /// in here too).
+    /// Each pod's HBONE client pool; its `resume_sessions` is not read
+    /// (`session_ticket_lifetime` decides).
     pub pool: hbone::PoolConfig,
-    /// How long the session tickets pods' HBONE servers issue are valid
-    /// (`None`: no tickets, every client does a full handshake).
+    /// How long the session tickets pods' HBONE servers issue are valid;
+    /// `None`: no tickets, and pods' pools do not resume sessions either
+    /// (every connection does a full handshake).
     pub session_ticket_lifetime: Option<Duration>,
 }
 

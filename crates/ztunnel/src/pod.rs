@@ -104,7 +104,13 @@ impl RunningPod {
         let lease = shared.certs.acquire(&identity);
         let stop = CancellationToken::new();
         let kill = CancellationToken::new();
-        let pool = Pool::new(shared.config.pool.clone(), Arc::new(FactoryDialer(sockets.clone())));
+        // One setting turns resumption on or off both ways: the tickets our
+        // servers issue and the pools' use of theirs.
+        let pool_config = hbone::PoolConfig {
+            resume_sessions: shared.config.session_ticket_lifetime.is_some(),
+            ..shared.config.pool.clone()
+        };
+        let pool = Pool::new(pool_config, Arc::new(FactoryDialer(sockets.clone())));
         let ctx = Arc::new(PodContext {
             shared,
             spec: spec.clone(),

@@ -41,6 +41,16 @@ async fn two_nodes_seeing(
     store_a: Arc<WorkloadStore>,
     store_b: Arc<WorkloadStore>,
 ) -> TwoNodes {
+    two_nodes_configured(net, store_a, store_b, support::config()).await
+}
+
+/// [`two_nodes_seeing`], node b running with `b_config`.
+async fn two_nodes_configured(
+    net: u8,
+    store_a: Arc<WorkloadStore>,
+    store_b: Arc<WorkloadStore>,
+    b_config: ztunnel::ProxyConfig,
+) -> TwoNodes {
     let ca = FakeCa::new();
     let client_ip = ip(&format!("127.21.{net}.1"));
     let server_ip = ip(&format!("127.21.{net}.2"));
@@ -63,7 +73,7 @@ async fn two_nodes_seeing(
         );
     }
     let a = Node::new(store_a.clone(), ca.clone());
-    let b = Node::new(store_b, ca);
+    let b = Node::with_config(store_b, ca, b_config);
     a.add_pod("sleep", "apps", "sleep", client_ip);
     b.add_pod("web", "apps", "web", server_ip);
     a.ready().await;
@@ -483,44 +493,36 @@ async fn a_failed_tunnel_resets_a_client_that_already_sent() {
     assert!(out.is_empty());
 }
 
-/// A client on node a, and two pods of one service account on node b.
+/// [`two_nodes`] plus `web-2`, a second pod of web's service account on
+/// node b, whose echo address is returned; node b runs with `b_config`.
 async fn two_pods_of_one_identity(
     net: u8,
     b_config: ztunnel::ProxyConfig,
 ) -> (TwoNodes, SocketAddr) {
     let store = WorkloadStore::new();
-    let ca = FakeCa::new();
-    let client_ip = ip(&format!("127.21.{net}.1"));
-    let server_ip = ip(&format!("127.21.{net}.2"));
+    let m = two_nodes_configured(net, store.clone(), store.clone(), b_config).await;
     let twin_ip = ip(&format!("127.21.{net}.3"));
-    put(
-        &store,
-        Address::Workload(Box::new(
-            workload("sleep", "apps", client_ip).service_account("sleep").build(),
-        )),
-    );
-    for (name, pod_ip) in [("web", server_ip), ("web-2", twin_ip)] {
-        let pod = workload(name, "apps", pod_ip).service_account("web").node("node-b").build();
-        put(&store, Address::Workload(Box::new(pod)));
-    }
-    let a = Node::new(store.clone(), ca.clone());
-    let b = Node::with_config(store.clone(), ca, b_config);
-    a.add_pod("sleep", "apps", "sleep", client_ip);
-    b.add_pod("web", "apps", "web", server_ip);
-    b.add_pod("web-2", "apps", "web", twin_ip);
-    a.ready().await;
-    b.ready().await;
-    (TwoNodes { store, a, b, client_ip, server_ip }, SocketAddr::new(twin_ip, 8080))
+    let twin = workload("web-2", "apps", twin_ip).service_account("web").node("node-b").build();
+    put(&store, Address::Workload(Box::new(twin)));
+    m.b.add_pod("web-2", "apps", "web", twin_ip);
+    m.b.ready().await;
+    (m, SocketAddr::new(twin_ip, 8080))
+}
+
+/// Echoes through web, then through web-2 (a new HBONE connection each);
+/// returns the client pod's pool.
+async fn reach_both_pods(m: &TwoNodes, twin: SocketAddr) -> hbone::Pool {
+    let first = echo_on(m.server_ip, 8080).await;
+    let second = echo_on(twin.ip(), twin.port()).await;
+    assert_eq!(round_trip(m.connect(first).await, b"one").await, b"one");
+    assert_eq!(round_trip(m.connect(second).await, b"two").await, b"two");
+    m.a.ztunnel.pod_pool(&support::uid("apps", "sleep")).unwrap()
 }
 
 #[tokio::test]
 async fn a_new_pod_on_a_known_node_resumes_the_tls_session_and_keeps_identities() {
     let (m, twin) = two_pods_of_one_identity(16, support::config()).await;
-    let first = echo_on(m.server_ip, 8080).await;
-    let second = echo_on(twin.ip(), twin.port()).await;
-    assert_eq!(round_trip(m.connect(first).await, b"one").await, b"one");
-    assert_eq!(round_trip(m.connect(second).await, b"two").await, b"two");
-    let pool = m.a.ztunnel.pod_pool(&support::uid("apps", "sleep")).unwrap();
+    let pool = reach_both_pods(&m, twin).await;
     assert_eq!(pool.connections_opened(), 2, "one HBONE connection per pod");
     assert_eq!(
         pool.sessions_resumed(),
@@ -546,10 +548,6 @@ async fn a_new_pod_on_a_known_node_resumes_the_tls_session_and_keeps_identities(
 async fn a_node_that_issues_no_tickets_gets_full_handshakes() {
     let config = ztunnel::ProxyConfig { session_ticket_lifetime: None, ..support::config() };
     let (m, twin) = two_pods_of_one_identity(17, config).await;
-    let first = echo_on(m.server_ip, 8080).await;
-    let second = echo_on(twin.ip(), twin.port()).await;
-    assert_eq!(round_trip(m.connect(first).await, b"one").await, b"one");
-    assert_eq!(round_trip(m.connect(second).await, b"two").await, b"two");
-    let pool = m.a.ztunnel.pod_pool(&support::uid("apps", "sleep")).unwrap();
+    let pool = reach_both_pods(&m, twin).await;
     assert_eq!((pool.connections_opened(), pool.sessions_resumed()), (2, 0));
 }

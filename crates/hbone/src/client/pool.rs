@@ -247,7 +247,8 @@ impl Pool {
             tls::check_alpn(session.alpn_protocol())
                 .map_err(|source| ConnectError::Tls { addr, source })?;
             let resumed = tls::check_resumed(session, Some(&key.destinations))
-                .map_err(|source| ConnectError::Tls { addr, source })?;
+                .map_err(|source| ConnectError::Tls { addr, source })?
+                .is_some();
             let (io, io_error) = CaptureErrors::new(tls);
             h2::client::Builder::new()
                 .initial_window_size(settings.stream_window)

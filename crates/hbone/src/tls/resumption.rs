@@ -85,7 +85,8 @@ impl SessionTickets {
     fn open(&self, cipher: &[u8], now: SystemTime) -> Option<Vec<u8>> {
         let mut stamped = self.keys.decrypt(cipher)?;
         let issued: [u8; ISSUED_LEN] = stamped.get(..ISSUED_LEN)?.try_into().ok()?;
-        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from_be_bytes(issued));
+        let issued =
+            SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(u64::from_be_bytes(issued)))?;
         let age = now.duration_since(issued).unwrap_or(Duration::ZERO);
         if age > self.lifetime || now >= self.not_after {
             return None;
@@ -178,13 +179,16 @@ impl ClientSessionStore for SessionStore {
 
 // === checks after the handshake ===
 
-/// Whether `conn` resumed a session; if it did, checks the peer certificate
-/// remembered in the session is valid now and, for a client, that its
-/// identity is one of `expected`. A full handshake was checked by the
-/// verifiers already.
-pub fn check_resumed(conn: &CommonState, expected: Option<&[Identity]>) -> Result<bool, TlsError> {
+/// If `conn` resumed a session, checks the peer certificate remembered in
+/// the session is valid now and, for a client, that its identity is one of
+/// `expected`, and returns that identity; `None` after a full handshake,
+/// which the verifiers checked already.
+pub fn check_resumed(
+    conn: &CommonState,
+    expected: Option<&[Identity]>,
+) -> Result<Option<Identity>, TlsError> {
     if conn.handshake_kind() != Some(HandshakeKind::Resumed) {
-        return Ok(false);
+        return Ok(None);
     }
     let leaf = conn
         .peer_certificates()
@@ -197,7 +201,7 @@ pub fn check_resumed(conn: &CommonState, expected: Option<&[Identity]>) -> Resul
     {
         return Err(TlsError::WrongIdentity { expected: expected.to_vec(), found: info.identity });
     }
-    Ok(true)
+    Ok(Some(info.identity))
 }
 
 fn check_validity(

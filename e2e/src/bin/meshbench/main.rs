@@ -143,10 +143,7 @@ pub(crate) fn pin_current_thread(cpu: usize) {
 /// TLS sessions node-a's ztunnel's pools have resumed, from its admin
 /// dump; `None` when it cannot be read.
 fn sessions_resumed(node_netns: &str) -> Option<u64> {
-    let (status, body) =
-        localmesh::net::http_get(node_netns, "127.0.0.1:15000".parse().ok()?, "/config_dump")
-            .ok()?;
-    let dump: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    let dump = localmesh::net::ztunnel_admin_json(node_netns, "/config_dump").ok()?;
     let pods = dump["pods"].as_array()?;
     Some(pods.iter().filter_map(|p| p["hbonePool"]["tlsSessionsResumed"].as_u64()).sum())
 }

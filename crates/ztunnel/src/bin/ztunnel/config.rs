@@ -211,7 +211,6 @@ impl Flags {
                 },
                 pool: hbone::PoolConfig {
                     max_streams_per_connection: self.pool_max_streams_per_connection,
-                    resume_sessions: session_ticket_lifetime.is_some(),
                     ..hbone::PoolConfig::default()
                 },
                 session_ticket_lifetime,
