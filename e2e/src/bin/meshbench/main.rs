@@ -4,13 +4,17 @@
 //! `cargo run --release -p e2e --bin meshbench -- [--seconds 10] [--pin] [--json FILE]`
 //!
 //! Paths: direct across nodes (two pods outside the mesh), mesh on the same
-//! node (one ztunnel), mesh across nodes (two ztunnels, HBONE). Figures:
+//! node (one ztunnel), mesh across nodes (two ztunnels, HBONE), and the
+//! relay floor across nodes (`meshbench-relay`: the mesh path's hops and
+//! capture rules with a relay that does no work, what no proxy on these
+//! hops can beat). Figures:
 //! single-stream and 64-stream throughput, 64-byte request/response over
 //! one connection and with a new connection each time, a brand-new HBONE
 //! connection (TLS included) to first byte — in a running ztunnel, against
 //! a new direct TCP connection, and right after a ztunnel restart — and each
 //! ztunnel's memory and CPU seconds per GiB carried.
 
+mod floor;
 mod measure;
 mod targets;
 
@@ -94,6 +98,24 @@ spec:
   containers:
   - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
   - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: floor}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: floor}
+spec: {nodeName: node-a, containers: [{name: c, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server-remote, namespace: floor}
+spec:
+  nodeName: node-b
+  containers:
+  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
+  - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
 "#;
 
 /// Echo pods on node-b that nothing talks to until the new-connection
@@ -162,9 +184,11 @@ fn pin_process(pid: u32, cpu: usize) {
     }
 }
 
-/// Where the direct path and the mesh path across nodes sit in `paths`.
+/// Where the direct path, the mesh path across nodes and the relay floor
+/// sit in `paths`.
 const DIRECT: usize = 0;
 const ACROSS: usize = 2;
+const FLOOR: usize = 3;
 
 struct Path {
     name: &'static str,
@@ -205,7 +229,8 @@ fn main() -> anyhow::Result<()> {
     let bin_dir = exe.parent().context("no bin dir")?.to_path_buf();
     let spec = ClusterSpec::from_documents(localmesh::spec::parse(&cluster_yaml(), "meshbench")?)?;
     let state_dir = std::env::temp_dir().join(format!("meshbench-{}", std::process::id()));
-    let options = Options { name: "bench".into(), state_dir: state_dir.clone(), bin_dir };
+    let options =
+        Options { name: "bench".into(), state_dir: state_dir.clone(), bin_dir: bin_dir.clone() };
     let mut cluster = Cluster::up(&spec, options).context("building the cluster (root needed)")?;
     let pod = |ns: &str, name: &str| cluster.pod(ns, name).cloned().context(format!("{ns}/{name}"));
     let (mesh_client, plain_client) = (pod("mesh", "client")?, pod("plain", "client")?);
@@ -214,6 +239,10 @@ fn main() -> anyhow::Result<()> {
         pod("mesh", "server-remote")?,
         pod("plain", "server-remote")?,
     );
+    let (floor_client, floor_remote) = (pod("floor", "client")?, pod("floor", "server-remote")?);
+    let relay_floor = floor::RelayFloor::start(&bin_dir, &floor_client, &floor_remote)
+        .context("starting the relay floor")?;
+    let relays = relay_floor.pids();
     let paths = [
         Path {
             name: "direct, across nodes",
@@ -233,6 +262,12 @@ fn main() -> anyhow::Result<()> {
             echo: SocketAddr::new(remote.ip, 8080),
             sink: SocketAddr::new(remote.ip, 9000),
         },
+        Path {
+            name: "relay floor, across nodes",
+            client_netns: floor_client.netns.clone(),
+            echo: SocketAddr::new(floor_remote.ip, 8080),
+            sink: SocketAddr::new(floor_remote.ip, 9000),
+        },
     ];
     // Wait until the mesh carries traffic.
     for _ in 0..100 {
@@ -249,7 +284,7 @@ fn main() -> anyhow::Result<()> {
         .map(|c| (c.label.clone(), c.pid))
         .collect();
     let load_cpu = if args.pin {
-        for (_, pid) in &ztunnels {
+        for (_, pid) in ztunnels.iter().chain(&relays) {
             pin_process(*pid, 0);
         }
         Some(1)
@@ -262,6 +297,8 @@ fn main() -> anyhow::Result<()> {
     // CPU seconds (user, kernel) and bytes, per ztunnel, over every
     // across-nodes run.
     let mut carried = vec![(0.0f64, 0.0f64, 0u64); ztunnels.len()];
+    // The same for the relays, over every relay-floor run.
+    let mut relays_carried = vec![(0.0f64, 0.0f64, 0u64); relays.len()];
     // Each ztunnel's peak RSS (KiB) during each path's runs, when the peak
     // can be reset between paths (it can as root).
     let mut path_peaks = vec![vec![0u64; ztunnels.len()]; paths.len()];
@@ -271,17 +308,20 @@ fn main() -> anyhow::Result<()> {
             eprintln!("measuring: {} (round {round} of {})", path.name, args.repeat);
             peaks_by_path &= ztunnels.iter().all(|(_, pid)| measure::reset_peak(*pid));
             let (echo, sink, secs, rounds_rr) = (path.echo, path.sink, args.seconds, args.rounds);
+            let (proxies, totals) = match index {
+                FLOOR => (&relays, &mut relays_carried),
+                _ => (&ztunnels, &mut carried),
+            };
             let before: Vec<ProcessStats> =
-                ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
+                proxies.iter().map(|(_, pid)| process_stats(*pid)).collect();
             let (throughput, bytes) =
                 inside(&path.client_netns, load_cpu, move || measure::throughput(sink, secs))?
                     .with_context(|| format!("{}: single-stream throughput", path.name))?;
-            let after: Vec<ProcessStats> =
-                ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
-            if index == ACROSS {
-                for (i, total) in carried.iter_mut().enumerate() {
-                    total.0 += after[i].user_seconds - before[i].user_seconds;
-                    total.1 += after[i].kernel_seconds - before[i].kernel_seconds;
+            if index == ACROSS || index == FLOOR {
+                for (i, total) in totals.iter_mut().enumerate() {
+                    let after = process_stats(proxies[i].1);
+                    total.0 += after.user_seconds - before[i].user_seconds;
+                    total.1 += after.kernel_seconds - before[i].kernel_seconds;
                     total.2 += bytes;
                 }
             }
@@ -306,14 +346,19 @@ fn main() -> anyhow::Result<()> {
     }
     let results: Vec<(&str, Figures)> =
         paths.iter().zip(&rounds).map(|(p, r)| (p.name, Figures::median(r))).collect();
-    let cpu_per_gib: Vec<(String, CpuPerGib)> = ztunnels
-        .iter()
-        .zip(&carried)
-        .map(|((label, _), (user, kernel, bytes))| {
-            let gib = (*bytes as f64 / (1u64 << 30) as f64).max(1e-9);
-            (label.clone(), CpuPerGib { user: user / gib, kernel: kernel / gib })
-        })
-        .collect();
+    let per_gib =
+        |procs: &[(String, u32)], totals: &[(f64, f64, u64)]| -> Vec<(String, CpuPerGib)> {
+            procs
+                .iter()
+                .zip(totals)
+                .map(|((label, _), (user, kernel, bytes))| {
+                    let gib = (*bytes as f64 / (1u64 << 30) as f64).max(1e-9);
+                    (label.clone(), CpuPerGib { user: user / gib, kernel: kernel / gib })
+                })
+                .collect()
+        };
+    let cpu_per_gib = per_gib(&ztunnels, &carried);
+    let relay_cpu_per_gib = per_gib(&relays, &relays_carried);
     let mut peak: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
     if peaks_by_path {
         // VmHWM now only covers the last path: the peak is the largest of all.
@@ -393,7 +438,7 @@ fn main() -> anyhow::Result<()> {
             f.rr_new.p99
         );
     }
-    println!("\nmesh / direct (same run)");
+    println!("\nagainst direct (same run)");
     for (name, f) in results.iter().skip(1) {
         println!(
             "{:<24} throughput {:.2}×   64 streams {:.2}×   RR p50 +{:.0} µs   RR p99 {:.0} µs",
@@ -404,6 +449,17 @@ fn main() -> anyhow::Result<()> {
             f.rr.p99
         );
     }
+    let (across, floor_path) = (&results[ACROSS].1, &results[FLOOR].1);
+    println!(
+        "\nmesh across nodes against the relay floor (the same hops, no TLS, no HTTP/2): \
+         throughput {:.2}× the floor's, RR p50 +{:.0} µs and p99 +{:.0} µs over the floor's; \
+         the floor against direct: {:.2}×, RR p50 +{:.0} µs",
+        across.throughput / floor_path.throughput.max(1.0),
+        across.rr.p50 - floor_path.rr.p50,
+        across.rr.p99 - floor_path.rr.p99,
+        floor_path.throughput / direct.throughput.max(1.0),
+        floor_path.rr.p50 - direct.rr.p50,
+    );
     println!(
         "\nnew HBONE connection to first byte: p50 {:.0} µs, p99 {:.0} µs ({} of {FRESH_PODS} \
          resumed a TLS session; new direct TCP connection: p50 {:.0} µs, p99 {:.0} µs; {:.1}× the time)",
@@ -437,6 +493,14 @@ fn main() -> anyhow::Result<()> {
             cpu.kernel,
         );
     }
+    for (label, cpu) in &relay_cpu_per_gib {
+        println!(
+            "{label} (floor): {:.2} CPU-s per GiB ({:.2} user, {:.2} kernel)",
+            cpu.total(),
+            cpu.user,
+            cpu.kernel
+        );
+    }
     if peaks_by_path {
         let labels: Vec<&str> = ztunnels.iter().map(|(l, _)| l.as_str()).collect();
         println!("peak RSS by path ({}):", labels.join(" / "));
@@ -448,22 +512,40 @@ fn main() -> anyhow::Result<()> {
     }
     println!("pinned: {}", args.pin);
 
-    let across = &results[ACROSS].1;
     let worst = |f: &dyn Fn(usize) -> f64| (0..ztunnels.len()).map(f).fold(0.0, f64::max);
-    let verdicts = targets::judge(&targets::Measured {
-        throughput_ratio: across.throughput / direct.throughput.max(1.0),
-        rr_p50_over_direct_us: across.rr.p50 - direct.rr.p50,
-        rr_p99_us: across.rr.p99,
-        rr_new_connection_p50_us: across.rr_new.p50,
-        new_hbone_connection_p50_us: fresh.p50,
-        cpu_seconds_per_gib: cpu_per_gib.iter().map(|(_, v)| v.total()).fold(0.0, f64::max),
-        rss_idle_mib: worst(&|i| idle[i].rss_kib as f64 / 1024.0),
-        rss_peak_mib: worst(&|i| peak[i].peak_kib as f64 / 1024.0),
-    });
-    println!("\n{:<38} {:>8} {:>10}  met", "target (issue #8)", "bound", "this run");
+    let floor_measured = targets::Measured {
+        throughput_ratio: floor_path.throughput / direct.throughput.max(1.0),
+        rr_p50_over_direct_us: floor_path.rr.p50 - direct.rr.p50,
+        rr_p99_us: floor_path.rr.p99,
+        rr_new_connection_p50_us: floor_path.rr_new.p50,
+        // Three new TCP connections, first bytes echoed: a new HBONE
+        // connection's floor.
+        new_hbone_connection_p50_us: floor_path.rr_new.p50,
+        cpu_seconds_per_gib: relay_cpu_per_gib.iter().map(|(_, v)| v.total()).fold(0.0, f64::max),
+        rss_idle_mib: 0.0,
+        rss_peak_mib: 0.0,
+    };
+    let verdicts = targets::judge(
+        &targets::Measured {
+            throughput_ratio: across.throughput / direct.throughput.max(1.0),
+            rr_p50_over_direct_us: across.rr.p50 - direct.rr.p50,
+            rr_p99_us: across.rr.p99,
+            rr_new_connection_p50_us: across.rr_new.p50,
+            new_hbone_connection_p50_us: fresh.p50,
+            cpu_seconds_per_gib: cpu_per_gib.iter().map(|(_, v)| v.total()).fold(0.0, f64::max),
+            rss_idle_mib: worst(&|i| idle[i].rss_kib as f64 / 1024.0),
+            rss_peak_mib: worst(&|i| peak[i].peak_kib as f64 / 1024.0),
+        },
+        Some(&floor_measured),
+    );
+    println!(
+        "\n{:<38} {:>8} {:>10}  met {:>12}",
+        "target (issue #8)", "bound", "this run", "relay floor"
+    );
     for v in &verdicts {
-        let met = if v.met { "yes" } else { "no" };
-        println!("{:<38} {:>8} {:>10.2}  {met}", v.metric, v.target, v.value);
+        let met = if v.met { "yes" } else { "no " };
+        let floor = v.floor.map_or("-".to_string(), |f| format!("{f:.2}"));
+        println!("{:<38} {:>8} {:>10.2}  {met} {floor:>12}", v.metric, v.target, v.value);
     }
     if let Some(path) = &args.json {
         let out = json!({
@@ -484,6 +566,13 @@ fn main() -> anyhow::Result<()> {
             "first_hbone_connection_after_restart_us": {"p50": cold.p50, "p99": cold.p99},
             "targets": verdicts.iter().map(|v| json!({
                 "metric": v.metric, "target": v.target, "value": v.value, "met": v.met,
+                "relay_floor": v.floor,
+            })).collect::<Vec<_>>(),
+            "relays": relay_cpu_per_gib.iter().map(|(label, cpu)| json!({
+                "name": label,
+                "cpu_seconds_per_gib": cpu.total(),
+                "cpu_user_seconds_per_gib": cpu.user,
+                "cpu_kernel_seconds_per_gib": cpu.kernel,
             })).collect::<Vec<_>>(),
             "ztunnels": ztunnels.iter().enumerate().map(|(i, (label, _))| json!({
                 "name": label,
@@ -501,6 +590,7 @@ fn main() -> anyhow::Result<()> {
         });
         std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
     }
+    drop(relay_floor);
     drop(cluster);
     let _ = std::fs::remove_dir_all(state_dir);
     Ok(())
