@@ -14,7 +14,6 @@
 //! a new direct TCP connection, and right after a ztunnel restart — and each
 //! ztunnel's memory and CPU seconds per GiB carried.
 
-mod floor;
 mod measure;
 mod targets;
 
@@ -240,8 +239,12 @@ fn main() -> anyhow::Result<()> {
         pod("plain", "server-remote")?,
     );
     let (floor_client, floor_remote) = (pod("floor", "client")?, pod("floor", "server-remote")?);
-    let relay_floor = floor::RelayFloor::start(&bin_dir, &floor_client, &floor_remote)
-        .context("starting the relay floor")?;
+    let relay_floor = e2e::floor::RelayFloor::start(
+        &bin_dir.join("meshbench-relay"),
+        &floor_client,
+        &floor_remote,
+    )
+    .context("starting the relay floor")?;
     let relays = relay_floor.pids();
     let paths = [
         Path {

@@ -3,6 +3,8 @@
 //! charter). Started after the cluster, stopped on drop.
 
 use std::fs::File;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,20 +14,17 @@ use cni::rules::{Backend, RuleSettings};
 use localmesh::PodInfo;
 
 /// The two relays; killed when dropped (also on an early return).
-pub(crate) struct RelayFloor {
+pub struct RelayFloor {
     relays: Vec<Child>,
 }
 
 impl RelayFloor {
     /// Installs the capture rules in both pods (as `mesh-cni` does for
-    /// enrolled pods in the local mesh: no probe exemption), then starts an
-    /// outbound relay in `client`'s namespace and an inbound relay in
-    /// `server`'s, and waits until the inbound one listens.
-    pub(crate) fn start(
-        bin_dir: &Path,
-        client: &PodInfo,
-        server: &PodInfo,
-    ) -> anyhow::Result<Self> {
+    /// enrolled pods in the local mesh: no probe exemption), then starts
+    /// `relay` (the `meshbench-relay` binary) as an outbound relay in
+    /// `client`'s namespace and an inbound relay in `server`'s, and waits
+    /// until a byte goes through them to `server`'s echo on 8080.
+    pub fn start(relay: &Path, client: &PodInfo, server: &PodInfo) -> anyhow::Result<Self> {
         let settings = RuleSettings { probe_source: None, ..RuleSettings::default() };
         for pod in [client, server] {
             let netns = File::open(format!("/var/run/netns/{}", pod.netns))
@@ -33,24 +32,20 @@ impl RelayFloor {
             cni::redirect::install(&netns, Backend::Iptables, &settings)
                 .with_context(|| format!("capture rules in {}", pod.netns))?;
         }
-        let exe = bin_dir.join("meshbench-relay");
         let spawn = |netns: &str, role: &str, port: u16| {
-            Command::new(&exe)
+            Command::new(relay)
                 .args(["--netns", netns, "--role", role, "--listen", &format!("0.0.0.0:{port}")])
                 .stdin(Stdio::null())
                 .spawn()
                 .with_context(|| {
-                    format!("starting {} (cargo build --release --workspace --bins)", exe.display())
+                    format!("starting {} (cargo build --workspace --bins)", relay.display())
                 })
         };
         let mut floor = RelayFloor { relays: Vec::new() };
         floor.relays.push(spawn(&server.netns, "inbound", settings.hbone_port)?);
         floor.relays.push(spawn(&client.netns, "outbound", settings.outbound_port)?);
-        // Ready when the inbound relay accepts and the outbound one carries
-        // a byte through to the echo server.
         for _ in 0..100 {
-            let to = std::net::SocketAddr::new(server.ip, 8080);
-            if crate::measure::first_byte(&client.netns, to).is_ok() {
+            if echoes_one_byte(&client.netns, SocketAddr::new(server.ip, 8080)) {
                 return Ok(floor);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -62,14 +57,26 @@ impl RelayFloor {
         )
     }
 
-    /// The relays' process ids (outbound side first).
-    pub(crate) fn pids(&self) -> Vec<(String, u32)> {
-        let labels = ["relay-inbound", "relay-outbound"];
-        let mut pids: Vec<(String, u32)> =
-            labels.iter().zip(&self.relays).map(|(l, c)| (l.to_string(), c.id())).collect();
-        pids.reverse();
-        pids
+    /// The relays' labels and process ids, outbound first.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        ["relay-inbound", "relay-outbound"]
+            .iter()
+            .zip(&self.relays)
+            .map(|(label, child)| (label.to_string(), child.id()))
+            .rev()
+            .collect()
     }
+}
+
+fn echoes_one_byte(netns: &str, to: SocketAddr) -> bool {
+    let Ok(mut stream) = localmesh::net::connect_from(netns, to, Duration::from_secs(1)) else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    stream.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+        && stream.write_all(b"x").is_ok()
+        && stream.read_exact(&mut byte).is_ok()
+        && byte == *b"x"
 }
 
 impl Drop for RelayFloor {
