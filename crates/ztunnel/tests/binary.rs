@@ -1,6 +1,6 @@
 //! The `ztunnel` binary: configuration errors are named all at once; a
 //! valid configuration serves admin, metrics and readiness (not ready while
-//! the control plane is unreachable) and stops on SIGTERM.
+//! the control plane is unreachable), maps no libm, and stops on SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -84,6 +84,11 @@ fn serves_its_endpoints_and_stops_on_sigterm() {
     assert_eq!(dump["config"]["dnsUpstream"], "127.0.0.1:53");
     let (status, _) = get(&addr("metrics"), "/metrics");
     assert_eq!(status, 200);
+    // Its one maths function is its own (src/bin/ztunnel/pow.rs): the
+    // loader mapped no libm, and the running process still computes.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
+    assert!(maps.contains("libc.so"), "the maps were read: {maps}");
+    assert!(!maps.contains("libm.so"), "libm is mapped:\n{maps}");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),

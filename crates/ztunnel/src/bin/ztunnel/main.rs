@@ -1,6 +1,7 @@
 //! The `ztunnel` binary: flags, logging, runtime, then `ztunnel::app::run`.
 
 mod config;
+mod pow;
 
 use std::io::IsTerminal;
 
