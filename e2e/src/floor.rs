@@ -13,6 +13,32 @@ use anyhow::Context;
 use cni::rules::{Backend, RuleSettings};
 use localmesh::PodInfo;
 
+/// The floor's pods' namespace (not in the mesh).
+pub const NAMESPACE: &str = "floor";
+
+/// The floor's pods, as cluster YAML (a document to append): `client` on
+/// node-a, `server` on node-b with an echo on 8080 and a sink on 9000.
+pub const PODS: &str = r#"
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: floor}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: floor}
+spec: {nodeName: node-a, containers: [{name: c, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: floor}
+spec:
+  nodeName: node-b
+  containers:
+  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
+  - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
+"#;
+
 /// The two relays; killed when dropped (also on an early return).
 pub struct RelayFloor {
     relays: Vec<Child>,

@@ -8,26 +8,8 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use e2e::floor::RelayFloor;
+use e2e::floor::{NAMESPACE, PODS, RelayFloor};
 use support::{cluster, echoes, exchange, is_root};
-
-const PODS: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: floor}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: floor}
-spec: {nodeName: node-a, containers: [{name: c, image: none}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: floor}
-spec:
-  nodeName: node-b
-  containers: [{name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}]
-"#;
 
 #[test]
 fn the_relay_floor_carries_captured_connections_intact() {
@@ -36,8 +18,8 @@ fn the_relay_floor_carries_captured_connections_intact() {
         return;
     }
     let (c, state) = cluster("floor", PODS);
-    let client = c.pod("floor", "client").unwrap().clone();
-    let server = c.pod("floor", "server").unwrap().clone();
+    let client = c.pod(NAMESPACE, "client").unwrap().clone();
+    let server = c.pod(NAMESPACE, "server").unwrap().clone();
     let echo = SocketAddr::new(server.ip, 8080);
     support::eventually("the echo answers directly", 10, || echoes(&client.netns, echo));
 

@@ -97,24 +97,6 @@ spec:
   containers:
   - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
   - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: floor}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: floor}
-spec: {nodeName: node-a, containers: [{name: c, image: none}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server-remote, namespace: floor}
-spec:
-  nodeName: node-b
-  containers:
-  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
-  - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
 "#;
 
 /// Echo pods on node-b that nothing talks to until the new-connection
@@ -129,6 +111,7 @@ const FRESH_PODS: usize = 12;
 
 fn cluster_yaml() -> String {
     let mut yaml = CLUSTER.to_string();
+    yaml.push_str(e2e::floor::PODS);
     for i in 0..FRESH_PODS {
         yaml.push_str(&format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: fresh-{i}, namespace: mesh}}\n\
@@ -238,7 +221,8 @@ fn main() -> anyhow::Result<()> {
         pod("mesh", "server-remote")?,
         pod("plain", "server-remote")?,
     );
-    let (floor_client, floor_remote) = (pod("floor", "client")?, pod("floor", "server-remote")?);
+    let (floor_client, floor_remote) =
+        (pod(e2e::floor::NAMESPACE, "client")?, pod(e2e::floor::NAMESPACE, "server")?);
     let relay_floor = e2e::floor::RelayFloor::start(
         &bin_dir.join("meshbench-relay"),
         &floor_client,
