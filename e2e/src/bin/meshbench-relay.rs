@@ -62,6 +62,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Die with whoever started us (meshbench or a test), even if it was
+    // killed: a relay left behind would keep its pod's namespace alive.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .context("PR_SET_PDEATHSIG")?;
     let netns = args.netns.clone();
     // Threads the runtime starts inherit the namespace of the thread that
     // builds it, so every socket below lives in the pod's namespace.
