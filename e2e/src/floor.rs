@@ -3,7 +3,6 @@
 //! charter). Started after the cluster, stopped on drop.
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,28 +15,11 @@ use localmesh::PodInfo;
 /// The floor's pods' namespace (not in the mesh).
 pub const NAMESPACE: &str = "floor";
 
-/// The floor's pods, as cluster YAML (a document to append): `client` on
-/// node-a, `server` on node-b with an echo on 8080 and a sink on 9000.
-pub const PODS: &str = r#"
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: floor}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: floor}
-spec: {nodeName: node-a, containers: [{name: c, image: none}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: floor}
-spec:
-  nodeName: node-b
-  containers:
-  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
-  - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
-"#;
+/// The floor's pods (`client`, and `server` with an echo on 8080 and a
+/// sink on 9000), as cluster YAML to append.
+pub fn pods() -> String {
+    crate::pods::plain_pair(NAMESPACE)
+}
 
 /// The two relays; killed when dropped (also on an early return).
 pub struct RelayFloor {
@@ -71,7 +53,7 @@ impl RelayFloor {
         floor.relays.push(spawn(&server.netns, "inbound", settings.hbone_port)?);
         floor.relays.push(spawn(&client.netns, "outbound", settings.outbound_port)?);
         for _ in 0..100 {
-            if echoes_one_byte(&client.netns, SocketAddr::new(server.ip, 8080)) {
+            if crate::probe::first_byte(&client.netns, SocketAddr::new(server.ip, 8080)).is_ok() {
                 return Ok(floor);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -92,17 +74,6 @@ impl RelayFloor {
             .rev()
             .collect()
     }
-}
-
-fn echoes_one_byte(netns: &str, to: SocketAddr) -> bool {
-    let Ok(mut stream) = localmesh::net::connect_from(netns, to, Duration::from_secs(1)) else {
-        return false;
-    };
-    let mut byte = [0u8; 1];
-    stream.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
-        && stream.write_all(b"x").is_ok()
-        && stream.read_exact(&mut byte).is_ok()
-        && byte == *b"x"
 }
 
 impl Drop for RelayFloor {

@@ -8,7 +8,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use e2e::floor::{NAMESPACE, PODS, RelayFloor};
+use e2e::floor::{NAMESPACE, RelayFloor};
 use support::{cluster, echoes, exchange, is_root};
 
 #[test]
@@ -17,7 +17,7 @@ fn the_relay_floor_carries_captured_connections_intact() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let (c, state) = cluster("floor", PODS);
+    let (c, state) = cluster("floor", &e2e::floor::pods());
     let client = c.pod(NAMESPACE, "client").unwrap().clone();
     let server = c.pod(NAMESPACE, "server").unwrap().clone();
     let echo = SocketAddr::new(server.ip, 8080);

@@ -56,10 +56,6 @@ kind: Namespace
 metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
 ---
 apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
----
-apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: mesh}
 spec: {nodeName: node-a, serviceAccountName: client, containers: [{name: c, image: none}]}
@@ -83,20 +79,6 @@ spec:
   containers:
   - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
   - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: plain}
-spec: {nodeName: node-a, containers: [{name: c, image: none}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server-remote, namespace: plain}
-spec:
-  nodeName: node-b
-  containers:
-  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
-  - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
 "#;
 
 /// Echo pods on node-b that nothing talks to until the new-connection
@@ -111,7 +93,8 @@ const FRESH_PODS: usize = 12;
 
 fn cluster_yaml() -> String {
     let mut yaml = CLUSTER.to_string();
-    yaml.push_str(e2e::floor::PODS);
+    yaml.push_str(&e2e::pods::plain_pair("plain"));
+    yaml.push_str(&e2e::floor::pods());
     for i in 0..FRESH_PODS {
         yaml.push_str(&format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: fresh-{i}, namespace: mesh}}\n\
@@ -216,11 +199,8 @@ fn main() -> anyhow::Result<()> {
     let mut cluster = Cluster::up(&spec, options).context("building the cluster (root needed)")?;
     let pod = |ns: &str, name: &str| cluster.pod(ns, name).cloned().context(format!("{ns}/{name}"));
     let (mesh_client, plain_client) = (pod("mesh", "client")?, pod("plain", "client")?);
-    let (local, remote, plain_remote) = (
-        pod("mesh", "server-local")?,
-        pod("mesh", "server-remote")?,
-        pod("plain", "server-remote")?,
-    );
+    let (local, remote, plain_remote) =
+        (pod("mesh", "server-local")?, pod("mesh", "server-remote")?, pod("plain", "server")?);
     let (floor_client, floor_remote) =
         (pod(e2e::floor::NAMESPACE, "client")?, pod(e2e::floor::NAMESPACE, "server")?);
     let relay_floor = e2e::floor::RelayFloor::start(
@@ -258,7 +238,7 @@ fn main() -> anyhow::Result<()> {
     ];
     // Wait until the mesh carries traffic.
     for _ in 0..100 {
-        if measure::first_byte(&mesh_client.netns, paths[2].echo).is_ok() {
+        if e2e::probe::first_byte(&mesh_client.netns, paths[2].echo).is_ok() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -295,20 +275,25 @@ fn main() -> anyhow::Result<()> {
             eprintln!("measuring: {} (round {round} of {})", path.name, args.repeat);
             peaks_by_path &= ztunnels.iter().all(|(_, pid)| measure::reset_peak(*pid));
             let (echo, sink, secs, rounds_rr) = (path.echo, path.sink, args.seconds, args.rounds);
-            let (proxies, totals) = match index {
-                FLOOR => (&relays, &mut relays_carried),
-                _ => (&ztunnels, &mut carried),
+            // CPU per GiB is counted across nodes: by the ztunnels on the
+            // mesh path, by the relays on the floor.
+            let counted = match index {
+                ACROSS => Some((&ztunnels, &mut carried)),
+                FLOOR => Some((&relays, &mut relays_carried)),
+                _ => None,
             };
-            let before: Vec<ProcessStats> =
-                proxies.iter().map(|(_, pid)| process_stats(*pid)).collect();
+            let before: Vec<ProcessStats> = counted
+                .iter()
+                .flat_map(|(procs, _)| procs.iter().map(|(_, pid)| process_stats(*pid)))
+                .collect();
             let (throughput, bytes) =
                 inside(&path.client_netns, load_cpu, move || measure::throughput(sink, secs))?
                     .with_context(|| format!("{}: single-stream throughput", path.name))?;
-            if index == ACROSS || index == FLOOR {
-                for (i, total) in totals.iter_mut().enumerate() {
-                    let after = process_stats(proxies[i].1);
-                    total.0 += after.user_seconds - before[i].user_seconds;
-                    total.1 += after.kernel_seconds - before[i].kernel_seconds;
+            if let Some((procs, totals)) = counted {
+                for ((total, (_, pid)), before) in totals.iter_mut().zip(procs).zip(&before) {
+                    let after = process_stats(*pid);
+                    total.0 += after.user_seconds - before.user_seconds;
+                    total.1 += after.kernel_seconds - before.kernel_seconds;
                     total.2 += bytes;
                 }
             }
@@ -363,14 +348,14 @@ fn main() -> anyhow::Result<()> {
     let mut fresh = Vec::new();
     for i in 0..FRESH_PODS {
         let ip = pod("mesh", &format!("fresh-{i}"))?.ip;
-        fresh.push(measure::first_byte(&mesh_client.netns, SocketAddr::new(ip, 8080))?);
+        fresh.push(e2e::probe::first_byte(&mesh_client.netns, SocketAddr::new(ip, 8080))?);
     }
     let resumed =
         sessions_resumed(&node_a).zip(resumed_before).map(|(after, before)| after - before);
     let fresh = Percentiles::of(fresh);
     let mut new_tcp = Vec::new();
     for _ in 0..FRESH_PODS {
-        new_tcp.push(measure::first_byte(&plain_client.netns, paths[0].echo)?);
+        new_tcp.push(e2e::probe::first_byte(&plain_client.netns, paths[0].echo)?);
     }
     let new_tcp = Percentiles::of(new_tcp);
 
@@ -396,8 +381,8 @@ fn main() -> anyhow::Result<()> {
         // (its own HBONE connection), so the sample is one new connection,
         // not a cold process. That destination is on node-a, so the sample
         // (on node-b) has no TLS session to resume: a full handshake.
-        let _ = measure::first_byte(&mesh_client.netns, paths[1].echo);
-        if let Ok(d) = measure::first_byte(&mesh_client.netns, paths[2].echo) {
+        let _ = e2e::probe::first_byte(&mesh_client.netns, paths[1].echo);
+        if let Ok(d) = e2e::probe::first_byte(&mesh_client.netns, paths[2].echo) {
             cold.push(d);
         }
     }
@@ -428,7 +413,7 @@ fn main() -> anyhow::Result<()> {
     println!("\nagainst direct (same run)");
     for (name, f) in results.iter().skip(1) {
         println!(
-            "{:<24} throughput {:.2}×   64 streams {:.2}×   RR p50 +{:.0} µs   RR p99 {:.0} µs",
+            "{:<24} throughput {:.2}×   64 streams {:.2}×   RR p50 {:+.0} µs   RR p99 {:.0} µs",
             name,
             f.throughput / direct.throughput,
             f.parallel / direct.parallel,
@@ -439,8 +424,8 @@ fn main() -> anyhow::Result<()> {
     let (across, floor_path) = (&results[ACROSS].1, &results[FLOOR].1);
     println!(
         "\nmesh across nodes against the relay floor (the same hops, no TLS, no HTTP/2): \
-         throughput {:.2}× the floor's, RR p50 +{:.0} µs and p99 +{:.0} µs over the floor's; \
-         the floor against direct: {:.2}×, RR p50 +{:.0} µs",
+         throughput {:.2}× the floor's, RR p50 {:+.0} µs and p99 {:+.0} µs over the floor's; \
+         the floor against direct: {:.2}×, RR p50 {:+.0} µs",
         across.throughput / floor_path.throughput.max(1.0),
         across.rr.p50 - floor_path.rr.p50,
         across.rr.p99 - floor_path.rr.p99,

@@ -4,8 +4,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use localmesh::net::connect_from;
-
 /// Bytes per write in throughput runs.
 const CHUNK: usize = 256 * 1024;
 
@@ -127,17 +125,6 @@ pub(crate) fn rr_new_connection(addr: SocketAddr, rounds: usize) -> std::io::Res
         samples.push(t.elapsed());
     }
     Ok(Percentiles::of(samples))
-}
-
-/// One connect + 1-byte echo, timed, from inside `netns`.
-pub(crate) fn first_byte(netns: &str, addr: SocketAddr) -> std::io::Result<Duration> {
-    let t = Instant::now();
-    let mut stream = connect_from(netns, addr, Duration::from_secs(5))?;
-    stream.set_nodelay(true)?;
-    stream.write_all(b"x")?;
-    let mut b = [0u8; 1];
-    stream.read_exact(&mut b)?;
-    Ok(t.elapsed())
 }
 
 /// A process's resident memory now and at its peak (KiB), the anonymous
