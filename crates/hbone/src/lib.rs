@@ -1,6 +1,8 @@
 //! HBONE: the mesh's tunnel. HTTP/2 `CONNECT` streams over mutual TLS 1.3,
 //! with peers identified by SPIFFE identities.
 //!
+//! - [`accept`]: the one accept loop every listener of the mesh uses
+//!   (pausing on errors such as `EMFILE`);
 //! - [`cert`]: keys, CSRs, certificate chains, reading identities out of them;
 //! - [`tls`]: rustls configurations that check SPIFFE identities, and the one
 //!   place TLS failures are classified;
@@ -16,6 +18,7 @@
 //! what is the handler's business, and which identities a destination may
 //! have is the caller's.
 
+pub mod accept;
 pub mod authority;
 pub mod cert;
 pub mod client;

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use http::{Method, Request, Response, StatusCode};
 use mesh_core::Identity;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -19,6 +21,9 @@ use crate::settings::{H2Settings, TLS_READ_BUFFER};
 use crate::splice::ChunkIo;
 use crate::stream::H2Stream;
 use crate::tls::{self, TlsError};
+
+/// An accepted connection after TLS.
+type TlsConn = tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>;
 
 /// What the handler is asked about: one CONNECT from a verified peer.
 #[derive(Debug, Clone)]
@@ -93,13 +98,30 @@ pub struct HboneServer<H> {
     tls: RwLock<TlsAcceptor>,
     handler: Arc<H>,
     settings: H2Settings,
+    /// One permit per handshake in progress.
+    pending: Arc<Semaphore>,
+    /// Connections closed because too many handshakes were in progress.
+    refused: AtomicU64,
 }
 
 impl<H: ConnectHandler> HboneServer<H> {
     /// A server presenting the certificate in `tls`. Servers may share one
     /// configuration (its clients then resume TLS sessions across them).
     pub fn new(tls: impl Into<Arc<ServerConfig>>, handler: Arc<H>, settings: H2Settings) -> Self {
-        Self { tls: RwLock::new(TlsAcceptor::from(tls.into())), handler, settings }
+        let pending = Arc::new(Semaphore::new(settings.max_pending_handshakes));
+        Self {
+            tls: RwLock::new(TlsAcceptor::from(tls.into())),
+            handler,
+            settings,
+            pending,
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections closed unserved because `max_pending_handshakes`
+    /// handshakes were already in progress.
+    pub fn handshakes_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Replaces the TLS configuration (certificate rotation). Connections
@@ -126,20 +148,28 @@ impl<H: ConnectHandler> HboneServer<H> {
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off a little.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = crate::accept::next_connection("hbone", || listener.accept()) => accepted,
+            };
+            let Ok(permit) = self.pending.clone().try_acquire_owned() else {
+                // Dropped: closed before a byte of TLS is read.
+                let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused.is_power_of_two() {
+                    warn!(%peer, refused, limit = self.settings.max_pending_handshakes,
+                        "too many HBONE handshakes in progress; closing new connections");
+                }
+                continue;
             };
             let server = self.clone();
             tokio::spawn(
                 async move {
-                    if let Err(e) = server.serve_connection(tcp, peer).await {
+                    let served = match server.handshake(tcp, peer).await {
+                        Ok((identity, conn)) => {
+                            drop(permit);
+                            server.serve_h2(identity, conn, peer).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = served {
                         debug!(error = %e, cause = %error_chain(&e), "HBONE connection failed");
                     }
                 }
@@ -148,14 +178,30 @@ impl<H: ConnectHandler> HboneServer<H> {
         }
     }
 
-    /// Serves one accepted TCP connection until it closes.
+    /// Serves one accepted TCP connection until it closes (with no bound on
+    /// handshakes: [`HboneServer::run`] applies that).
     pub async fn serve_connection(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> Result<(), ServeError> {
+        let (peer_identity, conn) = self.handshake(tcp, peer).await?;
+        self.serve_h2(peer_identity, conn, peer).await
+    }
+
+    /// TLS and HTTP/2 handshakes, within `handshake_timeout`.
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(Identity, h2::server::Connection<TlsConn, Bytes>), ServeError> {
         let _ = tcp.set_nodelay(true);
         let handshake = async {
+            // The read buffer is allocated once the peer has sent something:
+            // a connection that never speaks costs a socket and a task.
+            tcp.readable()
+                .await
+                .map_err(|e| ServeError::Tls { peer, source: TlsError::from_io(e) })?;
             let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
             let tls = self
                 .acceptor()
@@ -179,10 +225,18 @@ impl<H: ConnectHandler> HboneServer<H> {
                 .map_err(|source| ServeError::H2 { peer, source })?;
             Ok::<_, ServeError>((peer_identity, h2))
         };
-        let (peer_identity, mut conn) =
-            tokio::time::timeout(self.settings.handshake_timeout, handshake)
-                .await
-                .map_err(|_| ServeError::HandshakeTimeout(peer))??;
+        tokio::time::timeout(self.settings.handshake_timeout, handshake)
+            .await
+            .map_err(|_| ServeError::HandshakeTimeout(peer))?
+    }
+
+    /// Serves the CONNECTs of an established connection until it closes.
+    async fn serve_h2(
+        &self,
+        peer_identity: Identity,
+        mut conn: h2::server::Connection<TlsConn, Bytes>,
+        peer: SocketAddr,
+    ) -> Result<(), ServeError> {
         debug!(%peer_identity, "HBONE connection established");
         let keepalive = crate::keepalive::run(
             conn.ping_pong(),

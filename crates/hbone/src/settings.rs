@@ -44,6 +44,10 @@ pub struct H2Settings {
     pub keepalive_timeout: Duration,
     /// Limit on the TLS and HTTP/2 handshakes together.
     pub handshake_timeout: Duration,
+    /// Handshakes a server runs at once; connections past it are closed at
+    /// once (logged and counted), so a flood of connections that never
+    /// finish their handshake holds at most this many.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for H2Settings {
@@ -56,6 +60,7 @@ impl Default for H2Settings {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
             handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 1024,
         }
     }
 }

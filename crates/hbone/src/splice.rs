@@ -62,6 +62,12 @@ pub trait ChunkIo: Unpin {
 
     /// Half-closes the writing side; reading carries on.
     fn poll_shutdown_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Ends the stream abnormally, because the splice it was in failed:
+    /// its peer must see a reset, never an end of stream it could take for
+    /// a complete transfer. `failed` is true when this stream's own side is
+    /// the one that failed (the other side's failure is the usual cause).
+    fn abort(&mut self, _failed: bool) {}
 }
 
 /// One direction's read buffer, sized to what the stream delivers.
@@ -127,6 +133,12 @@ impl ChunkIo for TcpStream {
     fn poll_shutdown_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(self).poll_shutdown(cx)
     }
+
+    /// A zero linger time makes the close that follows (the stream is
+    /// dropped next) send RST instead of FIN.
+    fn abort(&mut self, _failed: bool) {
+        let _ = self.set_zero_linger();
+    }
 }
 
 /// One direction of a splice.
@@ -142,13 +154,23 @@ struct Direction {
     moved: u64,
 }
 
+/// Which stream of a direction failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    /// The one read from.
+    From,
+    /// The one written to.
+    To,
+}
+
 impl Direction {
     fn poll_move<R: ChunkIo, W: ChunkIo>(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut R,
         to: &mut W,
-    ) -> Poll<io::Result<()>> {
+    ) -> Poll<Result<(), (Failed, io::Error)>> {
+        let writing = |e| (Failed::To, e);
         loop {
             if self.done {
                 return Poll::Ready(Ok(()));
@@ -156,27 +178,27 @@ impl Direction {
             if let Some(chunk) = &mut self.pending {
                 while !chunk.is_empty() {
                     let before = chunk.len();
-                    ready!(to.poll_write_chunk(cx, chunk))?;
+                    ready!(to.poll_write_chunk(cx, chunk)).map_err(writing)?;
                     self.moved += (before - chunk.len()) as u64;
                     self.unflushed = true;
                 }
                 self.pending = None;
             }
             if self.eof {
-                ready!(to.poll_flush_chunks(cx))?;
-                ready!(to.poll_shutdown_write(cx))?;
+                ready!(to.poll_flush_chunks(cx)).map_err(writing)?;
+                ready!(to.poll_shutdown_write(cx)).map_err(writing)?;
                 self.done = true;
                 continue;
             }
             match from.poll_read_chunk(cx, &mut self.buffer) {
                 Poll::Ready(Ok(Some(chunk))) => self.pending = Some(chunk),
                 Poll::Ready(Ok(None)) => self.eof = true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((Failed::From, e))),
                 Poll::Pending => {
                     // Nothing more to read for now: what was written must
                     // not sit in a buffer while we wait.
                     if self.unflushed {
-                        ready!(to.poll_flush_chunks(cx))?;
+                        ready!(to.poll_flush_chunks(cx)).map_err(writing)?;
                         self.unflushed = false;
                     }
                     return Poll::Pending;
@@ -188,19 +210,30 @@ impl Direction {
 
 /// Copies `a` → `b` and `b` → `a` until both have ended, passing each
 /// end of stream on as a half-close. Returns the bytes moved each way
-/// (`a` → `b`, `b` → `a`); the first error ends both directions.
+/// (`a` → `b`, `b` → `a`). The first error ends both directions and
+/// aborts both streams ([`ChunkIo::abort`]): a failure on one side reaches
+/// the other as a reset, never as a clean end that would make a truncated
+/// transfer look complete.
 pub async fn splice<A: ChunkIo, B: ChunkIo>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)> {
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
-    poll_fn(|cx| {
-        let forward = a_to_b.poll_move(cx, a, b)?;
-        let backward = b_to_a.poll_move(cx, b, a)?;
+    let joined = poll_fn(|cx| {
+        // `true`: the error is `a`'s.
+        let forward =
+            a_to_b.poll_move(cx, a, b).map_err(|(failed, e)| (failed == Failed::From, e))?;
+        let backward =
+            b_to_a.poll_move(cx, b, a).map_err(|(failed, e)| (failed == Failed::To, e))?;
         match (forward, backward) {
-            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok::<(), io::Error>(())),
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
             _ => Poll::Pending,
         }
     })
-    .await?;
+    .await;
+    if let Err((a_failed, e)) = joined {
+        a.abort(a_failed);
+        b.abort(!a_failed);
+        return Err(e);
+    }
     Ok((a_to_b.moved, b_to_a.moved))
 }
 
@@ -233,6 +266,24 @@ mod tests {
         assert_eq!(&sizes[..4], &[MIN_READ, 2 * TLS_RECORD - FRAME_HEADER, MAX_READ, MAX_READ]);
         assert_eq!(sizes.iter().max(), Some(&MAX_READ), "reads stop growing at the maximum");
         assert_eq!((MAX_READ + FRAME_HEADER) % TLS_RECORD, 0, "frames fill whole records");
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_reaches_the_other_as_a_reset() {
+        // client ⇄ (a | splice | b) ⇄ server; the client dies mid-upload.
+        let (client, mut a) = pair().await;
+        let (mut b, mut server) = pair().await;
+        let proxy = tokio::spawn(async move { splice(&mut a, &mut b).await });
+        let mut client = client;
+        client.write_all(&[1u8; 1000]).await.unwrap();
+        let mut got = [0u8; 1000];
+        server.read_exact(&mut got).await.unwrap();
+        client.set_zero_linger().unwrap();
+        drop(client);
+        assert!(proxy.await.unwrap().is_err(), "the splice saw the reset");
+        let mut rest = Vec::new();
+        let err = server.read_to_end(&mut rest).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "not a clean end: {err}");
     }
 
     #[tokio::test]

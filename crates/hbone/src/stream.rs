@@ -207,4 +207,11 @@ impl ChunkIo for H2Stream {
     fn poll_shutdown_write(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.end_send())
     }
+
+    /// RST_STREAM(CANCEL): the peer's reads fail with a reset instead of
+    /// ending at END_STREAM. (A stream already reset ignores it.)
+    fn abort(&mut self, _failed: bool) {
+        self.send_done = true;
+        self.send.send_reset(Reason::CANCEL);
+    }
 }

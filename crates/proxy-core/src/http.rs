@@ -36,13 +36,7 @@ pub async fn serve<R: Route>(
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    continue;
-                }
-            },
+            accepted = hbone::accept::next_connection("http", || listener.accept()) => accepted,
         };
         let route = route.clone();
         tokio::spawn(async move {

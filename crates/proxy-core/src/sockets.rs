@@ -83,8 +83,15 @@ impl SocketFactory for HostSockets {
         listen_on(tcp_socket_for(&addr)?, addr)
     }
 
+    /// Bound to the factory's address (when it has one of the
+    /// destination's family), as a pod's own sockets carry the pod's
+    /// address: peers see where a connection really comes from.
     fn tcp_socket(&self, destination: &SocketAddr) -> io::Result<TcpSocket> {
-        tcp_socket_for(destination)
+        let socket = tcp_socket_for(destination)?;
+        if !self.ip.is_unspecified() && self.ip.is_ipv4() == destination.is_ipv4() {
+            socket.bind(SocketAddr::new(self.ip, 0))?;
+        }
+        Ok(socket)
     }
 
     fn udp_socket(&self, port: u16) -> io::Result<UdpSocket> {
