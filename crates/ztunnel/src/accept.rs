@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -11,7 +10,8 @@ use tracing::warn;
 use crate::pod::PodContext;
 
 /// Accepts until `stop`, spawning `handle` per connection. Accept errors
-/// (out of descriptors...) are logged and retried after a short pause.
+/// (out of descriptors...) are logged and retried after a pause
+/// (`hbone::accept`).
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
@@ -24,14 +24,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, listener = what, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = hbone::accept::next_connection(what, || listener.accept()) => accepted,
         };
         tokio::spawn(handle(stream, peer));
     }

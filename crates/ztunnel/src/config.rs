@@ -17,6 +17,15 @@ pub struct PodPorts {
     pub dns: u16,
 }
 
+impl PodPorts {
+    /// Whether `port` is one of these listeners. No connection may be sent
+    /// to one of them as its destination: ztunnel would dial itself, and
+    /// each hop would dial again until descriptors run out.
+    pub fn is_own(&self, port: u16) -> bool {
+        [self.outbound, self.inbound_plaintext, self.hbone, self.dns].contains(&port)
+    }
+}
+
 impl Default for PodPorts {
     fn default() -> Self {
         Self { outbound: 15001, inbound_plaintext: 15006, hbone: 15008, dns: 15053 }

@@ -145,10 +145,7 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, sockets: DnsSockets, stop: Cance
             loop {
                 let (stream, _) = tokio::select! {
                     _ = stop.cancelled() => return,
-                    accepted = tcp.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
+                    accepted = hbone::accept::next_connection("dns tcp", || tcp.accept()) => accepted,
                 };
                 tokio::spawn(serve_tcp(ctx.clone(), stream));
             }

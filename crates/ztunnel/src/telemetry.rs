@@ -30,13 +30,24 @@ pub enum Failure {
     Denied,
     /// No certificate for the source identity (`UF`, with a log reason).
     NoCertificate,
+    /// The destination is one of ztunnel's own listeners in the pod: it
+    /// would dial itself until out of descriptors (`NR`, with a log reason).
+    OwnPort,
+    /// An open connection failed on the upstream side (the application, or
+    /// the tunnel on outbound): both sides were reset (`UC`).
+    UpstreamTerminated,
+    /// An open connection failed on the downstream side (the client, or
+    /// the tunnel on inbound): both sides were reset (`DC`).
+    DownstreamTerminated,
 }
 
 impl Failure {
     /// The `response_flags` label value.
     pub fn flag(self) -> &'static str {
         match self {
-            Failure::NoRoute => "NR",
+            Failure::NoRoute | Failure::OwnPort => "NR",
+            Failure::UpstreamTerminated => "UC",
+            Failure::DownstreamTerminated => "DC",
             Failure::NoHealthyUpstream => "UH",
             Failure::UpstreamConnect | Failure::NoCertificate => "UF",
             Failure::Denied => "DENY",

@@ -17,7 +17,7 @@ use proxy_core::tcp_metrics::TcpMetrics;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::info;
 
-use crate::telemetry::ConnectionFacts;
+use crate::telemetry::{ConnectionFacts, Failure};
 
 /// An upstream stream with accounting.
 pub(crate) struct Tracked<S> {
@@ -29,6 +29,8 @@ pub(crate) struct Tracked<S> {
     opened: Instant,
     kill: CancellationToken,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Set when the splice failed: the connection was reset, not ended.
+    terminated: Option<Failure>,
     _guard: ConnectionGuard,
 }
 
@@ -51,6 +53,7 @@ impl<S> Tracked<S> {
             opened: Instant::now(),
             kill: kill.clone(),
             killed: Box::pin(kill.clone().cancelled_owned()),
+            terminated: None,
             _guard: guard,
         }
     }
@@ -114,16 +117,29 @@ impl<S: ChunkIo> ChunkIo for Tracked<S> {
     fn poll_shutdown_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.poll_shutdown_write(cx)
     }
+
+    /// Resets the upstream and records which side failed, so the close is
+    /// counted and logged with a response flag, not as a success.
+    fn abort(&mut self, failed: bool) {
+        self.inner.abort(failed);
+        self.terminated =
+            Some(if failed { Failure::UpstreamTerminated } else { Failure::DownstreamTerminated });
+    }
 }
 
 impl<S> Drop for Tracked<S> {
     fn drop(&mut self) {
-        let labels = self.facts.labels(None);
+        let labels = self.facts.labels(self.terminated);
         self.metrics.closed(&labels, self.to_destination, self.from_destination);
+        let reason = match self.terminated {
+            Some(Failure::UpstreamTerminated) => "reset: the upstream side failed mid-connection",
+            _ => "reset: the downstream side failed mid-connection",
+        };
+        let failure = self.terminated.map(|f| (f, reason));
         info!(
             target: "access",
             "{}",
-            self.facts.log_line(self.to_destination, self.from_destination, self.opened.elapsed(), None)
+            self.facts.log_line(self.to_destination, self.from_destination, self.opened.elapsed(), failure)
         );
     }
 }

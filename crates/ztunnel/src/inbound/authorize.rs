@@ -61,6 +61,28 @@ pub fn authorize(
     if decision.allowed() { Ok(decision) } else { Err(Refusal::Denied(describe(&decision))) }
 }
 
+/// The source address policy and telemetry see for an HBONE connection
+/// from `peer` at `peer_addr`: the `Forwarded: for=` address only when the
+/// peer is the destination's own waypoint (which proxies for the real
+/// client); from anyone else, the connection's own source. Any
+/// authenticated peer can write any address into that header, so trusting
+/// it from everyone would let any identity pass an `ipBlocks` rule.
+pub fn trusted_source(
+    store: &WorkloadStore,
+    destination: Option<&Workload>,
+    peer: &Identity,
+    peer_addr: SocketAddr,
+    forwarded: Option<&hbone::authority::ForwardedFor>,
+) -> SocketAddr {
+    let from_waypoint = destination
+        .and_then(|w| w.waypoint.as_ref())
+        .is_some_and(|waypoint| waypoint_identities(store, &waypoint.destination).contains(peer));
+    match forwarded {
+        Some(f) if from_waypoint => SocketAddr::new(f.ip, f.port.unwrap_or(0)),
+        _ => peer_addr,
+    }
+}
+
 fn describe(decision: &Decision) -> String {
     match &decision.reason {
         DecisionReason::DeniedByPolicy(p) => {
@@ -172,6 +194,32 @@ mod tests {
         assert!(decide(&store, Some(id("apps", "waypoint")), "10.0.3.3", 5432).is_ok());
         let refusal = decide(&store, Some(id("apps", "api")), "10.0.0.1", 5432).unwrap_err();
         assert!(matches!(refusal, Refusal::BypassedWaypoint { .. }), "{refusal}");
+    }
+
+    #[test]
+    fn forwarded_is_trusted_only_from_the_destinations_waypoint() {
+        let store = WorkloadStore::new();
+        store.insert(Address::Workload(Box::new(
+            workload("db", "apps", ip("10.0.1.9")).waypoint(ip("10.0.3.3")).build(),
+        )));
+        store.insert(Address::Workload(Box::new(workload("web", "apps", ip("10.0.1.8")).build())));
+        store.insert(Address::Workload(Box::new(
+            workload("waypoint", "apps", ip("10.0.3.3")).service_account("waypoint").build(),
+        )));
+        let spoofed = hbone::authority::ForwardedFor { ip: ip("10.9.9.9"), port: Some(1234) };
+        let peer_addr: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let db = store.workload("Kubernetes//Pod/apps/db").unwrap();
+        let web = store.workload("Kubernetes//Pod/apps/web").unwrap();
+        let source = |dst: &Workload, peer: Identity| {
+            trusted_source(&store, Some(dst), &peer, peer_addr, Some(&spoofed))
+        };
+        assert_eq!(source(&db, id("apps", "waypoint")), "10.9.9.9:1234".parse().unwrap());
+        assert_eq!(source(&db, id("apps", "api")), peer_addr, "not the waypoint: header ignored");
+        assert_eq!(source(&web, id("apps", "waypoint")), peer_addr, "web has no waypoint");
+        assert_eq!(
+            trusted_source(&store, None, &id("apps", "waypoint"), peer_addr, Some(&spoofed)),
+            peer_addr
+        );
     }
 
     #[test]

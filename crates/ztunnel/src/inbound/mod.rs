@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-use self::authorize::{Refusal, authorize};
+use self::authorize::{Refusal, authorize, trusted_source};
 use crate::pod::PodContext;
 use crate::telemetry::{ConnectionFacts, Failure, Reporter};
 use crate::tracked::{Tracked, report_failure};
@@ -84,9 +84,15 @@ impl ConnectHandler for InboundHandler {
 
     async fn handle(&self, request: InboundConnect) -> Verdict<Self::Upstream> {
         let ctx = &self.ctx;
-        let source_ip = request.forwarded_for.as_ref().map_or(request.peer_addr.ip(), |f| f.ip);
-        let source_port = request.forwarded_for.as_ref().and_then(|f| f.port).unwrap_or(0);
         let destination = destination_workload(ctx, request.target.ip());
+        let source_addr = trusted_source(
+            &ctx.shared.store,
+            destination.as_deref(),
+            &request.peer_identity,
+            request.peer_addr,
+            request.forwarded_for.as_ref(),
+        );
+        let source_ip = source_addr.ip();
         if let Some(w) = &destination
             && !w.addresses.contains(&request.target.ip())
         {
@@ -97,7 +103,7 @@ impl ConnectHandler for InboundHandler {
         }
         let facts = ConnectionFacts {
             reporter: Reporter::Destination,
-            source_addr: SocketAddr::new(source_ip, source_port),
+            source_addr,
             source: ctx.shared.store.workload_by_ip(&ctx.shared.config.network, source_ip),
             source_identity: Some(request.peer_identity.clone()),
             destination_addr: request.target,
@@ -107,6 +113,11 @@ impl ConnectHandler for InboundHandler {
             upstream: request.target,
             mtls: true,
         };
+        if ctx.shared.config.ports.is_own(request.target.port()) {
+            let reason = format!("{} is ztunnel's own port in the pod", request.target);
+            report_failure(&ctx.shared.metrics, &facts, Failure::OwnPort, &reason);
+            return Verdict::BadRequest(reason);
+        }
         let decided = authorize(
             &ctx.shared.store,
             destination.as_deref(),
@@ -157,6 +168,13 @@ async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr
         upstream: target,
         mtls: false,
     };
+    // A connection straight to a listener of ours (not redirected: its
+    // original destination is that listener) would be dialled again.
+    if ctx.shared.config.ports.is_own(target.port()) {
+        let reason = format!("{target} is ztunnel's own port in the pod");
+        report_failure(&ctx.shared.metrics, &facts, Failure::OwnPort, &reason);
+        return;
+    }
     // STRICT mTLS arrives as a DENY policy for connections without a
     // principal, so plaintext is refused there by the same evaluation.
     let decided = authorize(

@@ -45,16 +45,26 @@ impl NetnsSockets {
     }
 
     /// Runs `create` with the current thread inside the pod's namespace.
+    /// The thread returns to the host's namespace however `create` ends,
+    /// a panic included: it is a runtime worker that goes on serving.
     fn inside<T>(&self, create: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
         setns(self.pod.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        let created = create();
-        if let Err(e) = setns(self.host.0.as_fd(), CloneFlags::CLONE_NEWNET) {
+        let _back = ReturnHome(&self.host);
+        create()
+    }
+}
+
+/// Puts the current thread back into the host's namespace when dropped.
+struct ReturnHome<'a>(&'a HostNetns);
+
+impl Drop for ReturnHome<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = setns(self.0.0.as_fd(), CloneFlags::CLONE_NEWNET) {
             // This thread would keep serving from the pod's namespace; no
             // later socket could be trusted. Nothing sane is left to do.
             eprintln!("ztunnel: cannot return to the host network namespace: {e}; aborting");
             std::process::abort();
         }
-        created
     }
 }
 

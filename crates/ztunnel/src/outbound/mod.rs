@@ -194,9 +194,8 @@ fn ready_bytes(client: &TcpStream) -> std::io::Result<Bytes> {
     }
 }
 
-/// Whether `original` is one of this pod's own capture listeners.
+/// Whether `original` is one of this pod's own listeners.
 fn is_own_listener(ctx: &PodContext, client: &TcpStream, original: SocketAddr) -> bool {
-    let ports = ctx.shared.config.ports;
     client.local_addr().is_ok_and(|local| local == original)
-        && [ports.outbound, ports.inbound_plaintext].contains(&original.port())
+        && ctx.shared.config.ports.is_own(original.port())
 }
