@@ -5,8 +5,10 @@
 //! Read-only JSON over plain HTTP/1.1; bind it to localhost unless it is
 //! behind something that authenticates.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -25,6 +27,7 @@ use tracing::debug;
 use xds::DeltaAdsServer;
 
 use crate::config::BadObject;
+use crate::config::files::Snapshot;
 use crate::model::Warning;
 
 /// What the admin endpoint reports; updated by the process as it runs.
@@ -87,19 +90,36 @@ impl Default for AdminState {
 #[derive(Default)]
 struct Reports {
     rejected: Vec<BadObject>,
+    ignored: BTreeMap<String, usize>,
+    read_at: Option<SystemTime>,
     warnings: Vec<Warning>,
     generation: u64,
+    /// A complete model has been published (readiness).
+    published: bool,
 }
 
 impl AdminState {
     /// Records the latest config load and model.
-    pub fn update(&self, rejected: Vec<BadObject>, warnings: Vec<Warning>, generation: u64) {
+    pub fn update(&self, snapshot: &Snapshot, warnings: Vec<Warning>, generation: u64) {
         let m = &self.metrics;
-        m.rejected.set(i64::try_from(rejected.len()).unwrap_or(i64::MAX));
+        m.rejected.set(i64::try_from(snapshot.bad.len()).unwrap_or(i64::MAX));
         m.warnings.set(i64::try_from(warnings.len()).unwrap_or(i64::MAX));
         m.generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         let mut reports = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        *reports = Reports { rejected, warnings, generation };
+        *reports = Reports {
+            rejected: snapshot.bad.clone(),
+            ignored: snapshot.ignored.clone(),
+            read_at: snapshot.read_at,
+            warnings,
+            generation,
+            published: true,
+        };
+    }
+
+    /// Whether a model computed from a complete config load has been
+    /// published: before that, proxies would be sent a partial mesh.
+    pub fn is_ready(&self) -> bool {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).published
     }
 
     /// Records how many resources of a type are served.
@@ -119,13 +139,17 @@ impl AdminState {
 
     fn rejected_json(&self) -> Value {
         let reports = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let read_at = reports.read_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok());
         json!({
             "generation": reports.generation,
+            "read_at_unix_ms": read_at.map(|d| d.as_millis() as u64),
             "rejected": reports.rejected.iter().map(|b| json!({
                 "source": b.source,
                 "object": b.object.as_ref().map(ToString::to_string),
                 "reason": b.reason,
+                "in_force": b.consequence(),
             })).collect::<Vec<_>>(),
+            "ignored_kinds": reports.ignored,
             "warnings": reports.warnings.iter().map(|w| json!({
                 "object": w.object.to_string(),
                 "message": w.message,
@@ -137,7 +161,7 @@ impl AdminState {
 /// Serves the endpoint on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: AdminState, ads: DeltaAdsServer) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let (tcp, _) = hbone::accept::next_connection("admin", || listener.accept()).await;
         let state = state.clone();
         let ads = ads.clone();
         tokio::spawn(async move {
@@ -191,7 +215,12 @@ fn route(
             );
             response
         }
-        "/ready" | "/healthz" => reply(StatusCode::OK, json!({"ok": true})),
+        "/ready" if state.is_ready() => reply(StatusCode::OK, json!({"ok": true})),
+        "/ready" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ok": false, "waiting_for": "the first complete config load"}),
+        ),
+        "/healthz" => reply(StatusCode::OK, json!({"ok": true})),
         other => reply(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no such endpoint {other}"),

@@ -243,7 +243,7 @@ async fn apply_snapshots(
         if scopes.update(model.waypoint_scopes.clone()) {
             ads.refilter();
         }
-        admin.update(snapshot.bad.clone(), model.warnings.clone(), store.generation());
+        admin.update(&snapshot, model.warnings.clone(), store.generation());
         for type_url in [mesh_proto::type_url::ADDRESS, mesh_proto::type_url::AUTHORIZATION] {
             admin.set_resources(type_url, store.names(type_url).len());
         }

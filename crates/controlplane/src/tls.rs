@@ -89,16 +89,9 @@ pub fn incoming(
             let accepted = tokio::select! {
                 // The server is gone: stop accepting (and release the port).
                 _ = tx.closed() => return,
-                accepted = listener.accept() => accepted,
+                accepted = hbone::accept::next_connection("grpc", || listener.accept()) => accepted,
             };
-            let (tcp, remote_addr) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (tcp, remote_addr) = accepted;
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
             tokio::spawn(async move {

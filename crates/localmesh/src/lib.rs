@@ -11,6 +11,7 @@
 pub mod cluster;
 mod environment;
 pub mod net;
+pub mod report;
 pub mod spec;
 
 pub use cluster::{Cluster, ClusterError, NodeInfo, Options, PodInfo, State, down};

@@ -131,7 +131,32 @@ pub(crate) fn run(command: LocalCommand) -> anyhow::Result<()> {
             let target = state_dir(&name).join("config").join(format!("applied-{stem}.yaml"));
             let text: Vec<String> = objects.iter().map(|o| o.to_string()).collect();
             std::fs::write(&target, text.join("\n---\n") + "\n")?;
-            println!("{} object(s) applied ({})", objects.len(), target.display());
+            let written = std::time::SystemTime::now();
+            println!("{} object(s) written ({})", objects.len(), target.display());
+            // The control plane reads the directory itself: ask it what it
+            // made of the file, and fail if it refused any of it.
+            let state = Cluster::read_state(&state_dir(&name))?;
+            let report = localmesh::report::config_report(
+                &state,
+                written,
+                std::time::Duration::from_secs(15),
+            )?;
+            for (kind, count) in &report.ignored_kinds {
+                println!("ignored by the mesh (a kind it does not handle): {kind} × {count}");
+            }
+            let target = target.display().to_string();
+            let refused: Vec<_> = report.refused_from(&target).collect();
+            for object in &refused {
+                eprintln!("refused: {object}");
+            }
+            if !refused.is_empty() {
+                anyhow::bail!(
+                    "{} object(s) of {} refused by the control plane",
+                    refused.len(),
+                    file.display()
+                );
+            }
+            println!("applied: the control plane read every object");
             Ok(())
         }
     }

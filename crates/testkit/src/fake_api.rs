@@ -42,6 +42,8 @@ struct State {
     log: Vec<Event>,
     /// Watches from a resourceVersion below this get 410 Gone.
     floor: u64,
+    /// plural → how many of its next lists fail with 500.
+    failing_lists: BTreeMap<String, u32>,
 }
 
 /// The fake API server. Cheap to clone.
@@ -157,6 +159,12 @@ impl FakeApiServer {
         state.objects.get(plural)?.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
+    /// Makes the next `count` lists of `kind` fail with `500` (a watch's
+    /// first list failing, as during an API server's restart).
+    pub fn fail_lists(&self, kind: &str, count: u32) {
+        self.state.lock().unwrap().failing_lists.insert(plural_of(kind), count);
+    }
+
     /// Forgets history: watches resuming from before now get `410 Gone`.
     pub fn compact(&self) {
         let mut state = self.state.lock().unwrap();
@@ -216,6 +224,16 @@ impl FakeApiServer {
         let Some(plural) = route.map(|r| r.plural) else {
             return json_response(StatusCode::NOT_FOUND, status(404, "NotFound", &path));
         };
+        if query.get("watch").is_none_or(|w| w != "true" && w != "1") {
+            let mut state = self.state.lock().unwrap();
+            if let Some(left) = state.failing_lists.get_mut(&plural).filter(|n| **n > 0) {
+                *left -= 1;
+                return json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    status(500, "InternalError", "injected list failure"),
+                );
+            }
+        }
         let selector: Vec<(String, String)> = query
             .get("labelSelector")
             .map(|s| {

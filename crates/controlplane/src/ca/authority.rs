@@ -124,7 +124,7 @@ impl CertificateAuthority {
         let mut params = hbone::cert::workload_leaf_params(
             now - Duration::from_secs(60),
             now + validity,
-            &random_serial(),
+            &random_serial().map_err(|e| CaError::Signing(e.to_string()))?,
         );
         let uri = rcgen::string::Ia5String::try_from(csr.identity.to_string())
             .map_err(|e| CaError::Signing(e.to_string()))?;
@@ -139,11 +139,19 @@ impl CertificateAuthority {
     }
 }
 
+/// The system's random source failed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the system random source failed: no serial number")]
+pub struct RandomFailed;
+
 /// 128 random bits, positive: serials must be unique and unpredictable.
-pub(crate) fn random_serial() -> [u8; 16] {
+/// Fails, rather than sign with a serial of zeros, when the system's
+/// random source does.
+pub(crate) fn random_serial() -> Result<[u8; 16], RandomFailed> {
     let mut serial = [0u8; 16];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
+        .map_err(|_| RandomFailed)?;
     // Positive and non-zero, as RFC 5280 requires.
     serial[0] = (serial[0] & 0x7f) | 0x01;
-    serial
+    Ok(serial)
 }

@@ -67,6 +67,9 @@ pub enum MaterialError {
     /// Generating the root failed.
     #[error("could not generate the CA")]
     Generate(#[source] rcgen::Error),
+    /// The system's random source failed (no serial number).
+    #[error("could not generate the CA: {0}")]
+    Random(#[source] super::authority::RandomFailed),
     /// The Kubernetes API failed while reading or writing the Secret.
     #[error("Secret {secret}: {why}")]
     Kubernetes {
@@ -120,8 +123,9 @@ impl CaMaterial {
         // A little slack for clocks that are behind ours.
         params.not_before = (now - Duration::from_secs(3600)).into();
         params.not_after = (now + GENERATED_ROOT_LIFETIME).into();
-        params.serial_number =
-            Some(rcgen::SerialNumber::from_slice(&super::authority::random_serial()));
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            &super::authority::random_serial().map_err(MaterialError::Random)?,
+        ));
         let cert = params.self_signed(&key).map_err(MaterialError::Generate)?;
         let pem = cert.pem();
         Ok(Self {

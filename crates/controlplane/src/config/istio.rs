@@ -1,6 +1,12 @@
-//! The Istio and Gateway API resources we read, as serde types. Only the
-//! fields the model uses are declared; unknown fields are ignored (users'
-//! YAML carries many), but a known field of the wrong type is an error.
+//! The Istio and Gateway API resources we read, as serde types.
+//!
+//! Security resources (AuthorizationPolicy, PeerAuthentication) declare
+//! every field of their `security.istio.io/v1` schema and refuse any other
+//! (`deny_unknown_fields`) and any value outside an enum: in directory mode
+//! no admission webhook stands in front of the store, and a misspelt
+//! `principal:` read as "no condition" would allow everyone. Other kinds
+//! declare only the fields the model uses and ignore the rest (users' YAML
+//! carries many); a known field of the wrong type is an error everywhere.
 
 // Fields mirror Istio's API reference one for one; their docs live there.
 #![allow(missing_docs)]
@@ -9,23 +15,47 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-/// `security.istio.io/v1` AuthorizationPolicy `spec`.
+/// `security.istio.io/v1` AuthorizationPolicy `spec`: every field of the
+/// v1 schema, and nothing else (a misspelt field is an error, never a
+/// condition silently dropped).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     /// Pods it applies to; none: the whole namespace.
     pub selector: Option<WorkloadSelector>,
-    /// `ALLOW` (default), `DENY`, `AUDIT` or `CUSTOM`.
-    pub action: Option<String>,
+    /// Absent means `ALLOW`.
+    pub action: Option<AuthorizationAction>,
     /// OR-ed rules.
     pub rules: Vec<PolicyRule>,
+    /// One waypoint or service target (L7, not enforced by node proxies).
+    pub target_ref: Option<serde_json::Value>,
     /// Waypoint or service targets (L7, not enforced by node proxies).
     pub target_refs: Vec<serde_json::Value>,
+    /// The external authorizer of a `CUSTOM` policy.
+    pub provider: Option<serde_json::Value>,
+}
+
+impl AuthorizationPolicySpec {
+    /// True when the policy targets waypoints or services (`targetRef` or
+    /// `targetRefs`) rather than selecting pods.
+    pub fn is_targeted(&self) -> bool {
+        self.target_ref.is_some() || !self.target_refs.is_empty()
+    }
+}
+
+/// `spec.action`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AuthorizationAction {
+    Allow,
+    Deny,
+    Audit,
+    Custom,
 }
 
 /// `spec.selector`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct WorkloadSelector {
     /// Labels a pod must carry.
     pub match_labels: BTreeMap<String, String>,
@@ -33,7 +63,7 @@ pub struct WorkloadSelector {
 
 /// One rule: from × to × when, AND-ed.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PolicyRule {
     /// OR-ed sources.
     pub from: Vec<From>,
@@ -45,7 +75,7 @@ pub struct PolicyRule {
 
 /// `from[]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct From {
     /// The source.
     pub source: Source,
@@ -53,25 +83,31 @@ pub struct From {
 
 /// `from[].source`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Source {
     pub principals: Vec<String>,
     pub not_principals: Vec<String>,
-    pub namespaces: Vec<String>,
-    pub not_namespaces: Vec<String>,
-    pub ip_blocks: Vec<String>,
-    pub not_ip_blocks: Vec<String>,
-    pub remote_ip_blocks: Vec<String>,
-    pub not_remote_ip_blocks: Vec<String>,
     /// L7 (JWT): not enforceable by a node proxy.
     pub request_principals: Vec<String>,
     /// L7 (JWT): not enforceable by a node proxy.
     pub not_request_principals: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub not_namespaces: Vec<String>,
+    pub ip_blocks: Vec<String>,
+    pub not_ip_blocks: Vec<String>,
+    /// L7 (the client address an HTTP proxy reports in headers).
+    pub remote_ip_blocks: Vec<String>,
+    /// L7 (the client address an HTTP proxy reports in headers).
+    pub not_remote_ip_blocks: Vec<String>,
+    /// `<namespace>/<name>`, or `<name>` in the policy's namespace.
+    pub service_accounts: Vec<String>,
+    /// `<namespace>/<name>`, or `<name>` in the policy's namespace.
+    pub not_service_accounts: Vec<String>,
 }
 
 /// `to[]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct To {
     /// The operation.
     pub operation: Operation,
@@ -79,7 +115,7 @@ pub struct To {
 
 /// `to[].operation`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Operation {
     pub ports: Vec<String>,
     pub not_ports: Vec<String>,
@@ -99,31 +135,46 @@ pub struct Operation {
 
 /// `when[]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Condition {
     pub key: String,
     pub values: Vec<String>,
     pub not_values: Vec<String>,
 }
 
-/// `security.istio.io/v1` PeerAuthentication `spec`.
+/// `security.istio.io/v1` PeerAuthentication `spec`: every field of the v1
+/// schema, and nothing else.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PeerAuthenticationSpec {
     /// Pods it applies to; none: the whole namespace (or mesh, in the root namespace).
     pub selector: Option<WorkloadSelector>,
     /// The mode.
     pub mtls: Option<MutualTls>,
-    /// Per-port modes (not supported by node proxies; reported).
+    /// Per-port modes, keyed by the workload's port number.
     pub port_level_mtls: BTreeMap<String, MutualTls>,
 }
 
 /// `spec.mtls`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MutualTls {
-    /// `STRICT`, `PERMISSIVE`, `DISABLE` or `UNSET`.
-    pub mode: Option<String>,
+    /// Absent means `UNSET`.
+    pub mode: Option<MtlsMode>,
+}
+
+/// `spec.mtls.mode`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum MtlsMode {
+    /// Inherit from the enclosing scope.
+    Unset,
+    /// Plaintext only (node proxies still accept HBONE).
+    Disable,
+    /// Both.
+    Permissive,
+    /// mTLS only.
+    Strict,
 }
 
 /// `gateway.networking.k8s.io/v1` Gateway `spec`.

@@ -17,7 +17,8 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use super::files::Snapshot;
-use super::objects::{BadObject, parse_object};
+use super::last_valid::LastValid;
+use super::objects::{Documents, parse_object};
 use super::state::ClusterState;
 
 /// (group, version, kind) of everything the model reads.
@@ -46,7 +47,9 @@ struct Shared {
 
 /// Watches every kind and publishes a snapshot after each burst of changes
 /// (waiting `debounce` to gather a burst), first once every kind has been
-/// listed. Runs until every receiver is dropped.
+/// listed completely (a failed first list is retried, never taken for an
+/// empty one; only a CRD kind the cluster does not serve counts as
+/// listed). Runs until every receiver is dropped.
 pub async fn watch_cluster(
     client: kube::Client,
     debounce: Duration,
@@ -58,13 +61,15 @@ pub async fn watch_cluster(
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
         tasks.push(tokio::spawn(watch_kind(client.clone(), index, resource, shared.clone())));
     }
+    let mut last_valid = LastValid::default();
     loop {
         shared.dirty.notified().await;
         tokio::time::sleep(debounce).await;
         if shared.synced.load(Ordering::Acquire) < KINDS.len() {
             continue;
         }
-        let snapshot = build(&shared);
+        let mut snapshot = build(&shared);
+        last_valid.apply(&mut snapshot.state, &mut snapshot.bad);
         info!(pods = snapshot.state.pods.len(), bad = snapshot.bad.len(), "cluster state changed");
         if tx.send(Arc::new(snapshot)).is_err() {
             break;
@@ -132,13 +137,28 @@ async fn watch_kind(
             }
             Err(e) => {
                 warn!(kind = %resource.kind, error = %e, "watch failed; retrying");
-                // A kind the cluster does not serve (CRD not installed)
-                // must not hold back everything else.
-                mark_synced(&mut synced);
-                shared.dirty.notify_one();
+                // A kind is synced only by a complete first list: a failed
+                // Pod list taken as "no pods" would withdraw every
+                // workload. The exception is a kind the cluster does not
+                // serve at all (an Istio or Gateway API CRD not installed):
+                // it has no objects, and must not hold back the rest.
+                if !synced && optional(&resource.group) && is_not_found(&e) {
+                    info!(kind = %resource.kind, "kind not served by this cluster; treated as empty");
+                    mark_synced(&mut synced);
+                    shared.dirty.notify_one();
+                }
             }
         }
     }
+}
+
+/// Kinds from CRDs a cluster may lack; core kinds are always served.
+fn optional(group: &str) -> bool {
+    !matches!(group, "" | "discovery.k8s.io")
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404)
 }
 
 fn build(shared: &Shared) -> Snapshot {
@@ -147,13 +167,12 @@ fn build(shared: &Shared) -> Snapshot {
     let mut bad = Vec::new();
     for ((_, namespace, name), value) in objects {
         let source = format!("kubernetes {namespace}/{name}");
-        match parse_object(value) {
-            Ok(Some(object)) => parsed.push((object, source)),
-            Ok(None) => {}
-            Err((object, reason)) => bad.push(BadObject { source, object, reason }),
-        }
+        let mut documents = Documents::default();
+        documents.collect(parse_object(value), &source);
+        bad.extend(documents.bad);
+        parsed.extend(documents.objects.into_iter().map(|o| (o, source.clone())));
     }
     let (state, duplicates) = ClusterState::from_objects(parsed);
     bad.extend(duplicates);
-    Snapshot { state, bad }
+    Snapshot { state, bad, read_at: Some(std::time::SystemTime::now()), ..Snapshot::default() }
 }

@@ -1,6 +1,7 @@
 //! Kubernetes objects as the model reads them, parsed from YAML or JSON
 //! documents one at a time, so one bad object never stops the others.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
@@ -19,9 +20,40 @@ pub struct Named<S> {
     /// Name.
     pub name: String,
     /// Labels.
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// True when this is not the user's object but the fail-closed stand-in
+    /// for a security object that was refused (`config::security`).
+    pub fail_closed: bool,
     /// The spec.
     pub spec: S,
+}
+
+impl Named<()> {
+    /// Only the name: for a stand-in whose metadata could not be read.
+    pub(crate) fn bare(reference: &ObjectRef) -> Self {
+        Self {
+            namespace: reference.namespace.clone().unwrap_or_default(),
+            name: reference.name.clone(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            fail_closed: false,
+            spec: (),
+        }
+    }
+
+    /// The same metadata with `spec`.
+    pub(crate) fn with_spec<S>(self, spec: S) -> Named<S> {
+        Named {
+            namespace: self.namespace,
+            name: self.name,
+            labels: self.labels,
+            annotations: self.annotations,
+            fail_closed: self.fail_closed,
+            spec,
+        }
+    }
 }
 
 /// An object the model uses.
@@ -78,13 +110,47 @@ pub struct BadObject {
     pub object: Option<ObjectRef>,
     /// What was wrong.
     pub reason: String,
+    /// For a refused security object: what is enforced in its place.
+    pub in_force: Option<InForce>,
+}
+
+/// What the mesh enforces in place of a refused security object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InForce {
+    /// A fail-closed stand-in (`config::security`): deny all, or STRICT.
+    FailClosed,
+    /// The last valid version read earlier (`config::last_valid`).
+    LastValid,
+}
+
+impl BadObject {
+    /// A skipped object with nothing in its place.
+    pub fn skipped(source: String, object: Option<ObjectRef>, reason: String) -> Self {
+        Self { source, object, reason, in_force: None }
+    }
+
+    /// What is enforced in the object's place, in words (empty when nothing).
+    pub fn consequence(&self) -> String {
+        let kind = self.object.as_ref().map(|o| o.kind.as_str()).unwrap_or_default();
+        match self.in_force {
+            None => String::new(),
+            Some(InForce::FailClosed) => super::security::stand_in_effect(kind).to_string(),
+            Some(InForce::LastValid) => {
+                "the last valid version stays in force until it is fixed".to_string()
+            }
+        }
+    }
 }
 
 impl fmt::Display for BadObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.object {
-            Some(o) => write!(f, "{}: {o}: {}", self.source, self.reason),
-            None => write!(f, "{}: {}", self.source, self.reason),
+            Some(o) => write!(f, "{}: {o}: {}", self.source, self.reason)?,
+            None => write!(f, "{}: {}", self.source, self.reason)?,
+        }
+        match self.in_force {
+            Some(_) => write!(f, "; {}", self.consequence()),
+            None => Ok(()),
         }
     }
 }
@@ -123,41 +189,70 @@ impl Object {
     }
 }
 
-/// Parses every document of a YAML (or JSON) text. `source` names the text
-/// in errors. `kind: List` documents are expanded. Kinds the model does not
-/// use are skipped silently.
-pub fn parse_documents(text: &str, source: &str) -> (Vec<Object>, Vec<BadObject>) {
-    let mut objects = Vec::new();
-    let mut bad = Vec::new();
-    for (index, document) in split_documents(text).into_iter().enumerate() {
-        let where_ = format!("{source} (document {})", index + 1);
-        let value: Value = match serde_saphyr::from_str(document) {
-            Ok(Value::Null) => continue,
-            Ok(value) => value,
-            Err(e) => {
-                bad.push(BadObject {
-                    source: where_,
-                    object: None,
-                    reason: format!("not valid YAML: {e}"),
-                });
-                continue;
-            }
-        };
-        let items = match (value.get("kind").and_then(Value::as_str), value.get("items")) {
-            (Some("List"), Some(Value::Array(items))) => items.clone(),
-            _ => vec![value],
-        };
-        for item in items {
-            match parse_object(item) {
-                Ok(Some(object)) => objects.push(object),
-                Ok(None) => {}
-                Err((object, reason)) => {
-                    bad.push(BadObject { source: where_.clone(), object, reason })
+/// What documents held: the objects the model uses, the ones refused, and
+/// how many of each kind the mesh does not handle (`apiVersion kind` →
+/// count), so a user's Deployment or HTTPRoute is reported, not lost.
+#[derive(Debug, Default)]
+pub struct Documents {
+    /// The objects read (stand-ins of refused security objects included).
+    pub objects: Vec<Object>,
+    /// The objects refused, and why.
+    pub bad: Vec<BadObject>,
+    /// Kinds the mesh ignores, with a count.
+    pub ignored: BTreeMap<String, usize>,
+}
+
+impl Documents {
+    /// Reads every document of a YAML (or JSON) text. `source` names the
+    /// text in errors. `kind: List` documents are expanded.
+    pub fn read(&mut self, text: &str, source: &str) {
+        for (index, document) in split_documents(text).into_iter().enumerate() {
+            let where_ = format!("{source} (document {})", index + 1);
+            let value: Value = match serde_saphyr::from_str(document) {
+                Ok(Value::Null) => continue,
+                Ok(value) => value,
+                Err(e) => {
+                    self.bad.push(BadObject::skipped(where_, None, format!("not valid YAML: {e}")));
+                    continue;
                 }
+            };
+            let items = match (value.get("kind").and_then(Value::as_str), value.get("items")) {
+                (Some("List"), Some(Value::Array(items))) => items.clone(),
+                _ => vec![value],
+            };
+            for item in items {
+                self.collect(parse_object(item), &where_);
             }
         }
     }
-    (objects, bad)
+
+    /// Files the outcome of [`parse_object`]: the object, a kind ignored,
+    /// or a [`BadObject`] (and the stand-in that fails closed in a refused
+    /// object's place).
+    pub(crate) fn collect(&mut self, parsed: Result<Read, Rejected>, source: &str) {
+        match parsed {
+            Ok(Read::Object(object)) => self.objects.push(*object),
+            Ok(Read::Ignored(kind)) => *self.ignored.entry(kind).or_default() += 1,
+            Err(rejected) => {
+                let in_force = rejected.stand_in.is_some().then_some(InForce::FailClosed);
+                self.bad.push(BadObject {
+                    source: source.to_string(),
+                    object: rejected.object,
+                    reason: rejected.reason,
+                    in_force,
+                });
+                self.objects.extend(rejected.stand_in.map(|o| *o));
+            }
+        }
+    }
+}
+
+/// Parses every document of a YAML (or JSON) text: [`Documents::read`]
+/// without the count of ignored kinds.
+pub fn parse_documents(text: &str, source: &str) -> (Vec<Object>, Vec<BadObject>) {
+    let mut documents = Documents::default();
+    documents.read(text, source);
+    (documents.objects, documents.bad)
 }
 
 /// Splits on `---` separator lines. (A YAML parser's multi-document mode
@@ -178,16 +273,39 @@ fn split_documents(text: &str) -> Vec<&str> {
     documents.into_iter().filter(|d| !d.trim().is_empty()).collect()
 }
 
-pub(crate) type ParseError = (Option<ObjectRef>, String);
+/// An object that could not be read.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    /// The object, when its kind and name could be read.
+    pub object: Option<ObjectRef>,
+    /// What was wrong.
+    pub reason: String,
+    /// What is enforced in its place (security objects only).
+    pub stand_in: Option<Box<Object>>,
+}
 
-/// Parses one object; `Ok(None)` for kinds the model does not use.
-pub(crate) fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
+impl Rejected {
+    fn new(object: Option<ObjectRef>, reason: String) -> Self {
+        Self { object, reason, stand_in: None }
+    }
+}
+
+/// One object read: one the model uses, or the `apiVersion kind` of one
+/// it does not.
+#[derive(Debug)]
+pub(crate) enum Read {
+    Object(Box<Object>),
+    Ignored(String),
+}
+
+/// Parses one object.
+pub(crate) fn parse_object(value: Value) -> Result<Read, Rejected> {
     let api_version =
         value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
     let kind = value
         .get("kind")
         .and_then(Value::as_str)
-        .ok_or((None, "document has no kind".to_string()))?
+        .ok_or_else(|| Rejected::new(None, "document has no kind".to_string()))?
         .to_string();
     let metadata = value.get("metadata");
     let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default();
@@ -199,10 +317,11 @@ pub(crate) fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
         name: name.to_string(),
     };
     if name.is_empty() {
-        return Err((Some(reference), "metadata.name is missing".to_string()));
+        return Err(Rejected::new(Some(reference), "metadata.name is missing".to_string()));
     }
-    let fail = |e: serde_json::Error| (Some(reference.clone()), format!("invalid: {e}"));
-    let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+    let fail =
+        |e: serde_json::Error| Rejected::new(Some(reference.clone()), format!("invalid: {e}"));
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
     let object = match (group, kind.as_str()) {
         ("", "Namespace") => Object::Namespace(serde_json::from_value(value).map_err(fail)?),
         ("", "Node") => Object::Node(serde_json::from_value(value).map_err(fail)?),
@@ -226,11 +345,8 @@ pub(crate) fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
             sa.metadata.namespace.get_or_insert_with(|| "default".to_string());
             Object::ServiceAccount(Box::new(sa))
         }
-        ("security.istio.io", "AuthorizationPolicy") => {
-            Object::AuthorizationPolicy(named(&value, &reference).map_err(fail)?)
-        }
-        ("security.istio.io", "PeerAuthentication") => {
-            Object::PeerAuthentication(named(&value, &reference).map_err(fail)?)
+        ("security.istio.io", "AuthorizationPolicy" | "PeerAuthentication") => {
+            super::security::parse(&kind, version, &value, &reference)?
         }
         ("networking.istio.io", "ServiceEntry") => {
             Object::ServiceEntry(named(&value, &reference).map_err(fail)?)
@@ -238,9 +354,9 @@ pub(crate) fn parse_object(value: Value) -> Result<Option<Object>, ParseError> {
         ("gateway.networking.k8s.io", "Gateway") => {
             Object::Gateway(named(&value, &reference).map_err(fail)?)
         }
-        _ => return Ok(None),
+        _ => return Ok(Read::Ignored(format!("{api_version} {kind}"))),
     };
-    Ok(Some(object))
+    Ok(Read::Object(Box::new(object)))
 }
 
 fn named<S: serde::de::DeserializeOwned + Default>(
@@ -251,16 +367,21 @@ fn named<S: serde::de::DeserializeOwned + Default>(
         Some(spec) => serde_json::from_value(spec.clone())?,
         None => S::default(),
     };
-    let labels = match value.get("metadata").and_then(|m| m.get("labels")) {
-        Some(labels) => serde_json::from_value(labels.clone())?,
-        None => Default::default(),
+    Ok(named_meta(value, reference)?.with_spec(spec))
+}
+
+/// Name, namespace, labels and annotations.
+pub(crate) fn named_meta(
+    value: &Value,
+    reference: &ObjectRef,
+) -> Result<Named<()>, serde_json::Error> {
+    let map = |field: &str| -> Result<BTreeMap<String, String>, serde_json::Error> {
+        match value.get("metadata").and_then(|m| m.get(field)) {
+            Some(Value::Null) | None => Ok(BTreeMap::new()),
+            Some(v) => serde_json::from_value(v.clone()),
+        }
     };
-    Ok(Named {
-        namespace: reference.namespace.clone().unwrap_or_default(),
-        name: reference.name.clone(),
-        labels,
-        spec,
-    })
+    Ok(Named { labels: map("labels")?, annotations: map("annotations")?, ..Named::bare(reference) })
 }
 
 #[cfg(test)]

@@ -62,11 +62,11 @@ impl ClusterState {
                 Object::ServiceEntry(e) => insert(&mut state.service_entries, key(), e),
             };
             if !fresh {
-                bad.push(BadObject {
+                bad.push(BadObject::skipped(
                     source,
-                    object: Some(reference),
-                    reason: "defined more than once; the first definition is used".into(),
-                });
+                    Some(reference),
+                    "defined more than once; the first definition is used".into(),
+                ));
             }
         }
         (state, bad)

@@ -2,16 +2,22 @@
 
 use mesh_core::policy::{Authorization, Connection, PolicyScope, evaluate};
 
-use crate::config::{ClusterState, parse_documents};
+use crate::config::{BadObject, ClusterState, parse_documents};
 use crate::model::{MeshConfig, Model};
 
 fn model(yaml: &str) -> Model {
-    let (objects, bad) = parse_documents(yaml, "test.yaml");
+    let (m, bad) = model_and_refused(yaml);
     assert!(bad.is_empty(), "{bad:?}");
+    m
+}
+
+/// The model, with stand-ins for refused objects, and what was refused.
+fn model_and_refused(yaml: &str) -> (Model, Vec<BadObject>) {
+    let (objects, bad) = parse_documents(yaml, "test.yaml");
     let (state, dup) =
         ClusterState::from_objects(objects.into_iter().map(|o| (o, "test".to_string())));
     assert!(dup.is_empty());
-    Model::compute(&state, &MeshConfig::default())
+    (Model::compute(&state, &MeshConfig::default()), bad)
 }
 
 fn policy<'a>(m: &'a Model, key: &str) -> &'a Authorization {
@@ -112,7 +118,7 @@ fn unsupported_actions_and_waypoint_policies_are_skipped_with_a_warning() {
 fn when_conditions_and_ip_blocks() {
     let m = model(&ap(
         "allow-lan",
-        "{rules: [{from: [{source: {remoteIpBlocks: [10.0.0.0/24]}}], when: [{key: destination.port, values: ['8080']}, {key: source.namespace, notValues: [other]}]}]}",
+        "{rules: [{from: [{source: {ipBlocks: [10.0.0.0/24]}}], when: [{key: destination.port, values: ['8080']}, {key: source.namespace, notValues: [other]}]}]}",
     ));
     let p = policy(&m, "apps/allow-lan");
     assert!(evaluate([p], &conn(Some(SLEEP), "10.0.0.5", 8080)).allowed());
@@ -204,4 +210,189 @@ fn a_selector_matching_no_pod_is_reported() {
     assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
     assert!(m.warnings[0].message.contains("matches no running pod"));
     assert_eq!(m.warnings[0].object.to_string(), "AuthorizationPolicy apps/nobody");
+}
+
+// === fail closed (issue #17) ===
+
+#[test]
+fn service_accounts_are_enforced_not_ignored() {
+    let m = model(&ap(
+        "allow-sa",
+        "{rules: [{from: [{source: {serviceAccounts: [apps/sleep]}}]}, {from: [{source: {serviceAccounts: [curl]}}]}]}",
+    ));
+    let p = policy(&m, "apps/allow-sa");
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    assert!(evaluate([p], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed());
+    assert!(
+        !evaluate([p], &conn(Some(OTHER), "10.0.0.5", 80)).allowed(),
+        "other/curl is not apps/curl: a bare name is the policy's namespace"
+    );
+    assert!(
+        evaluate([p], &conn(Some("spiffe://cluster.local/ns/apps/sa/curl"), "10.0.0.5", 80))
+            .allowed()
+    );
+    assert!(!evaluate([p], &conn(None, "10.0.0.5", 80)).allowed(), "plaintext has no account");
+
+    let m =
+        model(&ap("not-sa", "{rules: [{from: [{source: {notServiceAccounts: [apps/sleep]}}]}]}"));
+    let p = policy(&m, "apps/not-sa");
+    assert!(!evaluate([p], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed());
+    assert!(evaluate([p], &conn(Some(OTHER), "10.0.0.5", 80)).allowed());
+
+    let m = model(&ap("bad-sa", "{rules: [{from: [{source: {serviceAccounts: [a/b/c]}}]}]}"));
+    assert!(policy(&m, "apps/bad-sa").rules.is_empty(), "unreadable account: ALLOW rule dropped");
+}
+
+#[test]
+fn an_empty_source_never_allows_everyone() {
+    let m = model(&ap("empty-source", "{rules: [{from: [{source: {}}]}]}"));
+    let p = policy(&m, "apps/empty-source");
+    assert!(p.rules.is_empty(), "{p:?}");
+    assert!(!evaluate([p], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed());
+    assert!(m.warnings[0].message.contains("source is empty"), "{:?}", m.warnings);
+
+    let m = model(&ap("empty-op", "{action: DENY, rules: [{to: [{operation: {}}]}]}"));
+    assert!(
+        !evaluate([policy(&m, "apps/empty-op")], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed(),
+        "DENY widens"
+    );
+}
+
+#[test]
+fn remote_ip_is_l7_and_fails_closed() {
+    let m = model(&ap(
+        "allow-remote",
+        "{rules: [{from: [{source: {remoteIpBlocks: [10.0.0.0/24]}}]}]}",
+    ));
+    assert!(
+        !evaluate([policy(&m, "apps/allow-remote")], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed()
+    );
+    let m = model(&ap(
+        "allow-when-remote",
+        "{rules: [{when: [{key: remote.ip, values: [10.0.0.0/24]}]}]}",
+    ));
+    assert!(
+        !evaluate([policy(&m, "apps/allow-when-remote")], &conn(Some(SLEEP), "10.0.0.5", 80))
+            .allowed()
+    );
+    let m = model(&ap(
+        "deny-remote",
+        "{action: DENY, rules: [{from: [{source: {notRemoteIpBlocks: [10.0.0.0/24]}}]}]}",
+    ));
+    assert!(
+        !evaluate([policy(&m, "apps/deny-remote")], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed(),
+        "DENY widens to all"
+    );
+}
+
+#[test]
+fn refused_policies_deny_what_they_select() {
+    let yaml = format!(
+        "{PODS}---\n{}",
+        ap(
+            "typo",
+            "{selector: {matchLabels: {app: web}}, rules: [{from: [{source: {principal: [x]}}]}]}"
+        )
+    );
+    let (m, bad) = model_and_refused(&yaml);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let web = m.workloads.iter().find(|w| w.name == "web").unwrap();
+    let legacy = m.workloads.iter().find(|w| w.name == "legacy").unwrap();
+    assert_eq!(web.authorization_policies, ["apps/typo"]);
+    assert!(legacy.authorization_policies.is_empty(), "only what the selector names");
+    let p = policy(&m, "apps/typo");
+    assert!(!evaluate([p], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed());
+    assert!(!evaluate([p], &conn(None, "10.0.0.5", 80)).allowed());
+
+    // No selector readable: the whole namespace.
+    let (m, _) = model_and_refused(&ap("typo", "{action: DENNY, rules: [{}]}"));
+    let p = policy(&m, "apps/typo");
+    assert_eq!(p.scope, PolicyScope::Namespace);
+    assert!(!evaluate([p], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed());
+}
+
+#[test]
+fn a_refused_peer_authentication_means_strict() {
+    let yaml = format!(
+        "{PODS}---\n{}",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: apps}\nspec: {mtls: {mode: strict}}\n"
+    );
+    let (m, bad) = model_and_refused(&yaml);
+    assert_eq!(bad.len(), 1);
+    for w in &m.workloads {
+        assert_eq!(w.authorization_policies, ["istio-system/strict-mtls"], "{}", w.name);
+    }
+}
+
+#[test]
+fn dry_run_targeted_and_audit_policies_are_not_enforced_by_node_proxies() {
+    let dry = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: dry, namespace: apps, annotations: {istio.io/dry-run: 'true'}}\nspec: {selector: {matchLabels: {app: web}}, action: DENY, rules: [{}]}\n";
+    let yaml = format!(
+        "{PODS}---\n{dry}---\n{}---\n{}",
+        ap(
+            "one-target",
+            "{targetRef: {kind: Service, group: '', name: web}, action: DENY, rules: [{}]}"
+        ),
+        ap("audit", "{selector: {matchLabels: {app: web}}, action: AUDIT, rules: [{}]}"),
+    );
+    let m = model(&yaml);
+    assert!(m.policies.is_empty(), "{:?}", m.policies);
+    assert!(m.workloads.iter().all(|w| w.authorization_policies.is_empty()));
+    let messages: Vec<&str> = m.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(messages.iter().any(|w| w.contains("dry-run")), "{messages:?}");
+    assert!(messages.iter().any(|w| w.contains("no waypoint does yet")), "{messages:?}");
+}
+
+#[test]
+fn custom_policies_deny_what_their_rules_match() {
+    let m = model(&ap(
+        "ext",
+        "{action: CUSTOM, provider: {name: opa}, rules: [{to: [{operation: {ports: ['8080']}}]}]}",
+    ));
+    let p = policy(&m, "apps/ext");
+    assert!(!evaluate([p], &conn(Some(SLEEP), "10.0.0.5", 8080)).allowed());
+    assert!(evaluate([p], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed());
+}
+
+fn peer(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: apps}}\nspec: {spec}\n"
+    )
+}
+
+#[test]
+fn port_level_mtls_is_enforced_both_ways() {
+    // A STRICT port under a PERMISSIVE workload.
+    let yaml = format!(
+        "{PODS}---\n{}",
+        peer(
+            "web",
+            "{selector: {matchLabels: {app: web}}, mtls: {mode: PERMISSIVE}, portLevelMtls: {'8080': {mode: STRICT}}}"
+        )
+    );
+    let m = model(&yaml);
+    let web = m.workloads.iter().find(|w| w.name == "web").unwrap();
+    assert_eq!(web.authorization_policies, ["apps/peer_authentication_web"]);
+    let p = policy(&m, "apps/peer_authentication_web");
+    assert!(!evaluate([p], &conn(None, "10.0.0.5", 8080)).allowed(), "plaintext refused on 8080");
+    assert!(evaluate([p], &conn(None, "10.0.0.5", 80)).allowed(), "plaintext fine elsewhere");
+    assert!(evaluate([p], &conn(Some(SLEEP), "10.0.0.5", 8080)).allowed());
+
+    // A PERMISSIVE port under a STRICT namespace (the workload's own mode unset).
+    let yaml = format!(
+        "{PODS}---\n{}---\n{}",
+        peer("default", "{mtls: {mode: STRICT}}"),
+        peer(
+            "web",
+            "{selector: {matchLabels: {app: web}}, portLevelMtls: {'9090': {mode: PERMISSIVE}}}"
+        )
+    );
+    let m = model(&yaml);
+    let web = m.workloads.iter().find(|w| w.name == "web").unwrap();
+    let legacy = m.workloads.iter().find(|w| w.name == "legacy").unwrap();
+    assert_eq!(web.authorization_policies, ["apps/peer_authentication_web"]);
+    assert_eq!(legacy.authorization_policies, ["istio-system/strict-mtls"]);
+    let p = policy(&m, "apps/peer_authentication_web");
+    assert!(evaluate([p], &conn(None, "10.0.0.5", 9090)).allowed(), "plaintext accepted on 9090");
+    assert!(!evaluate([p], &conn(None, "10.0.0.5", 80)).allowed(), "refused elsewhere");
 }

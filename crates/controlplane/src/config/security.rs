@@ -1,0 +1,155 @@
+//! Security objects (AuthorizationPolicy, PeerAuthentication) read the way
+//! an access-control rule must be read: strictly, and failing closed.
+//!
+//! - Only API versions whose schema we know (`v1`, `v1beta1`: the same
+//!   schema) are read; `security.istio.io/v9` is refused, not guessed at.
+//! - Every field of the schema is declared and any other is an error
+//!   (`config::istio`), so a typo such as `principal:` is refused rather
+//!   than read as "no condition". Errors name the field path
+//!   (`spec.rules[0].from[0].source.principal`).
+//! - A refused object does not vanish: that would widen access (a DENY
+//!   policy gone, or an ALLOW policy gone with it the workload's only
+//!   ALLOW). In its place stands a **fail-closed stand-in** over what the
+//!   object selects (its `selector.matchLabels` when those can be read,
+//!   else its whole namespace): for an AuthorizationPolicy, a DENY of
+//!   everything; for a PeerAuthentication, STRICT mTLS. Where an earlier
+//!   valid version was read, `config::last_valid` puts that back instead,
+//!   as Kubernetes would by refusing the broken update.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::istio::{
+    AuthorizationAction, AuthorizationPolicySpec, MtlsMode, MutualTls, PeerAuthenticationSpec,
+    PolicyRule, WorkloadSelector,
+};
+use super::objects::{Named, Object, ObjectRef, Rejected, named_meta};
+
+/// The `security.istio.io` versions read; both share the v1 schema.
+pub const VERSIONS: &[&str] = &["v1", "v1beta1"];
+
+/// The annotation that makes an AuthorizationPolicy a dry run.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// Reads an AuthorizationPolicy or PeerAuthentication (`kind`), or refuses
+/// it with the fail-closed stand-in for what it selects.
+pub(crate) fn parse(
+    kind: &str,
+    version: &str,
+    value: &Value,
+    reference: &ObjectRef,
+) -> Result<Object, Rejected> {
+    let checked = check_version(version).and_then(|()| match kind {
+        "AuthorizationPolicy" => strict(value, reference)
+            .and_then(|p| check_authorization(&p.spec).map(|()| p))
+            .map(Object::AuthorizationPolicy),
+        _ => strict(value, reference)
+            .and_then(|p| check_peer_authentication(&p.spec).map(|()| p))
+            .map(Object::PeerAuthentication),
+    });
+    checked.map_err(|reason| Rejected {
+        object: Some(reference.clone()),
+        reason,
+        stand_in: Some(Box::new(stand_in(kind, value, reference))),
+    })
+}
+
+fn check_version(version: &str) -> Result<(), String> {
+    if VERSIONS.contains(&version) {
+        Ok(())
+    } else {
+        Err(format!(
+            "apiVersion security.istio.io/{version} is not one this mesh reads (it reads {})",
+            VERSIONS.join(", ")
+        ))
+    }
+}
+
+/// What the schema cannot say and Istio's validation refuses.
+fn check_authorization(spec: &AuthorizationPolicySpec) -> Result<(), String> {
+    let selects = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
+    if selects && spec.is_targeted() {
+        return Err("invalid: spec: selector and targetRef(s) cannot both be set".into());
+    }
+    Ok(())
+}
+
+/// Port keys are ports, and only a selector policy may set them (as in
+/// Istio's validation: a namespace's or the mesh's cannot).
+fn check_peer_authentication(spec: &PeerAuthenticationSpec) -> Result<(), String> {
+    for port in spec.port_level_mtls.keys() {
+        if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+            return Err(format!("invalid: spec.portLevelMtls.{port}: not a port number"));
+        }
+    }
+    let selects = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
+    if !spec.port_level_mtls.is_empty() && !selects {
+        return Err(
+            "invalid: spec.portLevelMtls: only a policy with a selector may set per-port modes"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The spec and metadata, every unknown field or bad value an error that
+/// names its path.
+fn strict<S: DeserializeOwned + Default>(
+    value: &Value,
+    reference: &ObjectRef,
+) -> Result<Named<S>, String> {
+    let spec = match value.get("spec") {
+        Some(spec) => serde_path_to_error::deserialize(spec)
+            .map_err(|e| format!("invalid: spec.{}: {}", e.path(), e.inner()))?,
+        None => S::default(),
+    };
+    let meta = named_meta(value, reference).map_err(|e| format!("invalid: metadata: {e}"))?;
+    Ok(meta.with_spec(spec))
+}
+
+/// What stands in for a refused object: a DENY of everything, or STRICT
+/// mTLS, over the pods its selector names (the whole namespace when the
+/// selector cannot be read). A targeted policy (`targetRef(s)`) stays
+/// targeted: node proxies never enforced it, valid or not.
+fn stand_in(kind: &str, value: &Value, reference: &ObjectRef) -> Object {
+    let spec = value.get("spec");
+    let selector = spec
+        .and_then(|s| s.get("selector"))
+        .and_then(|s| s.get("matchLabels"))
+        .and_then(|labels| serde_json::from_value::<BTreeMap<String, String>>(labels.clone()).ok())
+        .map(|match_labels| WorkloadSelector { match_labels });
+    let targeted =
+        spec.is_some_and(|s| s.get("targetRef").is_some() || s.get("targetRefs").is_some());
+    let meta = named_meta(value, reference).unwrap_or_else(|_| Named::bare(reference));
+    let named = Named { fail_closed: true, ..meta };
+    if kind == "AuthorizationPolicy" {
+        Object::AuthorizationPolicy(named.with_spec(AuthorizationPolicySpec {
+            selector,
+            action: Some(AuthorizationAction::Deny),
+            // One empty rule matches every connection.
+            rules: vec![PolicyRule::default()],
+            target_ref: targeted.then(|| Value::String("unreadable".into())),
+            ..AuthorizationPolicySpec::default()
+        }))
+    } else {
+        Object::PeerAuthentication(named.with_spec(PeerAuthenticationSpec {
+            selector,
+            mtls: Some(MutualTls { mode: Some(MtlsMode::Strict) }),
+            port_level_mtls: BTreeMap::new(),
+        }))
+    }
+}
+
+/// What a stand-in of `kind` enforces, for messages.
+pub fn stand_in_effect(kind: &str) -> &'static str {
+    if kind == "PeerAuthentication" {
+        "until it is fixed, the workloads it selects (its namespace, if its selector cannot be read) require mTLS (STRICT)"
+    } else {
+        "until it is fixed, all traffic to the workloads it selects (its namespace, if its selector cannot be read) is denied"
+    }
+}
+
+#[cfg(test)]
+mod tests;
