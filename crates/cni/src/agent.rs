@@ -43,6 +43,7 @@ pub struct AgentConfig {
 pub struct AgentMetrics {
     captured: Gauge,
     failures: Counter,
+    repairs: Counter,
     ztunnel_connected: Gauge,
 }
 
@@ -62,6 +63,11 @@ impl AgentMetrics {
             m.failures.clone(),
         );
         r.register(
+            "capture_repairs",
+            "Captured pods whose rules had drifted (flushed, deleted) and were reinstalled",
+            m.repairs.clone(),
+        );
+        r.register(
             "ztunnel_connected",
             "1 while ztunnel is connected over ZDS",
             m.ztunnel_connected.clone(),
@@ -73,6 +79,9 @@ impl AgentMetrics {
 struct Captured {
     pod: CapturedPod,
     netns: File,
+    /// Our rules as read back right after they were installed: what a
+    /// check expects to find.
+    rules: Vec<String>,
 }
 
 #[derive(Default)]
@@ -162,6 +171,7 @@ impl Agent {
                 return;
             }
         };
+        let rules = redirect::installed(&netns, self.config.backend).unwrap_or_default();
         info!(uid = %pod.uid, "pod captured");
         state.failed.remove(&pod.uid);
         if let Some(peer) = &state.ztunnel
@@ -173,7 +183,7 @@ impl Agent {
             state.ztunnel = None;
             self.metrics.ztunnel_connected.set(0);
         }
-        state.captured.insert(pod.uid.clone(), Captured { pod: pod.clone(), netns });
+        state.captured.insert(pod.uid.clone(), Captured { pod: pod.clone(), netns, rules });
     }
 
     async fn release(&self, state: &mut State, uid: &str) {
@@ -194,6 +204,55 @@ impl Agent {
         self.cache.remove(uid);
     }
 
+    /// Reads back every captured pod's rules and reinstalls those that
+    /// drifted from what was installed (a flushed chain, a deleted table):
+    /// such a pod's traffic would leave in plaintext while it is counted as
+    /// captured. Each repair is logged and counted; a pod that cannot be
+    /// checked or repaired is logged and counted as a failure, and checked
+    /// again next time. The reads run on blocking threads, with no lock
+    /// held. Returns how many pods were repaired.
+    pub async fn verify_captures(&self) -> usize {
+        let expected: Vec<(String, File, Vec<String>)> = {
+            let state = self.state.lock().await;
+            state
+                .captured
+                .iter()
+                .filter_map(|(uid, c)| {
+                    Some((uid.clone(), c.netns.try_clone().ok()?, c.rules.clone()))
+                })
+                .collect()
+        };
+        let mut repaired = Vec::new();
+        for (uid, netns, rules) in expected {
+            let (backend, settings) = (self.config.backend, self.config.rules.clone());
+            let checked = tokio::task::spawn_blocking(move || {
+                redirect::repair_if_drifted(&netns, backend, &settings, &rules)
+            })
+            .await;
+            match checked {
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(rules))) => {
+                    warn!(%uid, "the pod's capture rules had drifted; reinstalled");
+                    self.metrics.repairs.inc();
+                    repaired.push((uid, rules));
+                }
+                Ok(Err(e)) => {
+                    error!(%uid, error = %error_chain(&e), "cannot check or repair the pod's capture rules");
+                    self.metrics.failures.inc();
+                }
+                Err(e) => error!(%uid, error = %e, "capture check did not finish"),
+            }
+        }
+        let count = repaired.len();
+        let mut state = self.state.lock().await;
+        for (uid, rules) in repaired {
+            if let Some(captured) = state.captured.get_mut(&uid) {
+                captured.rules = rules;
+            }
+        }
+        count
+    }
+
     /// Captured pods' uids, sorted.
     pub async fn captured(&self) -> Vec<String> {
         self.state.lock().await.captured.keys().cloned().collect()
@@ -211,7 +270,10 @@ impl Agent {
             let peer = match listener.accept().await {
                 Ok(peer) => peer,
                 Err(e) => {
+                    // Accept errors (out of descriptors...) and failed
+                    // hellos alike: pause rather than spin (`hbone::accept`).
                     warn!(error = %e, "ZDS connection refused");
+                    tokio::time::sleep(hbone::accept::ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             };
@@ -228,6 +290,10 @@ impl Agent {
                     warn!(error = %e, "snapshot to ztunnel failed; waiting for it to reconnect")
                 }
             }
+            drop(state);
+            // Whatever happened while ztunnel was away (a node restart
+            // flushing rules...), the pods handed over must be captured.
+            self.verify_captures().await;
         }
     }
 }

@@ -65,6 +65,7 @@ pub async fn run(agent: Arc<Agent>, settings: NodeSettings, shutdown: Cancellati
         }
     }
     tokio::spawn(agent.clone().serve_zds(settings.zds));
+    tokio::spawn(check_captures(agent.clone(), shutdown.clone()));
     if let Some(plugin) = settings.plugin {
         tokio::spawn(serve_plugin(agent.clone(), plugin, rx.clone(), settings.cluster_id.clone()));
     }
@@ -79,6 +80,19 @@ pub async fn run(agent: Arc<Agent>, settings: NodeSettings, shutdown: Cancellati
     }
 }
 
+/// How often every captured pod's rules are read back and repaired.
+const CAPTURE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+async fn check_captures(agent: Arc<Agent>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(CAPTURE_CHECK_INTERVAL) => {}
+        }
+        agent.verify_captures().await;
+    }
+}
+
 async fn serve_plugin(
     agent: Arc<Agent>,
     listener: UnixListener,
@@ -86,7 +100,7 @@ async fn serve_plugin(
     cluster_id: String,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (stream, _) = hbone::accept::next_connection("cni plugin", || listener.accept()).await;
         tokio::spawn(plugin_request(agent.clone(), stream, state.clone(), cluster_id.clone()));
     }
 }

@@ -77,6 +77,22 @@ pub fn remove(netns: &File, backend: Backend) -> Result<(), ExecError> {
     Ok(())
 }
 
+/// Compares our rules in `netns` with `expected` (what [`installed`] read
+/// right after installing them) and, when they differ, installs them again:
+/// `Some(rules now installed)` after a repair, `None` when nothing drifted.
+pub fn repair_if_drifted(
+    netns: &File,
+    backend: Backend,
+    settings: &RuleSettings,
+    expected: &[String],
+) -> Result<Option<Vec<String>>, ExecError> {
+    if installed(netns, backend)? == expected {
+        return Ok(None);
+    }
+    install(netns, backend, settings)?;
+    installed(netns, backend).map(Some)
+}
+
 /// Our rules as installed, read back (for tests and the admin endpoint):
 /// `iptables-save` lines of our chains and jumps, or our nft table.
 pub fn installed(netns: &File, backend: Backend) -> Result<Vec<String>, ExecError> {

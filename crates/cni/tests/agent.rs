@@ -128,3 +128,33 @@ async fn enrollment_flips_restarts_and_snapshots() {
         "nothing sent for it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_capture_rules_are_noticed_and_restored() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let web_ns = TestNetns::new("cni-drift-web");
+    let web = pod("web", Some(web_ns.path()));
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, _zds) = start(&dir.path().join("ztunnel.sock"));
+    agent.reconcile(&desired(&[&web])).await;
+    let before = installed(&web_ns.file(), Backend::Iptables).unwrap();
+    assert!(!before.is_empty());
+    assert_eq!(agent.verify_captures().await, 0, "nothing drifted yet");
+
+    // Someone flushes the pod's mesh chain: its traffic would leave in plaintext.
+    cni::netns_exec::run_in(
+        &web_ns.file(),
+        "iptables",
+        &["-t", "nat", "-F", cni::rules::OUTPUT_CHAIN],
+        "",
+    )
+    .unwrap();
+    assert_ne!(installed(&web_ns.file(), Backend::Iptables).unwrap(), before);
+
+    assert_eq!(agent.verify_captures().await, 1, "the drift was repaired");
+    assert_eq!(installed(&web_ns.file(), Backend::Iptables).unwrap(), before);
+    assert_eq!(agent.verify_captures().await, 0, "and stays repaired");
+}
