@@ -199,9 +199,15 @@ impl<H: ConnectHandler> HboneServer<H> {
         let handshake = async {
             // The read buffer is allocated once the peer has sent something:
             // a connection that never speaks costs a socket and a task.
-            tcp.readable()
+            // (A peek, not `readable()`, which reports a fresh socket ready.)
+            let peeked = tcp
+                .peek(&mut [0u8; 1])
                 .await
                 .map_err(|e| ServeError::Tls { peer, source: TlsError::from_io(e) })?;
+            if peeked == 0 {
+                let closed = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                return Err(ServeError::Tls { peer, source: TlsError::from_io(closed) });
+            }
             let tcp = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, tcp);
             let tls = self
                 .acceptor()
