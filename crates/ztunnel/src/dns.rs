@@ -9,10 +9,11 @@ use std::sync::Arc;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
-use proxy_core::sockets::SocketFactory;
+use proxy_core::sockets::{HostSockets, SocketFactory};
 use proxy_core::store::WorkloadStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -22,6 +23,13 @@ use crate::pod::PodContext;
 const TTL: u32 = 30;
 /// Largest DNS message over UDP we read.
 const MAX_UDP: usize = 4096;
+/// UDP queries one pod may have in flight; more are dropped (the client
+/// retries), so a flood holds at most this many tasks and upstream sockets.
+const MAX_QUERIES_IN_FLIGHT: usize = 256;
+/// TCP connections one pod may hold open to its DNS proxy; more are closed.
+const MAX_TCP_CONNECTIONS: usize = 64;
+/// How long a TCP connection may sit between queries.
+const TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The pod's DNS sockets.
 pub(crate) struct DnsSockets {
@@ -141,17 +149,29 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, sockets: DnsSockets, stop: Cance
     let tcp_loop = {
         let ctx = ctx.clone();
         let stop = stop.clone();
+        let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+        let refused = Refusals::new("DNS TCP connections", MAX_TCP_CONNECTIONS);
         async move {
             loop {
                 let (stream, _) = tokio::select! {
                     _ = stop.cancelled() => return,
                     accepted = hbone::accept::next_connection("dns tcp", || tcp.accept()) => accepted,
                 };
-                tokio::spawn(serve_tcp(ctx.clone(), stream));
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    refused.count();
+                    continue;
+                };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    serve_tcp(ctx, stream).await;
+                    drop(permit);
+                });
             }
         }
     };
     tokio::spawn(tcp_loop);
+    let in_flight = Arc::new(Semaphore::new(MAX_QUERIES_IN_FLIGHT));
+    let dropped = Refusals::new("DNS queries in flight", MAX_QUERIES_IN_FLIGHT);
     let mut buffer = vec![0u8; MAX_UDP];
     loop {
         let (len, peer) = tokio::select! {
@@ -164,25 +184,30 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, sockets: DnsSockets, stop: Cance
                 }
             },
         };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            dropped.count();
+            continue;
+        };
         let query = buffer[..len].to_vec();
         let ctx = ctx.clone();
         let udp = udp.clone();
         tokio::spawn(async move {
-            if let Some(reply) = resolve(&ctx, &query).await {
+            if let Some(reply) = resolve(&ctx, &query, Transport::Udp).await {
                 let _ = udp.send_to(&reply, peer).await;
             }
+            drop(permit);
         });
     }
 }
 
 async fn serve_tcp(ctx: Arc<PodContext>, mut stream: TcpStream) {
     loop {
-        let Ok(len) = stream.read_u16().await else { return };
+        let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else { return };
         let mut query = vec![0u8; usize::from(len)];
         if stream.read_exact(&mut query).await.is_err() {
             return;
         }
-        let Some(reply) = resolve(&ctx, &query).await else { return };
+        let Some(reply) = resolve(&ctx, &query, Transport::Tcp).await else { return };
         let Ok(reply_len) = u16::try_from(reply.len()) else { return };
         if stream.write_u16(reply_len).await.is_err() || stream.write_all(&reply).await.is_err() {
             return;
@@ -190,40 +215,70 @@ async fn serve_tcp(ctx: Arc<PodContext>, mut stream: TcpStream) {
     }
 }
 
-async fn resolve(ctx: &PodContext, query: &[u8]) -> Option<Vec<u8>> {
+/// How a query arrived, and so how it is forwarded: a client that asked
+/// over TCP (a truncated answer, or one too large for UDP) must get the
+/// whole answer, which only TCP carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Datagrams.
+    Udp,
+    /// Length-prefixed messages on a stream.
+    Tcp,
+}
+
+async fn resolve(ctx: &PodContext, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
     let dns = &ctx.shared.config.dns;
     match answer(&ctx.shared.store, &ctx.spec.namespace, &dns.cluster_domain, query) {
         Answer::Reply(bytes) => Some(bytes),
         Answer::Drop => None,
-        Answer::Forward => Some(forward(dns.upstream, dns.upstream_timeout, query).await),
+        Answer::Forward => {
+            Some(forward(dns.upstream, dns.upstream_timeout, query, transport).await)
+        }
     }
 }
 
-/// Asks the node's resolver over UDP; SERVFAIL when it cannot.
+/// Counts refusals of one bounded resource; logs the first and then every
+/// power of two, so a flood cannot flood the log.
+struct Refusals {
+    what: &'static str,
+    limit: usize,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl Refusals {
+    fn new(what: &'static str, limit: usize) -> Self {
+        Self { what, limit, count: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn count(&self) {
+        let n = self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            warn!(limit = self.limit, refused = n, "too many {}; refusing more", self.what);
+        }
+    }
+}
+
+/// Asks the node's resolver, over the transport the query came on, from
+/// ztunnel's own namespace (where the node's resolver is reachable);
+/// SERVFAIL when it cannot.
 async fn forward(
     upstream: Option<SocketAddr>,
     timeout: std::time::Duration,
     query: &[u8],
+    transport: Transport,
 ) -> Vec<u8> {
     let id = if query.len() >= 2 { u16::from_be_bytes([query[0], query[1]]) } else { 0 };
     let servfail = || {
         Message::error_msg(id, OpCode::Query, ResponseCode::ServFail).to_vec().unwrap_or_default()
     };
     let Some(upstream) = upstream else { return servfail() };
+    let unspecified =
+        if upstream.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) };
+    let sockets = HostSockets::new(unspecified);
     let attempt = async {
-        let bind: SocketAddr =
-            if upstream.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-        let socket = UdpSocket::bind(bind).await?;
-        socket.connect(upstream).await?;
-        socket.send(query).await?;
-        let mut buffer = vec![0u8; MAX_UDP];
-        loop {
-            let n = socket.recv(&mut buffer).await?;
-            // Only the reply to this query counts.
-            if n >= 2 && buffer[..2] == query[..2] {
-                buffer.truncate(n);
-                return Ok::<_, std::io::Error>(buffer);
-            }
+        match transport {
+            Transport::Udp => forward_udp(&sockets, upstream, query).await,
+            Transport::Tcp => forward_tcp(&sockets, upstream, query).await,
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -237,6 +292,40 @@ async fn forward(
             servfail()
         }
     }
+}
+
+async fn forward_udp(
+    sockets: &dyn SocketFactory,
+    upstream: SocketAddr,
+    query: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let socket = sockets.udp_socket(0)?;
+    socket.connect(upstream).await?;
+    socket.send(query).await?;
+    let mut buffer = vec![0u8; MAX_UDP];
+    loop {
+        let n = socket.recv(&mut buffer).await?;
+        // Only the reply to this query counts.
+        if n >= 2 && buffer[..2] == query[..2] {
+            buffer.truncate(n);
+            return Ok(buffer);
+        }
+    }
+}
+
+async fn forward_tcp(
+    sockets: &dyn SocketFactory,
+    upstream: SocketAddr,
+    query: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let len = u16::try_from(query.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let mut stream = proxy_core::sockets::connect(sockets, upstream).await?;
+    stream.write_u16(len).await?;
+    stream.write_all(query).await?;
+    let reply_len = stream.read_u16().await?;
+    let mut reply = vec![0u8; usize::from(reply_len)];
+    stream.read_exact(&mut reply).await?;
+    Ok(reply)
 }
 
 #[cfg(test)]

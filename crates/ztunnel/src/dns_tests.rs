@@ -100,15 +100,19 @@ fn garbage_gets_formerr_or_is_dropped() {
 #[tokio::test]
 async fn forwarding_without_an_upstream_or_to_a_dead_one_is_servfail() {
     let q = query("example.com.", RecordType::A);
-    let m = Message::from_vec(&forward(None, std::time::Duration::from_secs(1), &q).await).unwrap();
+    let m = Message::from_vec(
+        &forward(None, std::time::Duration::from_secs(1), &q, Transport::Udp).await,
+    )
+    .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(m.metadata.id, 0x1234);
     // A UDP socket that never answers.
     let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
-    let m =
-        Message::from_vec(&forward(Some(addr), std::time::Duration::from_millis(200), &q).await)
-            .unwrap();
+    let m = Message::from_vec(
+        &forward(Some(addr), std::time::Duration::from_millis(200), &q, Transport::Udp).await,
+    )
+    .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
 }
 
@@ -125,7 +129,36 @@ async fn forwarding_returns_the_upstream_reply() {
         upstream.send_to(&m.to_vec().unwrap(), peer).await.unwrap();
     });
     let q = query("nowhere.example.", RecordType::A);
-    let m = Message::from_vec(&forward(Some(addr), std::time::Duration::from_secs(5), &q).await)
-        .unwrap();
+    let m = Message::from_vec(
+        &forward(Some(addr), std::time::Duration::from_secs(5), &q, Transport::Udp).await,
+    )
+    .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[tokio::test]
+async fn a_query_that_came_over_tcp_is_forwarded_over_tcp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = upstream.accept().await.unwrap();
+        let len = stream.read_u16().await.unwrap();
+        let mut buf = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut buf).await.unwrap();
+        let request = Message::from_vec(&buf).unwrap();
+        let mut m = Message::response(request.metadata.id, OpCode::Query);
+        m.metadata.response_code = ResponseCode::Refused;
+        let bytes = m.to_vec().unwrap();
+        stream.write_u16(bytes.len() as u16).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+    });
+    let q = query("big.example.", RecordType::A);
+    let reply = forward(Some(addr), std::time::Duration::from_secs(5), &q, Transport::Tcp).await;
+    let m = Message::from_vec(&reply).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused, "the TCP upstream answered");
+    // Over UDP the same upstream (TCP only) cannot answer: SERVFAIL.
+    let reply =
+        forward(Some(addr), std::time::Duration::from_millis(300), &q, Transport::Udp).await;
+    assert_eq!(Message::from_vec(&reply).unwrap().metadata.response_code, ResponseCode::ServFail);
 }

@@ -2,6 +2,7 @@
 
 mod config;
 mod pow;
+mod trim;
 
 use std::io::IsTerminal;
 
@@ -54,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             listeners.readiness.local_addr()?
         );
         let shutdown = CancellationToken::new();
+        tokio::spawn(trim::run());
         tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
