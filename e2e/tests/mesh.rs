@@ -548,6 +548,32 @@ fn meshctl_local_up_status_exec_proxy_config_down() {
         ok && text.contains("legacy web server")
     });
 
+    // A typo in a policy: refused by the control plane, named with its
+    // field, and the command fails; a kind the mesh does not handle is
+    // listed. The typo'd policy denies what it selects (legacy-web).
+    let broken = std::env::temp_dir().join(format!("{name}-broken.yaml"));
+    std::fs::write(
+        &broken,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: legacy}\n\
+         spec: {rules: [{from: [{source: {principal: [cluster.local/ns/ambient-demo/sa/sleep]}}]}]}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: legacy}\nspec: {}\n",
+    )
+    .unwrap();
+    let (ok, text) = run(&["local", "apply", "-f", broken.to_str().unwrap(), "--name", &name]);
+    let _ = std::fs::remove_file(&broken);
+    assert!(!ok, "a refused object fails the command: {text}");
+    assert!(text.contains("AuthorizationPolicy legacy/typo"), "{text}");
+    assert!(text.contains("unknown field `principal`"), "{text}");
+    assert!(text.contains("is denied"), "what is in force is said: {text}");
+    assert!(text.contains("gateway.networking.k8s.io/v1 HTTPRoute × 1"), "{text}");
+    support::eventually("the refused policy denies what it selects", 20, || {
+        let mut args = vec!["local", "exec", "ambient-demo/sleep", "--name", &name, "--"];
+        args.push(sample.to_str().unwrap());
+        args.extend(client);
+        let (ok, text) = run(&args);
+        !(ok && text.contains("legacy web server"))
+    });
+
     drop(guard);
     let left: Vec<_> = std::fs::read_dir("/var/run/netns")
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
