@@ -187,7 +187,9 @@ async fn pod_and_policy_changes_reach_a_connected_proxy() {
     };
     let rejected = &config["rejected"][0];
     assert_eq!(rejected["object"], "Pod apps/bad", "{config}");
-    assert!(rejected["source"].as_str().unwrap().ends_with("broken.yaml (document 1)"));
+    assert!(
+        rejected["source"].as_str().unwrap().ends_with("broken.yaml (document 1, from line 1)")
+    );
     let metrics = admin_text(cp.admin, "/metrics").await;
     assert!(metrics.contains("mesh_config_rejected_objects 1"), "{metrics}");
     assert!(metrics.contains("mesh_xds_connected_clients 1"), "{metrics}");

@@ -207,8 +207,16 @@ impl Documents {
     /// text in errors. `kind: List` documents are expanded.
     pub fn read(&mut self, text: &str, source: &str) {
         for (index, document) in split_documents(text).into_iter().enumerate() {
-            let where_ = format!("{source} (document {})", index + 1);
-            let value: Value = match serde_saphyr::from_str(document) {
+            // Line numbers in YAML errors count from the document's start.
+            let where_ = format!("{source} (document {}, from line {})", index + 1, document.line);
+            if let Some(separator) = document.bad_separator {
+                let reason = format!(
+                    "invalid YAML document separator `--- {separator}`: an object starts on the line after `---` (Kubernetes refuses this file)"
+                );
+                self.bad.push(BadObject::skipped(where_, None, reason));
+                continue;
+            }
+            let value: Value = match serde_saphyr::from_str(document.text) {
                 Ok(Value::Null) => continue,
                 Ok(value) => value,
                 Err(e) => {
@@ -216,12 +224,15 @@ impl Documents {
                     continue;
                 }
             };
-            let items = match (value.get("kind").and_then(Value::as_str), value.get("items")) {
-                (Some("List"), Some(Value::Array(items))) => items.clone(),
-                _ => vec![value],
-            };
-            for item in items {
-                self.collect(parse_object(item), &where_);
+            match (value.get("kind").and_then(Value::as_str), value.get("items")) {
+                (Some("List"), Some(Value::Array(items))) => {
+                    // Each item is an object of its own, refused on its own.
+                    for (i, item) in items.iter().enumerate() {
+                        let item_source = format!("{source} (document {}, item {i})", index + 1);
+                        self.collect(parse_object(item.clone()), &item_source);
+                    }
+                }
+                _ => self.collect(parse_object(value), &where_),
             }
         }
     }
@@ -255,22 +266,39 @@ pub fn parse_documents(text: &str, source: &str) -> (Vec<Object>, Vec<BadObject>
     (documents.objects, documents.bad)
 }
 
-/// Splits on `---` separator lines. (A YAML parser's multi-document mode
+/// One document of a multi-document text.
+#[derive(Debug, PartialEq, Eq)]
+struct Document<'a> {
+    text: &'a str,
+    /// Its first line in the file (1-based).
+    line: usize,
+    /// Content written on its `---` line (Kubernetes refuses that).
+    bad_separator: Option<&'a str>,
+}
+
+/// Splits on `---` separator lines, as Kubernetes' YAML reader does: a
+/// line that starts with `---` separates documents, and anything but a
+/// comment after it is an error. (A YAML parser's multi-document mode
 /// fails the whole stream on one broken document; we want the others.)
-fn split_documents(text: &str) -> Vec<&str> {
+fn split_documents(text: &str) -> Vec<Document<'_>> {
     let mut documents = Vec::new();
-    let mut start = 0;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_end();
-        if trimmed == "---" || trimmed.starts_with("--- ") {
-            documents.push(&text[start..offset]);
+    let mut current = Document { text: "", line: 1, bad_separator: None };
+    let (mut start, mut offset) = (0, 0);
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        if let Some(rest) = line.strip_prefix("---") {
+            let rest = rest.trim();
+            documents.push(Document { text: &text[start..offset], ..current });
+            let bad = (!rest.is_empty() && !rest.starts_with('#')).then_some(rest);
+            current = Document { text: "", line: number + 2, bad_separator: bad };
             start = offset + line.len();
         }
         offset += line.len();
     }
-    documents.push(&text[start..]);
-    documents.into_iter().filter(|d| !d.trim().is_empty()).collect()
+    documents.push(Document { text: &text[start..], ..current });
+    documents
+        .into_iter()
+        .filter(|d| d.bad_separator.is_some() || !d.text.trim().is_empty())
+        .collect()
 }
 
 /// An object that could not be read.
@@ -319,29 +347,28 @@ pub(crate) fn parse_object(value: Value) -> Result<Read, Rejected> {
     if name.is_empty() {
         return Err(Rejected::new(Some(reference), "metadata.name is missing".to_string()));
     }
-    let fail =
-        |e: serde_json::Error| Rejected::new(Some(reference.clone()), format!("invalid: {e}"));
+    let fail = |e: String| Rejected::new(Some(reference.clone()), format!("invalid: {e}"));
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
     let object = match (group, kind.as_str()) {
-        ("", "Namespace") => Object::Namespace(serde_json::from_value(value).map_err(fail)?),
-        ("", "Node") => Object::Node(serde_json::from_value(value).map_err(fail)?),
+        ("", "Namespace") => Object::Namespace(typed(value).map_err(fail)?),
+        ("", "Node") => Object::Node(typed(value).map_err(fail)?),
         ("", "Pod") => {
-            let mut pod: Pod = serde_json::from_value(value).map_err(fail)?;
+            let mut pod: Pod = typed(value).map_err(fail)?;
             pod.metadata.namespace.get_or_insert_with(|| "default".to_string());
             Object::Pod(Box::new(pod))
         }
         ("", "Service") => {
-            let mut svc: Service = serde_json::from_value(value).map_err(fail)?;
+            let mut svc: Service = typed(value).map_err(fail)?;
             svc.metadata.namespace.get_or_insert_with(|| "default".to_string());
             Object::Service(Box::new(svc))
         }
         ("discovery.k8s.io", "EndpointSlice") => {
-            let mut slice: EndpointSlice = serde_json::from_value(value).map_err(fail)?;
+            let mut slice: EndpointSlice = typed(value).map_err(fail)?;
             slice.metadata.namespace.get_or_insert_with(|| "default".to_string());
             Object::EndpointSlice(Box::new(slice))
         }
         ("", "ServiceAccount") => {
-            let mut sa: ServiceAccount = serde_json::from_value(value).map_err(fail)?;
+            let mut sa: ServiceAccount = typed(value).map_err(fail)?;
             sa.metadata.namespace.get_or_insert_with(|| "default".to_string());
             Object::ServiceAccount(Box::new(sa))
         }
@@ -362,12 +389,17 @@ pub(crate) fn parse_object(value: Value) -> Result<Read, Rejected> {
 fn named<S: serde::de::DeserializeOwned + Default>(
     value: &Value,
     reference: &ObjectRef,
-) -> Result<Named<S>, serde_json::Error> {
+) -> Result<Named<S>, String> {
     let spec = match value.get("spec") {
-        Some(spec) => serde_json::from_value(spec.clone())?,
+        Some(spec) => typed(spec.clone()).map_err(|e| format!("spec.{e}"))?,
         None => S::default(),
     };
-    Ok(named_meta(value, reference)?.with_spec(spec))
+    Ok(named_meta(value, reference).map_err(|e| format!("metadata: {e}"))?.with_spec(spec))
+}
+
+/// `value` as a `T`; an error names the field path (`spec.containers: ...`).
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
 }
 
 /// Name, namespace, labels and annotations.
@@ -423,6 +455,44 @@ metadata: {namespace: apps}
         assert!(bad[0].source.contains("document 2"));
         assert!(bad[1].reason.contains("not valid YAML"), "{}", bad[1]);
         assert!(bad[2].reason.contains("metadata.name"), "{}", bad[2]);
+    }
+
+    #[test]
+    fn documents_read_as_kubernetes_reads_them() {
+        let text = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: a}
+--- # a comment is fine here
+apiVersion: v1
+kind: Pod
+metadata: {name: broken, namespace: a}
+spec: {containers: 7}
+--- {apiVersion: v1, kind: Namespace, metadata: {name: on-the-separator}}
+apiVersion: v1
+kind: Namespace
+metadata: {name: b}
+";
+        let (objects, bad) = parse_documents(text, "f.yaml");
+        let names: Vec<String> = objects.iter().map(|o| o.reference().to_string()).collect();
+        assert_eq!(names, ["Namespace a"], "nothing after a bad separator is guessed at");
+        assert_eq!(bad.len(), 2, "{bad:#?}");
+        assert_eq!(bad[0].source, "f.yaml (document 2, from line 5)");
+        assert!(bad[0].reason.contains("spec.containers: invalid type"), "{}", bad[0]);
+        assert_eq!(bad[1].source, "f.yaml (document 3, from line 10)");
+        assert!(bad[1].reason.contains("invalid YAML document separator"), "{}", bad[1]);
+    }
+
+    #[test]
+    fn list_items_are_refused_one_by_one() {
+        let text = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"ports": "x"}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"}}]}"#;
+        let (objects, bad) = parse_documents(text, "list.json");
+        assert_eq!(objects.len(), 1);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].source, "list.json (document 1, item 0)");
+        assert!(bad[0].reason.contains("spec.ports"), "{}", bad[0]);
     }
 
     #[test]
