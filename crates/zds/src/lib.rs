@@ -22,7 +22,7 @@ use std::io;
 
 pub use agent::{ZdsListener, ZdsPeer};
 pub use mesh_proto::zds::{AddWorkload, WorkloadInfo, workload_request::Payload};
-pub use proxy::{ZdsConnection, ZdsRequest};
+pub use proxy::{ZdsConnection, ZdsRequest, interpret};
 
 /// Largest message either side accepts (a WorkloadInfo is a few hundred
 /// bytes; anything near this is garbage).

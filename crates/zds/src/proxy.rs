@@ -21,6 +21,25 @@ pub struct ZdsRequest {
     pub netns: Option<OwnedFd>,
 }
 
+/// What one datagram from the agent asks, with the descriptor it carried.
+/// Pure, so what a peer controls is fuzzed (`tests/fuzz.rs`).
+pub fn interpret(bytes: &[u8], netns: Option<OwnedFd>) -> Result<ZdsRequest, ZdsError> {
+    let request = WorkloadRequest::decode(bytes)
+        .map_err(|source| ZdsError::Decode { expected: "WorkloadRequest", source })?;
+    let payload = request
+        .payload
+        .ok_or_else(|| ZdsError::Unexpected("WorkloadRequest without a payload".into()))?;
+    match (&payload, &netns) {
+        (Payload::Add(_), None) => {
+            Err(ZdsError::Unexpected("AddWorkload without a network namespace".into()))
+        }
+        (Payload::Add(_), Some(_)) | (_, None) => Ok(ZdsRequest { payload, netns }),
+        (_, Some(_)) => {
+            Err(ZdsError::Unexpected("a descriptor with a request that takes none".into()))
+        }
+    }
+}
+
 /// ztunnel's connection to the node agent.
 #[derive(Debug)]
 pub struct ZdsConnection {
@@ -46,20 +65,7 @@ impl ZdsConnection {
     /// request with one, is an error (the descriptor is closed).
     pub async fn next(&self) -> Result<ZdsRequest, ZdsError> {
         let (bytes, netns) = recv(&self.socket).await?;
-        let request = WorkloadRequest::decode(bytes.as_slice())
-            .map_err(|source| ZdsError::Decode { expected: "WorkloadRequest", source })?;
-        let payload = request
-            .payload
-            .ok_or_else(|| ZdsError::Unexpected("WorkloadRequest without a payload".into()))?;
-        match (&payload, &netns) {
-            (Payload::Add(_), None) => {
-                Err(ZdsError::Unexpected("AddWorkload without a network namespace".into()))
-            }
-            (Payload::Add(_), Some(_)) | (_, None) => Ok(ZdsRequest { payload, netns }),
-            (_, Some(_)) => {
-                Err(ZdsError::Unexpected("a descriptor with a request that takes none".into()))
-            }
-        }
+        interpret(&bytes, netns)
     }
 
     /// Acknowledges the last request; `error` says why it failed.

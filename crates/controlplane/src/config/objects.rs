@@ -348,7 +348,7 @@ pub(crate) fn parse_object(value: Value) -> Result<Read, Rejected> {
         return Err(Rejected::new(Some(reference), "metadata.name is missing".to_string()));
     }
     let fail = |e: String| Rejected::new(Some(reference.clone()), format!("invalid: {e}"));
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
     let object = match (group, kind.as_str()) {
         ("", "Namespace") => Object::Namespace(typed(value).map_err(fail)?),
         ("", "Node") => Object::Node(typed(value).map_err(fail)?),
@@ -372,8 +372,10 @@ pub(crate) fn parse_object(value: Value) -> Result<Read, Rejected> {
             sa.metadata.namespace.get_or_insert_with(|| "default".to_string());
             Object::ServiceAccount(Box::new(sa))
         }
-        ("security.istio.io", "AuthorizationPolicy" | "PeerAuthentication") => {
-            super::security::parse(&kind, version, &value, &reference)?
+        // Any group: a security kind under a misspelt apiVersion is a
+        // policy the user meant, refused (and failing closed), not ignored.
+        (_, "AuthorizationPolicy" | "PeerAuthentication") => {
+            super::security::parse(&kind, &api_version, &value, &reference)?
         }
         ("networking.istio.io", "ServiceEntry") => {
             Object::ServiceEntry(named(&value, &reference).map_err(fail)?)

@@ -37,11 +37,11 @@ pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 /// it with the fail-closed stand-in for what it selects.
 pub(crate) fn parse(
     kind: &str,
-    version: &str,
+    api_version: &str,
     value: &Value,
     reference: &ObjectRef,
 ) -> Result<Object, Rejected> {
-    let checked = check_version(version).and_then(|()| match kind {
+    let checked = check_version(api_version).and_then(|()| match kind {
         "AuthorizationPolicy" => strict(value, reference)
             .and_then(|p| check_authorization(&p.spec).map(|()| p))
             .map(Object::AuthorizationPolicy),
@@ -56,14 +56,13 @@ pub(crate) fn parse(
     })
 }
 
-fn check_version(version: &str) -> Result<(), String> {
-    if VERSIONS.contains(&version) {
-        Ok(())
-    } else {
-        Err(format!(
-            "apiVersion security.istio.io/{version} is not one this mesh reads (it reads {})",
-            VERSIONS.join(", ")
-        ))
+fn check_version(api_version: &str) -> Result<(), String> {
+    match api_version.split_once('/') {
+        Some(("security.istio.io", version)) if VERSIONS.contains(&version) => Ok(()),
+        _ => Err(format!(
+            "apiVersion {api_version:?} is not one this mesh reads (it reads security.istio.io/{})",
+            VERSIONS.join(", security.istio.io/")
+        )),
     }
 }
 

@@ -51,7 +51,7 @@ fn unknown_actions_wrong_types_and_versions_are_refused() {
     for (yaml, expect) in [
         (ap("v1", "{action: DENNY, rules: [{}]}"), "spec.action: unknown variant `DENNY`"),
         (ap("v1", "{rules: oops}"), "spec.rules: invalid type: string"),
-        (ap("v9", "{action: DENY, rules: [{}]}"), "security.istio.io/v9 is not one"),
+        (ap("v9", "{action: DENY, rules: [{}]}"), "\"security.istio.io/v9\" is not one"),
         (
             ap("v1", "{rules: [{when: [{key: source.ip, value: [1.2.3.4]}]}]}"),
             "spec.rules[0].when[0]",
@@ -68,6 +68,15 @@ fn unknown_actions_wrong_types_and_versions_are_refused() {
             assert_deny_all_stand_in(&object, None);
         }
     }
+}
+
+#[test]
+fn a_misspelt_group_is_refused_not_ignored() {
+    let yaml = ap("v1", "{action: DENY, rules: [{}]}")
+        .replace("security.istio.io/v1", "security.istio.i0/v1");
+    let (object, bad) = parse_one(&yaml);
+    assert!(bad.reason.contains("security.istio.i0/v1"), "{bad}");
+    assert_deny_all_stand_in(&object, None);
 }
 
 #[test]
