@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 use zds::{WorkloadInfo, ZdsListener, ZdsPeer};
 
 use crate::desired::CapturedPod;
-use crate::locate::{NetnsCache, locate};
+use crate::locate::{NetnsCache, locate_at};
 use crate::redirect;
 use crate::rules::{Backend, RuleSettings};
 
@@ -134,44 +134,82 @@ impl Agent {
         &self.cache
     }
 
-    /// Brings captures in line with `desired` (uid → pod).
+    /// Brings captures in line with `desired` (uid → pod). Rules are
+    /// installed and removed on blocking threads with no lock held (they
+    /// run `iptables-restore`/`nft` and may scan `/proc`); ztunnel is told
+    /// under the lock, so a replay never interleaves with a change: a pod
+    /// leaving is taken from ztunnel before its rules go, a pod arriving is
+    /// handed over only once its rules are in.
     pub async fn reconcile(&self, desired: &BTreeMap<String, CapturedPod>) {
-        let mut state = self.state.lock().await;
-        let gone: Vec<String> = state
-            .captured
-            .iter()
-            .filter(|(uid, c)| desired.get(*uid) != Some(&c.pod))
-            .map(|(uid, _)| uid.clone())
-            .collect();
-        for uid in gone {
-            self.release(&mut state, &uid).await;
+        let (released, wanted) = {
+            let mut state = self.state.lock().await;
+            let gone: Vec<String> = state
+                .captured
+                .iter()
+                .filter(|(uid, c)| desired.get(*uid) != Some(&c.pod))
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            let mut released = Vec::new();
+            for uid in gone {
+                if let Some(captured) = self.take_back(&mut state, &uid).await {
+                    released.push((uid, captured.netns));
+                }
+            }
+            state.failed.retain(|uid, _| desired.contains_key(uid));
+            let wanted: Vec<CapturedPod> = desired
+                .iter()
+                .filter(|(uid, _)| !state.captured.contains_key(*uid))
+                .map(|(_, pod)| pod.clone())
+                .collect();
+            (released, wanted)
+        };
+        for (uid, netns) in released {
+            let backend = self.config.backend;
+            let removed =
+                tokio::task::spawn_blocking(move || redirect::remove(&netns, backend)).await;
+            match removed {
+                Ok(Ok(())) => info!(%uid, "pod released"),
+                Ok(Err(e)) => {
+                    warn!(%uid, error = %error_chain(&e), "could not remove the pod's rules (namespace gone?)")
+                }
+                Err(e) => warn!(%uid, error = %e, "removing the pod's rules did not finish"),
+            }
+            self.cache.remove(&uid);
         }
-        state.failed.retain(|uid, _| desired.contains_key(uid));
-        for (uid, pod) in desired {
-            if !state.captured.contains_key(uid) {
-                self.capture(&mut state, pod).await;
+        let mut installed = Vec::new();
+        for pod in wanted {
+            let known = pod.netns.clone().or_else(|| self.cache.get(&pod.uid));
+            let (backend, settings) = (self.config.backend, self.config.rules.clone());
+            let target = pod.clone();
+            let result =
+                tokio::task::spawn_blocking(move || install(&target, known, backend, &settings))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("installing the rules did not finish: {e}")));
+            installed.push((pod, result));
+        }
+        let mut state = self.state.lock().await;
+        for (pod, result) in installed {
+            match result {
+                Ok((netns, rules)) => self.hand_over(&mut state, &pod, netns, rules).await,
+                Err(reason) => {
+                    error!(uid = %pod.uid, %reason, "pod should be captured but could not be");
+                    self.metrics.failures.inc();
+                    state.failed.insert(pod.uid.clone(), reason);
+                }
             }
         }
         self.metrics.captured.set(state.captured.len() as i64);
         self.reconciled.send_replace(true);
     }
 
-    async fn capture(&self, state: &mut State, pod: &CapturedPod) {
-        let installed = locate(pod, &self.cache).map_err(|e| e.to_string()).and_then(|netns| {
-            redirect::install(&netns, self.config.backend, &self.config.rules)
-                .map(|()| netns)
-                .map_err(|e| error_chain(&e))
-        });
-        let netns = match installed {
-            Ok(netns) => netns,
-            Err(reason) => {
-                error!(uid = %pod.uid, %reason, "pod should be captured but could not be");
-                self.metrics.failures.inc();
-                state.failed.insert(pod.uid.clone(), reason);
-                return;
-            }
-        };
-        let rules = redirect::installed(&netns, self.config.backend).unwrap_or_default();
+    /// Records a pod whose rules are in and hands it to ztunnel.
+    async fn hand_over(
+        &self,
+        state: &mut State,
+        pod: &CapturedPod,
+        netns: File,
+        rules: Vec<String>,
+    ) {
         info!(uid = %pod.uid, "pod captured");
         state.failed.remove(&pod.uid);
         if let Some(peer) = &state.ztunnel
@@ -186,8 +224,10 @@ impl Agent {
         state.captured.insert(pod.uid.clone(), Captured { pod: pod.clone(), netns, rules });
     }
 
-    async fn release(&self, state: &mut State, uid: &str) {
-        let Some(captured) = state.captured.remove(uid) else { return };
+    /// Takes a pod back from ztunnel and from the captured set; its rules
+    /// are removed by the caller, after.
+    async fn take_back(&self, state: &mut State, uid: &str) -> Option<Captured> {
+        let captured = state.captured.remove(uid)?;
         if let Some(peer) = &state.ztunnel
             && let Err(e) = peer.del(uid).await
         {
@@ -195,13 +235,7 @@ impl Agent {
             state.ztunnel = None;
             self.metrics.ztunnel_connected.set(0);
         }
-        match redirect::remove(&captured.netns, self.config.backend) {
-            Ok(()) => info!(%uid, "pod released"),
-            Err(e) => {
-                warn!(%uid, error = %error_chain(&e), "could not remove the pod's rules (namespace gone?)")
-            }
-        }
-        self.cache.remove(uid);
+        Some(captured)
     }
 
     /// Reads back every captured pod's rules and reinstalls those that
@@ -304,6 +338,20 @@ async fn replay(state: &State, peer: &ZdsPeer) -> Result<usize, zds::ZdsError> {
     }
     peer.snapshot_sent().await?;
     Ok(state.captured.len())
+}
+
+/// Finds the pod's namespace and installs its rules (blocking); returns
+/// the namespace and the rules as read back.
+fn install(
+    pod: &CapturedPod,
+    known: Option<std::path::PathBuf>,
+    backend: crate::rules::Backend,
+    settings: &RuleSettings,
+) -> Result<(File, Vec<String>), String> {
+    let netns = locate_at(pod, known).map_err(|e| e.to_string())?;
+    redirect::install(&netns, backend, settings).map_err(|e| error_chain(&e))?;
+    let rules = redirect::installed(&netns, backend).unwrap_or_default();
+    Ok((netns, rules))
 }
 
 fn info(pod: &CapturedPod) -> WorkloadInfo {

@@ -29,7 +29,8 @@ impl NetnsCache {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
     }
 
-    fn get(&self, uid: &str) -> Option<PathBuf> {
+    /// Where the plugin said the pod's namespace is.
+    pub fn get(&self, uid: &str) -> Option<PathBuf> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(uid).cloned()
     }
 }
@@ -53,7 +54,13 @@ pub enum LocateError {
 
 /// Opens the pod's namespace.
 pub fn locate(pod: &CapturedPod, cache: &NetnsCache) -> Result<File, LocateError> {
-    if let Some(path) = pod.netns.clone().or_else(|| cache.get(&pod.uid)) {
+    locate_at(pod, pod.netns.clone().or_else(|| cache.get(&pod.uid)))
+}
+
+/// Like [`locate`], with the path already looked up (`known`): for a
+/// blocking thread, which cannot borrow the cache.
+pub fn locate_at(pod: &CapturedPod, known: Option<PathBuf>) -> Result<File, LocateError> {
+    if let Some(path) = known {
         return File::open(&path).map_err(|source| LocateError::Open { path, source });
     }
     scan_proc(Path::new("/proc"), &pod.ips)?.ok_or_else(|| LocateError::NotFound(pod.ips.clone()))

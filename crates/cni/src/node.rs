@@ -57,8 +57,10 @@ pub async fn run(agent: Arc<Agent>, settings: NodeSettings, shutdown: Cancellati
             tokio::spawn(watch_dir(dir, poll, tx));
         }
         Source::Kubernetes(client) => {
-            tokio::spawn(controlplane::config::kubernetes::watch_cluster(
+            // Only what the agent needs: Namespaces and its own node's Pods.
+            tokio::spawn(controlplane::config::kubernetes::watch_kinds(
                 client,
+                controlplane::config::kubernetes::node_kinds(&settings.node),
                 Duration::from_millis(200),
                 tx,
             ));
@@ -158,11 +160,15 @@ async fn decide(
         },
         Some(Mode::Ambient) => {
             let netns = PathBuf::from(&request.netns);
-            let installed = std::fs::File::open(&netns)
-                .map_err(|e| format!("cannot open {}: {e}", netns.display()))
-                .and_then(|f| {
-                    redirect::install(&f, agent.backend(), agent.rules()).map_err(|e| e.to_string())
-                });
+            let (path, backend, rules) = (netns.clone(), agent.backend(), agent.rules().clone());
+            // iptables-restore / nft run on a blocking thread.
+            let installed = tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&path)
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))
+                    .and_then(|f| redirect::install(&f, backend, &rules).map_err(|e| e.to_string()))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("installing the rules did not finish: {e}")));
             match installed {
                 Ok(()) => {
                     agent.netns_cache().insert(&uid, netns);

@@ -40,3 +40,32 @@ async fn a_failed_first_pod_list_is_retried_not_published_as_no_pods() {
     );
     task.abort();
 }
+
+#[tokio::test]
+async fn a_node_agents_source_sees_namespaces_and_its_own_nodes_pods_only() {
+    use controlplane::config::kubernetes::{node_kinds, watch_kinds};
+    let api = FakeApiServer::start(Duration::from_secs(30)).await;
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}));
+    for (pod, node) in [("here", "node-a"), ("there", "node-b")] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": "apps"},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]}}));
+    }
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "apps"}, "spec": {"ports": [{"port": 80}]}}));
+
+    let (tx, mut rx) = watch::channel(Arc::new(Snapshot::default()));
+    let task = tokio::spawn(watch_kinds(
+        client(&api).await,
+        node_kinds("node-a"),
+        Duration::from_millis(20),
+        tx,
+    ));
+    tokio::time::timeout(Duration::from_secs(20), rx.changed()).await.unwrap().unwrap();
+    let snapshot = rx.borrow_and_update().clone();
+    let pods: Vec<&str> = snapshot.state.pods.keys().map(|(_, name)| name.as_str()).collect();
+    assert_eq!(pods, ["here"], "only node-a's pods are listed");
+    assert!(snapshot.state.namespaces.contains_key("apps"));
+    assert!(snapshot.state.services.is_empty(), "nothing cluster-wide beyond namespaces");
+    task.abort();
+}

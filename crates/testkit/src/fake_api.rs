@@ -1,6 +1,7 @@
 //! A small Kubernetes API server for tests: list and watch (with
 //! resourceVersions, watch events, bookmarks, `410 Gone` after compaction,
-//! and label selectors) over the objects a test puts in, on loopback.
+//! label selectors and field selectors on object fields) over the objects a
+//! test puts in, on loopback.
 //!
 //! Only what the control plane's watchers use; not a conformant server. A
 //! real cluster (kind) remains the reference.
@@ -243,11 +244,25 @@ impl FakeApiServer {
                     .collect()
             })
             .unwrap_or_default();
+        // Field selectors: `a.b=value` on the object's fields.
+        let fields: Vec<(String, String)> = query
+            .get("fieldSelector")
+            .map(|s| {
+                s.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let matches = move |o: &Value| {
             namespace_filter.as_deref().is_none_or(|ns| o["metadata"]["namespace"] == ns)
                 && selector
                     .iter()
                     .all(|(k, v)| o["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+                && fields.iter().all(|(path, v)| {
+                    let field = path.split('.').fold(o, |at, part| &at[part]);
+                    field.as_str() == Some(v.as_str())
+                })
         };
         let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
         if !watch {

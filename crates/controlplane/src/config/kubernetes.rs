@@ -21,6 +21,19 @@ use super::last_valid::LastValid;
 use super::objects::{Documents, parse_object};
 use super::state::ClusterState;
 
+/// One kind to watch, optionally narrowed by a field selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    /// API group (`""` for the core group).
+    pub group: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// Kind.
+    pub kind: &'static str,
+    /// A field selector (`spec.nodeName=node-a`), if any.
+    pub fields: Option<String>,
+}
+
 /// (group, version, kind) of everything the model reads.
 pub const KINDS: &[(&str, &str, &str)] = &[
     ("", "v1", "Namespace"),
@@ -35,6 +48,28 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     ("gateway.networking.k8s.io", "v1", "Gateway"),
 ];
 
+/// Every kind the model reads, cluster-wide (the control plane's view).
+pub fn all_kinds() -> Vec<Watched> {
+    KINDS
+        .iter()
+        .map(|&(group, version, kind)| Watched { group, version, kind, fields: None })
+        .collect()
+}
+
+/// What a node agent needs: Namespaces (their enrollment labels) and the
+/// Pods of its own node, nothing cluster-wide beyond that.
+pub fn node_kinds(node: &str) -> Vec<Watched> {
+    vec![
+        Watched { group: "", version: "v1", kind: "Namespace", fields: None },
+        Watched {
+            group: "",
+            version: "v1",
+            kind: "Pod",
+            fields: Some(format!("spec.nodeName={node}")),
+        },
+    ]
+}
+
 type Key = (usize, String, String);
 
 #[derive(Default)]
@@ -45,27 +80,49 @@ struct Shared {
     dirty: Notify,
 }
 
-/// Watches every kind and publishes a snapshot after each burst of changes
-/// (waiting `debounce` to gather a burst), first once every kind has been
-/// listed completely (a failed first list is retried, never taken for an
-/// empty one; only a CRD kind the cluster does not serve counts as
-/// listed). Runs until every receiver is dropped.
+/// [`watch_kinds`] over [`all_kinds`]: the control plane's source.
 pub async fn watch_cluster(
     client: kube::Client,
     debounce: Duration,
     tx: watch::Sender<Arc<Snapshot>>,
 ) {
+    watch_kinds(client, all_kinds(), debounce, tx).await;
+}
+
+/// Watches `kinds` and publishes a snapshot after each burst of changes
+/// (waiting `debounce` to gather a burst), first once every kind has been
+/// listed completely (a failed first list is retried, never taken for an
+/// empty one; only a CRD kind the cluster does not serve counts as
+/// listed). Runs until every receiver is dropped.
+pub async fn watch_kinds(
+    client: kube::Client,
+    kinds: Vec<Watched>,
+    debounce: Duration,
+    tx: watch::Sender<Arc<Snapshot>>,
+) {
     let shared = Arc::new(Shared::default());
     let mut tasks = Vec::new();
-    for (index, (group, version, kind)) in KINDS.iter().enumerate() {
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-        tasks.push(tokio::spawn(watch_kind(client.clone(), index, resource, shared.clone())));
+    let count = kinds.len();
+    for (index, watched) in kinds.into_iter().enumerate() {
+        let gvk = GroupVersionKind::gvk(watched.group, watched.version, watched.kind);
+        let resource = ApiResource::from_gvk(&gvk);
+        let mut config = watcher::Config::default();
+        if let Some(fields) = &watched.fields {
+            config = config.fields(fields);
+        }
+        tasks.push(tokio::spawn(watch_kind(
+            client.clone(),
+            index,
+            resource,
+            config,
+            shared.clone(),
+        )));
     }
     let mut last_valid = LastValid::default();
     loop {
         shared.dirty.notified().await;
         tokio::time::sleep(debounce).await;
-        if shared.synced.load(Ordering::Acquire) < KINDS.len() {
+        if shared.synced.load(Ordering::Acquire) < count {
             continue;
         }
         let mut snapshot = build(&shared);
@@ -84,10 +141,11 @@ async fn watch_kind(
     client: kube::Client,
     index: usize,
     resource: ApiResource,
+    config: watcher::Config,
     shared: Arc<Shared>,
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher::watcher(api, config).default_backoff();
     futures_util::pin_mut!(stream);
     let mut synced = false;
     let mut initial: Option<BTreeMap<Key, Value>> = None;
