@@ -6,6 +6,8 @@ mod resumption;
 mod server_configs;
 mod verified;
 mod verify;
+#[cfg(test)]
+mod verify_props;
 
 use std::sync::Arc;
 use std::time::Duration;
