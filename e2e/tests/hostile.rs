@@ -13,26 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::{cluster, echoes, eventually, is_root, sample, ztunnel_metrics};
-
-const APPS: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: sleep, namespace: apps}
-spec: {nodeName: node-a, serviceAccountName: sleep, containers: [{name: sleep, image: none}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: echo, namespace: apps, labels: {app: echo}}
-spec:
-  nodeName: node-b
-  serviceAccountName: echo
-  containers: [{name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}]
-"#;
+use support::{APPS, cluster, echoes, eventually, is_root, sample, ztunnel_metrics};
 
 /// Resident memory of a component's process, KiB.
 fn rss_kib(c: &localmesh::Cluster, label: &str) -> u64 {

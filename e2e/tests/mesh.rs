@@ -7,26 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use support::{cluster, exchange, is_root, ztunnel_metrics};
-
-const APPS: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: sleep, namespace: apps}
-spec: {nodeName: node-a, serviceAccountName: sleep, containers: [{name: sleep, image: none}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: echo, namespace: apps, labels: {app: echo}}
-spec:
-  nodeName: node-b
-  serviceAccountName: echo
-  containers: [{name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}]
-"#;
+use support::{APPS, cluster, exchange, is_root, ztunnel_metrics};
 
 fn sha256(data: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, data).as_ref().to_vec()

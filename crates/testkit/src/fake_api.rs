@@ -235,25 +235,16 @@ impl FakeApiServer {
                 );
             }
         }
-        let selector: Vec<(String, String)> = query
-            .get("labelSelector")
-            .map(|s| {
+        // `k=v,k=v` selectors: labels, and fields as `a.b=value` paths.
+        let pairs = |key: &str| -> Vec<(String, String)> {
+            query.get(key).map_or_else(Vec::new, |s| {
                 s.split(',')
                     .filter_map(|kv| kv.split_once('='))
                     .map(|(k, v)| (k.into(), v.into()))
                     .collect()
             })
-            .unwrap_or_default();
-        // Field selectors: `a.b=value` on the object's fields.
-        let fields: Vec<(String, String)> = query
-            .get("fieldSelector")
-            .map(|s| {
-                s.split(',')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.into(), v.into()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        };
+        let (selector, fields) = (pairs("labelSelector"), pairs("fieldSelector"));
         let matches = move |o: &Value| {
             namespace_filter.as_deref().is_none_or(|ns| o["metadata"]["namespace"] == ns)
                 && selector

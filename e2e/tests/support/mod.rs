@@ -25,6 +25,27 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// Two nodes: `apps/sleep` (a client, no server) on node-a and `apps/echo`
+/// (an echo server on 8080) on node-b, in an ambient namespace.
+pub const APPS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: apps}
+spec: {nodeName: node-a, serviceAccountName: sleep, containers: [{name: sleep, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, namespace: apps, labels: {app: echo}}
+spec:
+  nodeName: node-b
+  serviceAccountName: echo
+  containers: [{name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}]
+"#;
+
 /// A cluster named `name` from YAML text; removed when dropped.
 pub fn cluster(name: &str, yaml: &str) -> (Cluster, tempfile_dir::TempDir) {
     let docs = localmesh::spec::parse(yaml, name).unwrap();

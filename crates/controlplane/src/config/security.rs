@@ -110,8 +110,8 @@ fn strict<S: DeserializeOwned + Default>(
 
 /// What stands in for a refused object: a DENY of everything, or STRICT
 /// mTLS, over the pods its selector names (the whole namespace when the
-/// selector cannot be read). A targeted policy (`targetRef(s)`) stays
-/// targeted: node proxies never enforced it, valid or not.
+/// selector cannot be read). A targeted policy (`targetRef(s)`, no
+/// selector) stays targeted: node proxies never enforced it, valid or not.
 fn stand_in(kind: &str, value: &Value, reference: &ObjectRef) -> Object {
     let spec = value.get("spec");
     let selector = spec
@@ -129,7 +129,10 @@ fn stand_in(kind: &str, value: &Value, reference: &ObjectRef) -> Object {
             action: Some(AuthorizationAction::Deny),
             // One empty rule matches every connection.
             rules: vec![PolicyRule::default()],
-            target_ref: targeted.then(|| Value::String("unreadable".into())),
+            // Targeted only when nothing else is known: a readable selector
+            // is denied at the node proxies whatever else the policy said.
+            target_ref:
+                (targeted && selector.is_none()).then(|| Value::String("unreadable".into())),
             ..AuthorizationPolicySpec::default()
         }))
     } else {
