@@ -119,8 +119,10 @@ fn stand_in(kind: &str, value: &Value, reference: &ObjectRef) -> Object {
         .and_then(|s| s.get("matchLabels"))
         .and_then(|labels| serde_json::from_value::<BTreeMap<String, String>>(labels.clone()).ok())
         .map(|match_labels| WorkloadSelector { match_labels });
-    let targeted =
-        spec.is_some_and(|s| s.get("targetRef").is_some() || s.get("targetRefs").is_some());
+    // Targeted only when nothing else is known: a readable selector is
+    // denied at the node proxies whatever else the policy said.
+    let targeted = selector.is_none()
+        && spec.is_some_and(|s| s.get("targetRef").is_some() || s.get("targetRefs").is_some());
     let meta = named_meta(value, reference).unwrap_or_else(|_| Named::bare(reference));
     let named = Named { fail_closed: true, ..meta };
     if kind == "AuthorizationPolicy" {
@@ -129,10 +131,7 @@ fn stand_in(kind: &str, value: &Value, reference: &ObjectRef) -> Object {
             action: Some(AuthorizationAction::Deny),
             // One empty rule matches every connection.
             rules: vec![PolicyRule::default()],
-            // Targeted only when nothing else is known: a readable selector
-            // is denied at the node proxies whatever else the policy said.
-            target_ref:
-                (targeted && selector.is_none()).then(|| Value::String("unreadable".into())),
+            target_ref: targeted.then(|| Value::String("unreadable".into())),
             ..AuthorizationPolicySpec::default()
         }))
     } else {

@@ -64,7 +64,12 @@ fn unknown_actions_wrong_types_and_versions_are_refused() {
         let (object, bad) = parse_one(&yaml);
         assert!(bad.reason.contains(expect), "{expect}: {bad}");
         assert_eq!(bad.object.as_ref().unwrap().to_string(), "AuthorizationPolicy apps/p");
-        if !expect.contains("cannot both") {
+        if expect.contains("cannot both") {
+            // Its selector is readable: denied there, not left to a waypoint.
+            assert_deny_all_stand_in(&object, Some("b"));
+            let Object::AuthorizationPolicy(p) = &object else { unreachable!() };
+            assert!(!p.spec.is_targeted());
+        } else {
             assert_deny_all_stand_in(&object, None);
         }
     }
