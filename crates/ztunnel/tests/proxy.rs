@@ -205,14 +205,14 @@ async fn plaintext_is_allowed_under_permissive_and_refused_under_strict() {
     // listed by the workload.
     let mut strict = policy(
         "istio-system",
-        "strict-mtls",
+        "istio_converted_static_strict",
         Action::Deny,
         vec![Match { not_principals: vec![StringMatch::Presence], ..Match::default() }],
     );
     strict.scope = mesh_core::policy::PolicyScope::WorkloadSelector;
     m.store.insert_policy(strict);
     let mut web = m.store.workload(&support::uid("apps", "web")).unwrap().as_ref().clone();
-    web.authorization_policies = vec!["istio-system/strict-mtls".into()];
+    web.authorization_policies = vec!["istio-system/istio_converted_static_strict".into()];
     put(&m.store, Address::Workload(Box::new(web)));
     let stream = m.b.redirects.connect(outsider, plaintext_port, app).await;
     assert_refused(stream).await;

@@ -22,8 +22,10 @@ use super::selects;
 use crate::config::istio::{MtlsMode, PeerAuthenticationSpec};
 use crate::config::{ClusterState, Named};
 
-/// Name of the policy that denies plaintext to workloads under STRICT mTLS.
-pub const STRICT_MTLS_POLICY: &str = "strict-mtls";
+/// Name of the policy that denies plaintext to workloads under STRICT mTLS:
+/// Istio's own name for it, which no Kubernetes object can have (`_`), so a
+/// user's AuthorizationPolicy in the root namespace never takes its key.
+pub const STRICT_MTLS_POLICY: &str = "istio_converted_static_strict";
 
 /// Prefix of a port-level PeerAuthentication's policy name.
 const PORT_LEVEL_PREFIX: &str = "peer_authentication_";

@@ -191,10 +191,10 @@ fn strict_mtls_denies_plaintext_where_it_applies() {
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: legacy, namespace: apps}\nspec: {selector: {matchLabels: {app: legacy}}, mtls: {mode: PERMISSIVE}}\n"
     );
     let m = model(&yaml);
-    let strict = policy(&m, "istio-system/strict-mtls");
+    let strict = policy(&m, "istio-system/istio_converted_static_strict");
     let web = m.workloads.iter().find(|w| w.name == "web").unwrap();
     let legacy = m.workloads.iter().find(|w| w.name == "legacy").unwrap();
-    assert_eq!(web.authorization_policies, ["istio-system/strict-mtls"]);
+    assert_eq!(web.authorization_policies, ["istio-system/istio_converted_static_strict"]);
     assert!(legacy.authorization_policies.is_empty(), "the workload's PERMISSIVE wins");
     assert!(!evaluate([strict], &conn(None, "10.0.0.5", 80)).allowed(), "plaintext refused");
     assert!(evaluate([strict], &conn(Some(SLEEP), "10.0.0.5", 80)).allowed(), "mTLS allowed");
@@ -320,7 +320,12 @@ fn a_refused_peer_authentication_means_strict() {
     let (m, bad) = model_and_refused(&yaml);
     assert_eq!(bad.len(), 1);
     for w in &m.workloads {
-        assert_eq!(w.authorization_policies, ["istio-system/strict-mtls"], "{}", w.name);
+        assert_eq!(
+            w.authorization_policies,
+            ["istio-system/istio_converted_static_strict"],
+            "{}",
+            w.name
+        );
     }
 }
 
@@ -391,7 +396,7 @@ fn port_level_mtls_is_enforced_both_ways() {
     let web = m.workloads.iter().find(|w| w.name == "web").unwrap();
     let legacy = m.workloads.iter().find(|w| w.name == "legacy").unwrap();
     assert_eq!(web.authorization_policies, ["apps/peer_authentication_web"]);
-    assert_eq!(legacy.authorization_policies, ["istio-system/strict-mtls"]);
+    assert_eq!(legacy.authorization_policies, ["istio-system/istio_converted_static_strict"]);
     let p = policy(&m, "apps/peer_authentication_web");
     assert!(evaluate([p], &conn(None, "10.0.0.5", 9090)).allowed(), "plaintext accepted on 9090");
     assert!(!evaluate([p], &conn(None, "10.0.0.5", 80)).allowed(), "refused elsewhere");
