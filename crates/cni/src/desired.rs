@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use controlplane::config::state::ClusterState;
-use controlplane::model::enrollment::{Mode, mode};
+use mesh_config::enrollment::{Mode, mode};
+use mesh_config::state::ClusterState;
 
 /// Pod annotation naming the pod's network namespace file (set by the
 /// local mesh, which creates the namespaces; in Kubernetes the CNI plugin
@@ -84,7 +84,7 @@ pub fn captured(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use controlplane::config::objects::parse_documents;
+    use mesh_config::objects::parse_documents;
 
     use super::*;
 

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use controlplane::config::files::{Snapshot, watch_dir};
-use controlplane::config::state::ClusterState;
-use controlplane::model::enrollment::{Mode, mode};
+use mesh_config::enrollment::{Mode, mode};
+use mesh_config::files::{Snapshot, watch_dir};
+use mesh_config::state::ClusterState;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -58,9 +58,9 @@ pub async fn run(agent: Arc<Agent>, settings: NodeSettings, shutdown: Cancellati
         }
         Source::Kubernetes(client) => {
             // Only what the agent needs: Namespaces and its own node's Pods.
-            tokio::spawn(controlplane::config::kubernetes::watch_kinds(
+            tokio::spawn(mesh_config::kubernetes::watch_kinds(
                 client,
-                controlplane::config::kubernetes::node_kinds(&settings.node),
+                mesh_config::kubernetes::node_kinds(&settings.node),
                 Duration::from_millis(200),
                 tx,
             ));

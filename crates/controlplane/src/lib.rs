@@ -1,7 +1,7 @@
 //! The mesh's control plane.
 //!
-//! - [`config`]: the Kubernetes objects it reads (today from a directory of
-//!   YAML, watched), bad objects named and skipped;
+//! - [`config`]: the Kubernetes objects it reads (a directory of YAML,
+//!   watched, or the Kubernetes API): the `mesh-config` crate, re-exported;
 //! - [`model`]: the ambient model, pure: pods and services as workloads and
 //!   services, AuthorizationPolicy and PeerAuthentication as L4 policies;
 //! - [`push`]: the model into the delta xDS store (`xds` crate), and
@@ -13,12 +13,12 @@
 //! - [`server`]: the process, wiring them together (the binary's flags are
 //!   read in `src/bin/controlplane/config.rs`).
 //!
-//! This is the only crate that will talk to Kubernetes. It never depends on
-//! the proxies.
+//! With `mesh-config` (which the node agent shares), this is the only
+//! crate that talks to Kubernetes. It never depends on the proxies.
 
 pub mod admin;
 pub mod ca;
-pub mod config;
+pub use mesh_config as config;
 pub mod model;
 pub mod push;
 pub mod scopes;

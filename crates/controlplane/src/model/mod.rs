@@ -13,7 +13,7 @@
 //!   what a rule says.
 
 pub mod endpoint_slices;
-pub mod enrollment;
+pub use mesh_config::enrollment;
 pub mod policies;
 pub mod service_entries;
 pub mod waypoints;

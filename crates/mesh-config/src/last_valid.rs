@@ -70,8 +70,8 @@ fn restore<S: Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::files::Snapshot;
-    use crate::config::parse_documents;
+    use crate::files::Snapshot;
+    use crate::parse_documents;
 
     fn load(yaml: &str, last: &mut LastValid) -> Snapshot {
         let (objects, mut bad) = parse_documents(yaml, "t.yaml");

@@ -1,7 +1,7 @@
 //! Strict reading of security objects, and the stand-ins of refused ones.
 
-use crate::config::istio::{AuthorizationAction, MtlsMode};
-use crate::config::{BadObject, InForce, Object, parse_documents};
+use crate::istio::{AuthorizationAction, MtlsMode};
+use crate::{BadObject, InForce, Object, parse_documents};
 
 fn parse_one(yaml: &str) -> (Object, BadObject) {
     let (objects, bad) = parse_documents(yaml, "t.yaml");
