@@ -15,6 +15,25 @@ use std::time::Duration;
 
 use support::{APPS, cluster, echoes, eventually, is_root, sample, ztunnel_metrics};
 
+/// The two-pod cluster of `support::APPS`, carrying traffic.
+struct Mesh {
+    c: localmesh::Cluster,
+    state: support::tempfile_dir::TempDir,
+    sleep: localmesh::PodInfo,
+    echo: localmesh::PodInfo,
+    /// echo's server.
+    app: SocketAddr,
+}
+
+fn mesh(name: &str) -> Mesh {
+    let (c, state) = cluster(name, APPS);
+    let sleep = c.pod("apps", "sleep").unwrap().clone();
+    let echo = c.pod("apps", "echo").unwrap().clone();
+    let app = SocketAddr::new(echo.ip, 8080);
+    eventually("the mesh carries traffic", 20, || echoes(&sleep.netns, app));
+    Mesh { c, state, sleep, echo, app }
+}
+
 /// Resident memory of a component's process, KiB.
 fn rss_kib(c: &localmesh::Cluster, label: &str) -> u64 {
     let pid = c.state().components.iter().find(|p| p.label == label).unwrap().pid;
@@ -61,11 +80,7 @@ fn a_pod_dialling_ztunnels_own_ports_does_not_take_the_node_down() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let (c, state) = cluster("hostile-selfdial", APPS);
-    let sleep = c.pod("apps", "sleep").unwrap().clone();
-    let echo = c.pod("apps", "echo").unwrap().clone();
-    let app = SocketAddr::new(echo.ip, 8080);
-    eventually("the mesh carries traffic", 20, || echoes(&sleep.netns, app));
+    let Mesh { c, state, sleep, echo, app } = mesh("hostile-selfdial");
     for port in [15006, 15008, 15001, 15053] {
         let target = SocketAddr::new(echo.ip, port);
         for _ in 0..20 {
@@ -102,11 +117,7 @@ fn a_handshake_flood_is_bounded_and_its_memory_comes_back() {
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
 
-    let (c, state) = cluster("hostile-flood", APPS);
-    let sleep = c.pod("apps", "sleep").unwrap().clone();
-    let echo = c.pod("apps", "echo").unwrap().clone();
-    let app = SocketAddr::new(echo.ip, 8080);
-    eventually("the mesh carries traffic", 20, || echoes(&sleep.netns, app));
+    let Mesh { c, state, sleep, echo, app } = mesh("hostile-flood");
     let before = rss_kib(&c, "ztunnel-node-b");
 
     // From node a's namespace (outside any pod, so not captured): TCP to
@@ -145,11 +156,7 @@ fn a_killed_ztunnel_reaches_the_application_as_a_reset() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let (c, state) = cluster("hostile-cut", APPS);
-    let sleep = c.pod("apps", "sleep").unwrap().clone();
-    let echo = c.pod("apps", "echo").unwrap().clone();
-    let app = SocketAddr::new(echo.ip, 8080);
-    eventually("the mesh carries traffic", 20, || echoes(&sleep.netns, app));
+    let Mesh { c, state, sleep, app, .. } = mesh("hostile-cut");
 
     let mut stream =
         localmesh::net::connect_from(&sleep.netns, app, Duration::from_secs(5)).unwrap();
@@ -185,11 +192,7 @@ fn flushed_capture_rules_are_restored() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let (c, state) = cluster("hostile-flush", APPS);
-    let sleep = c.pod("apps", "sleep").unwrap().clone();
-    let echo = c.pod("apps", "echo").unwrap().clone();
-    let app = SocketAddr::new(echo.ip, 8080);
-    eventually("the mesh carries traffic", 20, || echoes(&sleep.netns, app));
+    let Mesh { c, state, sleep, app, .. } = mesh("hostile-flush");
     let rules = || {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &sleep.netns, "iptables-save", "-t", "nat"])

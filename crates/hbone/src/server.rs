@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -14,8 +13,9 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
+use crate::accept::Refusals;
 use crate::authority::{ForwardedFor, RequestError, parse_authority, parse_forwarded_for};
 use crate::settings::{H2Settings, TLS_READ_BUFFER};
 use crate::splice::ChunkIo;
@@ -101,7 +101,7 @@ pub struct HboneServer<H> {
     /// One permit per handshake in progress.
     pending: Arc<Semaphore>,
     /// Connections closed because too many handshakes were in progress.
-    refused: AtomicU64,
+    refused: Refusals,
 }
 
 impl<H: ConnectHandler> HboneServer<H> {
@@ -109,19 +109,21 @@ impl<H: ConnectHandler> HboneServer<H> {
     /// configuration (its clients then resume TLS sessions across them).
     pub fn new(tls: impl Into<Arc<ServerConfig>>, handler: Arc<H>, settings: H2Settings) -> Self {
         let pending = Arc::new(Semaphore::new(settings.max_pending_handshakes));
+        let refused =
+            Refusals::new("HBONE handshakes in progress", settings.max_pending_handshakes);
         Self {
             tls: RwLock::new(TlsAcceptor::from(tls.into())),
             handler,
             settings,
             pending,
-            refused: AtomicU64::new(0),
+            refused,
         }
     }
 
     /// Connections closed unserved because `max_pending_handshakes`
     /// handshakes were already in progress.
     pub fn handshakes_refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.refused.count()
     }
 
     /// Replaces the TLS configuration (certificate rotation). Connections
@@ -152,11 +154,7 @@ impl<H: ConnectHandler> HboneServer<H> {
             };
             let Ok(permit) = self.pending.clone().try_acquire_owned() else {
                 // Dropped: closed before a byte of TLS is read.
-                let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if refused.is_power_of_two() {
-                    warn!(%peer, refused, limit = self.settings.max_pending_handshakes,
-                        "too many HBONE handshakes in progress; closing new connections");
-                }
+                self.refused.refuse();
                 continue;
             };
             let server = self.clone();

@@ -5,7 +5,7 @@
 //! again; a watcher rebuilds its state), so the memory of what was valid
 //! lives here, between loads: [`LastValid::apply`] remembers every valid
 //! security object and, where one was refused, puts its last valid version
-//! back in place of the fail-closed stand-in (`config::security`). An
+//! back in place of the fail-closed stand-in (`crate::security`). An
 //! object that disappears from the source is forgotten: deleting a policy
 //! is not an error.
 

@@ -24,7 +24,7 @@ pub struct Named<S> {
     /// Annotations.
     pub annotations: BTreeMap<String, String>,
     /// True when this is not the user's object but the fail-closed stand-in
-    /// for a security object that was refused (`config::security`).
+    /// for a security object that was refused (`crate::security`).
     pub fail_closed: bool,
     /// The spec.
     pub spec: S,
@@ -117,9 +117,9 @@ pub struct BadObject {
 /// What the mesh enforces in place of a refused security object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InForce {
-    /// A fail-closed stand-in (`config::security`): deny all, or STRICT.
+    /// A fail-closed stand-in (`crate::security`): deny all, or STRICT.
     FailClosed,
-    /// The last valid version read earlier (`config::last_valid`).
+    /// The last valid version read earlier (`crate::last_valid`).
     LastValid,
 }
 
@@ -216,7 +216,7 @@ impl Documents {
                 self.bad.push(BadObject::skipped(where_, None, reason));
                 continue;
             }
-            let value: Value = match serde_saphyr::from_str(document.text) {
+            let mut value: Value = match serde_saphyr::from_str(document.text) {
                 Ok(Value::Null) => continue,
                 Ok(value) => value,
                 Err(e) => {
@@ -224,15 +224,16 @@ impl Documents {
                     continue;
                 }
             };
-            match (value.get("kind").and_then(Value::as_str), value.get("items")) {
-                (Some("List"), Some(Value::Array(items))) => {
-                    // Each item is an object of its own, refused on its own.
-                    for (i, item) in items.iter().enumerate() {
-                        let item_source = format!("{source} (document {}, item {i})", index + 1);
-                        self.collect(parse_object(item.clone()), &item_source);
-                    }
+            if value.get("kind").and_then(Value::as_str) == Some("List")
+                && let Some(Value::Array(items)) = value.get_mut("items").map(Value::take)
+            {
+                // Each item is an object of its own, refused on its own.
+                for (i, item) in items.into_iter().enumerate() {
+                    let item_source = format!("{source} (document {}, item {i})", index + 1);
+                    self.collect(parse_object(item), &item_source);
                 }
-                _ => self.collect(parse_object(value), &where_),
+            } else {
+                self.collect(parse_object(value), &where_);
             }
         }
     }

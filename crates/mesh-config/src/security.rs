@@ -4,7 +4,7 @@
 //! - Only API versions whose schema we know (`v1`, `v1beta1`: the same
 //!   schema) are read; `security.istio.io/v9` is refused, not guessed at.
 //! - Every field of the schema is declared and any other is an error
-//!   (`config::istio`), so a typo such as `principal:` is refused rather
+//!   (`crate::istio`), so a typo such as `principal:` is refused rather
 //!   than read as "no condition". Errors name the field path
 //!   (`spec.rules[0].from[0].source.principal`).
 //! - A refused object does not vanish: that would widen access (a DENY
@@ -13,7 +13,7 @@
 //!   object selects (its `selector.matchLabels` when those can be read,
 //!   else its whole namespace): for an AuthorizationPolicy, a DENY of
 //!   everything; for a PeerAuthentication, STRICT mTLS. Where an earlier
-//!   valid version was read, `config::last_valid` puts that back instead,
+//!   valid version was read, `crate::last_valid` puts that back instead,
 //!   as Kubernetes would by refusing the broken update.
 
 use std::collections::BTreeMap;

@@ -150,7 +150,7 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, sockets: DnsSockets, stop: Cance
         let ctx = ctx.clone();
         let stop = stop.clone();
         let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
-        let refused = Refusals::new("DNS TCP connections", MAX_TCP_CONNECTIONS);
+        let refused = hbone::accept::Refusals::new("DNS TCP connections", MAX_TCP_CONNECTIONS);
         async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -158,7 +158,7 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, sockets: DnsSockets, stop: Cance
                     accepted = hbone::accept::next_connection("dns tcp", || tcp.accept()) => accepted,
                 };
                 let Ok(permit) = connections.clone().try_acquire_owned() else {
-                    refused.count();
+                    refused.refuse();
                     continue;
                 };
                 let ctx = ctx.clone();
@@ -171,7 +171,7 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, sockets: DnsSockets, stop: Cance
     };
     tokio::spawn(tcp_loop);
     let in_flight = Arc::new(Semaphore::new(MAX_QUERIES_IN_FLIGHT));
-    let dropped = Refusals::new("DNS queries in flight", MAX_QUERIES_IN_FLIGHT);
+    let dropped = hbone::accept::Refusals::new("DNS queries in flight", MAX_QUERIES_IN_FLIGHT);
     let mut buffer = vec![0u8; MAX_UDP];
     loop {
         let (len, peer) = tokio::select! {
@@ -185,7 +185,7 @@ pub(crate) async fn serve(ctx: Arc<PodContext>, sockets: DnsSockets, stop: Cance
             },
         };
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            dropped.count();
+            dropped.refuse();
             continue;
         };
         let query = buffer[..len].to_vec();
@@ -233,27 +233,6 @@ async fn resolve(ctx: &PodContext, query: &[u8], transport: Transport) -> Option
         Answer::Drop => None,
         Answer::Forward => {
             Some(forward(dns.upstream, dns.upstream_timeout, query, transport).await)
-        }
-    }
-}
-
-/// Counts refusals of one bounded resource; logs the first and then every
-/// power of two, so a flood cannot flood the log.
-struct Refusals {
-    what: &'static str,
-    limit: usize,
-    count: std::sync::atomic::AtomicU64,
-}
-
-impl Refusals {
-    fn new(what: &'static str, limit: usize) -> Self {
-        Self { what, limit, count: std::sync::atomic::AtomicU64::new(0) }
-    }
-
-    fn count(&self) {
-        let n = self.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if n.is_power_of_two() {
-            warn!(limit = self.limit, refused = n, "too many {}; refusing more", self.what);
         }
     }
 }
