@@ -221,7 +221,7 @@ fn policies_by_principal_and_port_and_strict_mtls_apply_live() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let (c, _state) = cluster("policy", MIXED);
+    let (c, state) = cluster("policy", MIXED);
     let (sleep, other, outsider) =
         (netns(&c, "apps", "sleep"), netns(&c, "apps", "other"), netns(&c, "legacy", "outsider"));
     let echo = addr(&c, "apps", "echo-0", 8080);
@@ -309,7 +309,9 @@ spec: {mtls: {mode: STRICT}}
         ) >= 2
     );
 
-    // Policies removed; STRICT stays: mesh traffic works, plaintext does not.
+    // Policies removed but for a dry run that would deny everyone; STRICT
+    // stays: mesh traffic works, plaintext does not, and the dry run is
+    // logged, not enforced.
     policy_yaml(
         &c,
         r#"
@@ -317,11 +319,22 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: strict, namespace: apps}
 spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: dry-deny-all, namespace: apps, annotations: {istio.io/dry-run: "true"}}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules: [{}]
 "#,
     );
     support::eventually("sleep allowed again", 20, || support::echoes(&sleep, echo));
     assert!(support::echoes(&other, echo));
     assert!(!support::echoes(&outsider, echo), "STRICT refuses plaintext");
+    support::eventually("the dry run logged", 10, || {
+        state.logged("dry-run policies would deny this connection")
+    });
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Which resources each connected proxy is sent, by the kind of proxy its
 //! xDS node metadata declares.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use mesh_proto::core::Node;
@@ -15,24 +15,44 @@ use crate::model::waypoints::Scopes;
 pub const PROXY_TYPE: &str = "PROXY_TYPE";
 /// Node metadata key of a waypoint: the Gateway it runs, `namespace/name`.
 pub const WAYPOINT: &str = "WAYPOINT";
+/// Node metadata key, `"true"` from a proxy that evaluates dry-run
+/// `Authorization`s (field `dry_run`) without enforcing them. Proxies that
+/// do not say so are not sent dry-run policies: they would ignore the
+/// unknown field and enforce them.
+pub const DRY_RUN_AUTHORIZATION: &str = "DRY_RUN_AUTHORIZATION";
 
-/// The current [`Scopes`], as an xDS [`NodeFilter`]: node proxies and
-/// sidecars see everything; a waypoint sees only what it fronts (and no L4
+/// What the filter decides by.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Filters {
+    waypoints: Scopes,
+    /// xDS names of dry-run policies.
+    dry_run: BTreeSet<String>,
+}
+
+/// The current [`Scopes`] and dry-run policies, as an xDS [`NodeFilter`]:
+/// node proxies and sidecars see everything but the dry-run policies they
+/// cannot evaluate; a waypoint sees only what it fronts (and no L4
 /// policies: its authorization is L7, sent with its own config).
 #[derive(Default)]
 pub struct ProxyScopes {
-    scopes: RwLock<Arc<Scopes>>,
+    filters: RwLock<Arc<Filters>>,
 }
 
 impl ProxyScopes {
-    /// Replaces the scopes; true when they changed.
-    pub fn update(&self, scopes: Scopes) -> bool {
-        let mut current = self.scopes.write().unwrap_or_else(|p| p.into_inner());
-        if **current == scopes {
+    /// Replaces the scopes and the set of dry-run policy names; true when
+    /// either changed.
+    pub fn update(&self, waypoints: Scopes, dry_run: BTreeSet<String>) -> bool {
+        let next = Filters { waypoints, dry_run };
+        let mut current = self.filters.write().unwrap_or_else(|p| p.into_inner());
+        if **current == next {
             return false;
         }
-        *current = Arc::new(scopes);
+        *current = Arc::new(next);
         true
+    }
+
+    fn current(&self) -> Arc<Filters> {
+        self.filters.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -46,7 +66,9 @@ fn metadata<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 impl NodeFilter for ProxyScopes {
     fn allows(&self, node: &Node, type_url: &str, name: &str) -> bool {
         if metadata(node, PROXY_TYPE) != Some("waypoint") {
-            return true;
+            return type_url != type_url::AUTHORIZATION
+                || metadata(node, DRY_RUN_AUTHORIZATION) == Some("true")
+                || !self.current().dry_run.contains(name);
         }
         if type_url != type_url::ADDRESS {
             return false;
@@ -55,8 +77,7 @@ impl NodeFilter for ProxyScopes {
             // A waypoint that does not say which one gets nothing.
             return false;
         };
-        let scopes = self.scopes.read().unwrap_or_else(|p| p.into_inner()).clone();
-        scopes.get(waypoint).is_some_and(|names| names.contains(name))
+        self.current().waypoints.get(waypoint).is_some_and(|names| names.contains(name))
     }
 }
 

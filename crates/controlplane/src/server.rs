@@ -239,10 +239,13 @@ async fn apply_snapshots(
             }
         }
         registry.replace(nodes);
-        crate::push::publish(&store, &model, previous.as_ref().map(|(_, m)| m));
-        if scopes.update(model.waypoint_scopes.clone()) {
+        // Filters first: a policy turning dry-run is withdrawn from proxies
+        // that would enforce it before its new version is published.
+        let dry_run = crate::model::policies::dry_run_names(&model.policies);
+        if scopes.update(model.waypoint_scopes.clone(), dry_run) {
             ads.refilter();
         }
+        crate::push::publish(&store, &model, previous.as_ref().map(|(_, m)| m));
         admin.update(&snapshot, model.warnings.clone(), store.generation());
         for type_url in [mesh_proto::type_url::ADDRESS, mesh_proto::type_url::AUTHORIZATION] {
             admin.set_resources(type_url, store.names(type_url).len());

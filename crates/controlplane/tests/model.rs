@@ -209,8 +209,11 @@ fn a_waypoint_sees_only_what_it_fronts() {
     use controlplane::scopes::{PROXY_TYPE, ProxyScopes, WAYPOINT, node_metadata};
     use xds::NodeFilter;
     let filter = ProxyScopes::default();
-    assert!(filter.update(m.waypoint_scopes.clone()));
-    assert!(!filter.update(m.waypoint_scopes.clone()), "unchanged scopes are not a change");
+    assert!(filter.update(m.waypoint_scopes.clone(), Default::default()));
+    assert!(
+        !filter.update(m.waypoint_scopes.clone(), Default::default()),
+        "unchanged scopes are not a change"
+    );
     let node = |pairs: &[(&str, &str)]| mesh_proto::core::Node {
         metadata: Some(node_metadata(pairs)),
         ..Default::default()
@@ -227,6 +230,18 @@ fn a_waypoint_sees_only_what_it_fronts() {
     );
     let ztunnel = node(&[(PROXY_TYPE, "ztunnel")]);
     assert!(filter.allows(&ztunnel, address, "Kubernetes//Pod/apps/batch"));
+
+    // Dry-run policies go only to proxies that evaluate them: any other
+    // would enforce them.
+    let authorization = mesh_proto::type_url::AUTHORIZATION;
+    assert!(filter.allows(&ztunnel, authorization, "apps/dry"));
+    assert!(filter.update(m.waypoint_scopes.clone(), ["apps/dry".to_string()].into()));
+    assert!(!filter.allows(&ztunnel, authorization, "apps/dry"), "Istio's ztunnel");
+    assert!(filter.allows(&ztunnel, authorization, "apps/enforced"));
+    use controlplane::scopes::DRY_RUN_AUTHORIZATION;
+    let ours = node(&[(PROXY_TYPE, "ztunnel"), (DRY_RUN_AUTHORIZATION, "true")]);
+    assert!(filter.allows(&ours, authorization, "apps/dry"));
+    assert!(!filter.allows(&waypoint, authorization, "apps/dry"));
 }
 
 #[test]

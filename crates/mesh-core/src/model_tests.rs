@@ -138,7 +138,7 @@ prop_compose! {
 
 prop_compose! {
     fn authorization()(
-        name in name(), namespace in name(), deny in any::<bool>(), scope in 0..3,
+        name in name(), namespace in name(), deny in any::<bool>(), dry_run in any::<bool>(), scope in 0..3,
         rules in proptest::collection::vec(proptest::collection::vec(proptest::collection::vec(a_match(), 0..3), 0..3), 0..3),
     ) -> Authorization {
         Authorization {
@@ -150,6 +150,7 @@ prop_compose! {
                 .into_iter()
                 .map(|clauses| Rule { clauses: clauses.into_iter().map(|matches| Clause { matches }).collect() })
                 .collect(),
+            dry_run,
         }
     }
 }

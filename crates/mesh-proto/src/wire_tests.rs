@@ -53,6 +53,7 @@ fn authorization_fields() {
                 matches: vec![Match { destination_ports: vec![80], ..Default::default() }],
             }],
         }],
+        dry_run: true,
     };
     assert_eq!(
         hex(&policy.encode_to_vec()),
@@ -65,6 +66,7 @@ fn authorization_fields() {
             "0a 05",       // Rule.clauses = 1
             "12 03",       // Clause.matches = 2
             "4a 01 50",    // Match.destination_ports = 9, packed: [80]
+            "30 01",       // dry_run = 6
         ]
         .join(" ")
     );

@@ -143,6 +143,7 @@ pub fn policy(namespace: &str, name: &str, action: Action, matches: Vec<Match>) 
         scope: PolicyScope::Namespace,
         action,
         rules: vec![Rule { clauses: vec![Clause { matches }] }],
+        dry_run: false,
     }
 }
 

@@ -103,6 +103,8 @@ pub async fn run(
             fields: [
                 ("PROXY_TYPE".to_string(), string("ztunnel")),
                 ("NODE_NAME".to_string(), string(&config.node_name)),
+                // We evaluate dry-run policies without enforcing them.
+                ("DRY_RUN_AUTHORIZATION".to_string(), string("true")),
             ]
             .into(),
         }),

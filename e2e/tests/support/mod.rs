@@ -102,6 +102,15 @@ pub mod tempfile_dir {
             Self { path }
         }
 
+        /// Whether any component's whole log holds `needle`.
+        pub fn logged(&self, needle: &str) -> bool {
+            std::fs::read_dir(self.path.join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|text| text.contains(needle)))
+        }
+
         /// Every log, for failure messages.
         pub fn logs(&self) -> String {
             let mut out = String::new();

@@ -48,6 +48,7 @@ impl TryFrom<&pb::Authorization> for Authorization {
                     })
                 })
                 .collect::<Result<_, ConvertError>>()?,
+            dry_run: p.dry_run,
         })
     }
 }
@@ -123,6 +124,7 @@ impl From<&Authorization> for pb::Authorization {
                         .collect(),
                 })
                 .collect(),
+            dry_run: d.dry_run,
         }
     }
 }

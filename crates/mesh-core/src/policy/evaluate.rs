@@ -47,33 +47,61 @@ pub enum DecisionReason {
 pub struct Decision {
     /// Why.
     pub reason: DecisionReason,
+    /// When dry-run policies apply: the reason the verdict would have had
+    /// were they enforced too. Reported, never enforced.
+    pub dry_run: Option<DecisionReason>,
+}
+
+impl DecisionReason {
+    /// Whether a connection with this reason may proceed.
+    pub fn allowed(&self) -> bool {
+        matches!(self, DecisionReason::AllowedByPolicy(_) | DecisionReason::NoPolicies)
+    }
 }
 
 impl Decision {
     /// Whether the connection may proceed.
     pub fn allowed(&self) -> bool {
-        matches!(self.reason, DecisionReason::AllowedByPolicy(_) | DecisionReason::NoPolicies)
+        self.reason.allowed()
+    }
+
+    /// The dry-run verdict, when it differs from the enforced one: what
+    /// enforcing the dry-run policies would change.
+    pub fn dry_run_change(&self) -> Option<&DecisionReason> {
+        self.dry_run.as_ref().filter(|shadow| shadow.allowed() != self.allowed())
     }
 }
 
 /// Decides on `conn` given the policies that apply to its destination.
 ///
 /// Any matching DENY denies; otherwise, if any ALLOW policy applies, one
-/// must match; otherwise the connection is allowed.
+/// must match; otherwise the connection is allowed. Dry-run policies take
+/// no part in that verdict; when any apply, the verdict they would give
+/// together with the enforced ones is computed as well
+/// ([`Decision::dry_run`]).
 pub fn evaluate<'a>(
     policies: impl IntoIterator<Item = &'a Authorization>,
     conn: &Connection,
 ) -> Decision {
     let facts = Facts::of(conn);
+    let policies: Vec<&Authorization> = policies.into_iter().collect();
+    let reason = verdict(policies.iter().copied().filter(|p| !p.dry_run), &facts);
+    let dry_run =
+        policies.iter().any(|p| p.dry_run).then(|| verdict(policies.iter().copied(), &facts));
+    Decision { reason, dry_run }
+}
+
+fn verdict<'a>(
+    policies: impl IntoIterator<Item = &'a Authorization>,
+    facts: &Facts<'_>,
+) -> DecisionReason {
     let mut any_allow = false;
     let mut allowed_by = None;
     for policy in policies {
-        let matched = policy.rules.iter().position(|rule| rule_matches(rule, &facts));
+        let matched = policy.rules.iter().position(|rule| rule_matches(rule, facts));
         match (policy.action, matched) {
             (Action::Deny, Some(rule)) => {
-                return Decision {
-                    reason: DecisionReason::DeniedByPolicy(reference(policy, rule)),
-                };
+                return DecisionReason::DeniedByPolicy(reference(policy, rule));
             }
             (Action::Deny, None) => {}
             (Action::Allow, matched) => {
@@ -84,12 +112,11 @@ pub fn evaluate<'a>(
             }
         }
     }
-    let reason = match (any_allow, allowed_by) {
+    match (any_allow, allowed_by) {
         (_, Some(by)) => DecisionReason::AllowedByPolicy(by),
         (true, None) => DecisionReason::NoAllowPolicyMatched,
         (false, None) => DecisionReason::NoPolicies,
-    };
-    Decision { reason }
+    }
 }
 
 fn reference(policy: &Authorization, rule: usize) -> PolicyRef {

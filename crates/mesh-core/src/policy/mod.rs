@@ -27,6 +27,8 @@ pub struct Authorization {
     pub action: Action,
     /// OR-ed.
     pub rules: Vec<Rule>,
+    /// `istio.io/dry-run`: evaluated and reported, never enforced.
+    pub dry_run: bool,
 }
 
 /// Which workloads a policy applies to.

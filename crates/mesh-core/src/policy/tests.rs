@@ -25,6 +25,7 @@ fn policy(name: &str, action: Action, rules: Vec<Rule>) -> Authorization {
         scope: PolicyScope::Namespace,
         action,
         rules,
+        dry_run: false,
     }
 }
 
@@ -391,6 +392,33 @@ fn the_deciding_policy_and_rule_are_named() {
     let miss = allow(Match { destination_ports: vec![1], ..Match::default() });
     assert_eq!(evaluate([&miss], &conn()).reason, DecisionReason::NoAllowPolicyMatched);
     assert_eq!(evaluate([], &conn()).reason, DecisionReason::NoPolicies);
+}
+
+#[test]
+fn dry_run_policies_are_evaluated_but_never_decide() {
+    let dry = |mut p: Authorization| {
+        p.dry_run = true;
+        p
+    };
+    let port = |p: u16| Match { destination_ports: vec![p], ..Match::default() };
+    // A matching dry-run DENY: allowed, and the dry-run verdict names it.
+    let d = evaluate([&dry(deny(port(8080)))], &conn());
+    assert_eq!(d.reason, DecisionReason::NoPolicies);
+    assert!(matches!(&d.dry_run, Some(DecisionReason::DeniedByPolicy(p)) if p.name == "deny"));
+    assert!(d.dry_run_change().is_some());
+    // A dry-run ALLOW that misses: allowed, but it would deny.
+    let d = evaluate([&dry(allow(port(1)))], &conn());
+    assert!(d.allowed());
+    assert_eq!(d.dry_run_change(), Some(&DecisionReason::NoAllowPolicyMatched));
+    // Beside an enforced DENY: still denied; a dry-run ALLOW changes nothing.
+    let d = evaluate([&dry(allow(port(8080))), &deny(port(8080))], &conn());
+    assert!(!d.allowed());
+    assert_eq!(d.dry_run_change(), None);
+    // A dry-run DENY that misses: the same verdict, nothing to report.
+    let d = evaluate([&dry(deny(port(1)))], &conn());
+    assert!(d.allowed() && d.dry_run.is_some() && d.dry_run_change().is_none());
+    // No dry-run policies: no dry-run verdict.
+    assert_eq!(evaluate([&deny(port(1))], &conn()).dry_run, None);
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use mesh_core::policy::{Connection, Decision, DecisionReason, evaluate};
 use mesh_core::{GatewayDestination, Identity, Workload};
 use proxy_core::store::WorkloadStore;
+use tracing::info;
 
 /// Why a connection is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +59,20 @@ pub fn authorize(
             destination_port: target.port(),
         },
     );
-    if decision.allowed() { Ok(decision) } else { Err(Refusal::Denied(describe(&decision))) }
+    if let Some(would) = decision.dry_run_change() {
+        // Istio's ztunnel logs these at debug; a dry run exists to be read,
+        // so ours are at info, one line per connection whose verdict the
+        // dry-run policies would change.
+        let verdict = if would.allowed() { "allow" } else { "deny" };
+        info!(
+            workload = %workload.uid,
+            source = %source_ip,
+            destination = %target,
+            would = describe(would),
+            "dry-run policies would {verdict} this connection"
+        );
+    }
+    if decision.allowed() { Ok(decision) } else { Err(Refusal::Denied(describe(&decision.reason))) }
 }
 
 /// The source address policy and telemetry see for an HBONE connection
@@ -83,8 +97,8 @@ pub fn trusted_source(
     }
 }
 
-fn describe(decision: &Decision) -> String {
-    match &decision.reason {
+fn describe(reason: &DecisionReason) -> String {
+    match reason {
         DecisionReason::DeniedByPolicy(p) => {
             format!("denied by policy {}/{} (rule {})", p.namespace, p.name, p.rule)
         }
@@ -180,6 +194,21 @@ mod tests {
         let refusal = decide(&store, Some(id("apps", "api")), "10.0.0.7", 5432).unwrap_err();
         assert_eq!(refusal, Refusal::Denied("denied by policy apps/block-net (rule 0)".into()));
         assert!(decide(&store, Some(id("apps", "api")), "10.0.5.7", 5432).is_ok());
+    }
+
+    #[test]
+    fn dry_run_policies_are_evaluated_but_never_refuse() {
+        let store = WorkloadStore::new();
+        store.insert(Address::Workload(Box::new(workload("db", "apps", ip("10.0.1.9")).build())));
+        let mut dry = policy("apps", "dry-deny", Action::Deny, vec![Match::default()]);
+        dry.rules[0].clauses.clear(); // matches everything
+        dry.dry_run = true;
+        store.insert_policy(dry);
+        let decision = decide(&store, Some(id("apps", "api")), "10.0.0.1", 5432).unwrap();
+        assert!(
+            matches!(decision.dry_run_change(), Some(DecisionReason::DeniedByPolicy(p)) if p.name == "dry-deny"),
+            "{decision:?}"
+        );
     }
 
     #[test]

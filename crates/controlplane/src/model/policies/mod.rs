@@ -11,9 +11,14 @@
 //!
 //! Policies the node proxy does not enforce, and say so:
 //! - `AUDIT` (it changes no verdict);
-//! - `istio.io/dry-run: "true"` (evaluated by nobody yet: reported);
 //! - `targetRef`/`targetRefs` (they belong to a waypoint; until one
 //!   enforces them, reported as enforced by nobody).
+//!
+//! `istio.io/dry-run: "true"` policies are translated like the others and
+//! sent with `dry_run` set: node proxies evaluate them, log what enforcing
+//! them would change, and never enforce them. Only proxies that declare
+//! they understand the flag receive them ([`crate::scopes`]): one that did
+//! not would enforce them.
 //!
 //! `CUSTOM` (an external authorizer we cannot call) is enforced as DENY of
 //! what its rules match: the authorizer could have refused any of it.
@@ -66,11 +71,14 @@ pub fn authorizations(
             warn("targetRef(s) policies belong to a waypoint; no node proxy enforces them, and no waypoint does yet".into());
             continue;
         }
-        if is_dry_run(policy) {
+        let dry_run = is_dry_run(policy);
+        if let Some(value) = policy.annotations.get(DRY_RUN_ANNOTATION)
+            && !dry_run
+            && !matches!(value.as_str(), "0" | "f" | "F" | "false" | "FALSE" | "False")
+        {
             warn(format!(
-                "{DRY_RUN_ANNOTATION}: not enforced (dry-run evaluation is not implemented yet)"
+                "{DRY_RUN_ANNOTATION}: {value:?} is not a boolean; the policy is enforced"
             ));
-            continue;
         }
         let mut rules = Vec::new();
         for (index, rule) in policy.spec.rules.iter().enumerate() {
@@ -96,6 +104,7 @@ pub fn authorizations(
             scope: scope(namespace, policy.spec.selector.as_ref(), mesh),
             action,
             rules,
+            dry_run,
         });
     }
     mtls::policies(state, mesh, &mut out);
@@ -133,15 +142,24 @@ pub fn selected(
     out
 }
 
-/// Whether node proxies enforce the policy at all (see the module docs).
+/// Whether node proxies evaluate the policy at all (see the module docs).
 fn enforced(policy: &Named<AuthorizationPolicySpec>) -> bool {
-    policy.spec.action != Some(AuthorizationAction::Audit)
-        && !policy.spec.is_targeted()
-        && !is_dry_run(policy)
+    policy.spec.action != Some(AuthorizationAction::Audit) && !policy.spec.is_targeted()
 }
 
+/// `istio.io/dry-run` as Istio reads it (Go's `strconv.ParseBool`: `1`,
+/// `t`, `true` in any case; anything else, a typo included, is not a dry
+/// run, so the policy is enforced: a mistake never loosens a policy).
 fn is_dry_run(policy: &Named<AuthorizationPolicySpec>) -> bool {
-    policy.annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    policy
+        .annotations
+        .get(DRY_RUN_ANNOTATION)
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+}
+
+/// xDS names (`namespace/name`) of the dry-run policies in `policies`.
+pub fn dry_run_names(policies: &[Authorization]) -> std::collections::BTreeSet<String> {
+    policies.iter().filter(|p| p.dry_run).map(|p| format!("{}/{}", p.namespace, p.name)).collect()
 }
 
 fn scope(namespace: &str, selector: Option<&WorkloadSelector>, mesh: &MeshConfig) -> PolicyScope {

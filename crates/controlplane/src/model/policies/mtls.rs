@@ -97,6 +97,7 @@ fn deny_plaintext(namespace: &str, name: &str, ports: Match) -> Authorization {
                 matches: vec![Match { not_principals: vec![StringMatch::Presence], ..ports }],
             }],
         }],
+        dry_run: false,
     }
 }
 

@@ -330,10 +330,9 @@ fn a_refused_peer_authentication_means_strict() {
 }
 
 #[test]
-fn dry_run_targeted_and_audit_policies_are_not_enforced_by_node_proxies() {
-    let dry = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: dry, namespace: apps, annotations: {istio.io/dry-run: 'true'}}\nspec: {selector: {matchLabels: {app: web}}, action: DENY, rules: [{}]}\n";
+fn targeted_and_audit_policies_are_not_enforced_by_node_proxies() {
     let yaml = format!(
-        "{PODS}---\n{dry}---\n{}---\n{}",
+        "{PODS}---\n{}---\n{}",
         ap(
             "one-target",
             "{targetRef: {kind: Service, group: '', name: web}, action: DENY, rules: [{}]}"
@@ -344,8 +343,42 @@ fn dry_run_targeted_and_audit_policies_are_not_enforced_by_node_proxies() {
     assert!(m.policies.is_empty(), "{:?}", m.policies);
     assert!(m.workloads.iter().all(|w| w.authorization_policies.is_empty()));
     let messages: Vec<&str> = m.warnings.iter().map(|w| w.message.as_str()).collect();
-    assert!(messages.iter().any(|w| w.contains("dry-run")), "{messages:?}");
+    assert!(messages.iter().any(|w| w.contains("AUDIT")), "{messages:?}");
     assert!(messages.iter().any(|w| w.contains("no waypoint does yet")), "{messages:?}");
+}
+
+fn dry_policy(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: apps, annotations: {{istio.io/dry-run: '{value}'}}}}\nspec: {{selector: {{matchLabels: {{app: web}}}}, action: DENY, rules: [{{}}]}}\n"
+    )
+}
+
+#[test]
+fn dry_run_policies_are_sent_marked_and_never_decide() {
+    let yaml = format!(
+        "{PODS}---\n{}---\n{}---\n{}",
+        dry_policy("dry", "true"),
+        dry_policy("typo", "ture"),
+        dry_policy("disabled", "false")
+    );
+    let m = model(&yaml);
+    let dry = policy(&m, "apps/dry");
+    assert!(dry.dry_run, "{dry:?}");
+    assert!(!policy(&m, "apps/disabled").dry_run);
+    // A value that is not a boolean never loosens a policy: enforced, warned.
+    assert!(!policy(&m, "apps/typo").dry_run);
+    let messages: Vec<&str> = m.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert!(messages.iter().any(|w| w.contains("\"ture\" is not a boolean")), "{messages:?}");
+    assert_eq!(messages.iter().filter(|w| w.contains("dry-run")).count(), 1, "{messages:?}");
+    // Selected like any other policy, so the workload's proxy finds it.
+    let web = m.workloads.iter().find(|w| w.name.starts_with("web")).unwrap();
+    assert!(web.authorization_policies.contains(&"apps/dry".to_string()), "{web:?}");
+    // The dry run reports a denial and decides nothing.
+    let decision = evaluate([dry], &conn(Some(SLEEP), "10.0.0.5", 8080));
+    assert!(decision.allowed());
+    assert!(decision.dry_run_change().is_some(), "{decision:?}");
+    let names = super::dry_run_names(&m.policies);
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["apps/dry"]);
 }
 
 #[test]
