@@ -401,8 +401,51 @@ fn named<S: serde::de::DeserializeOwned + Default>(
 }
 
 /// `value` as a `T`; an error names the field path (`spec.containers: ...`).
-fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+///
+/// One YAML difference is mended here. Kubernetes' reader (go-yaml) takes
+/// an unquoted IPv6 address ending in `::` inside a flow sequence
+/// (`addresses: [fd00::]`) as the string `fd00::`; ours, following YAML
+/// 1.2, reads the last `:` as a mapping indicator, giving `{"fd00:": null}`.
+/// Where such a one-entry mapping stands in place of a string and its key
+/// plus `:` is an IPv6 address, it is taken as that address and the value
+/// is read again. Only the failing field is touched, so a mapping where a
+/// mapping belongs is never rewritten.
+fn typed<T: serde::de::DeserializeOwned>(mut value: Value) -> Result<T, String> {
+    // Each pass mends one field; a document with more than this many such
+    // addresses is refused with the usual type error.
+    const MAX_MENDS: usize = 64;
+    for _ in 0..=MAX_MENDS {
+        match serde_path_to_error::deserialize::<_, T>(&value) {
+            Ok(t) => return Ok(t),
+            Err(e) => {
+                let Some(mended) = at_path(&mut value, e.path()).and_then(mend_ipv6) else {
+                    return Err(format!("{}: {}", e.path(), e.inner()));
+                };
+                if let Some(slot) = at_path(&mut value, e.path()) {
+                    *slot = Value::String(mended);
+                }
+            }
+        }
+    }
+    Err(format!("more than {MAX_MENDS} unquoted IPv6 addresses ending in `::`; quote them"))
+}
+
+/// The value a deserialization error's path names.
+fn at_path<'v>(value: &'v mut Value, path: &serde_path_to_error::Path) -> Option<&'v mut Value> {
+    use serde_path_to_error::Segment;
+    path.iter().try_fold(value, |v, segment| match segment {
+        Segment::Seq { index } => v.get_mut(*index),
+        Segment::Map { key } => v.get_mut(key.as_str()),
+        Segment::Enum { .. } | Segment::Unknown => None,
+    })
+}
+
+/// `{"fd00:": null}` → `fd00::`, when that is an IPv6 address.
+fn mend_ipv6(value: &mut Value) -> Option<String> {
+    let map = value.as_object()?;
+    let (key, inner) = map.iter().next().filter(|_| map.len() == 1)?;
+    let address = format!("{key}:");
+    (inner.is_null() && address.parse::<std::net::Ipv6Addr>().is_ok()).then_some(address)
 }
 
 /// Name, namespace, labels and annotations.
@@ -484,6 +527,24 @@ metadata: {name: b}
         assert!(bad[0].reason.contains("spec.containers: invalid type"), "{}", bad[0]);
         assert_eq!(bad[1].source, "f.yaml (document 3, from line 10)");
         assert!(bad[1].reason.contains("invalid YAML document separator"), "{}", bad[1]);
+    }
+
+    #[test]
+    fn unquoted_ipv6_addresses_ending_in_colons_are_strings_as_kubernetes_reads_them() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Spec {
+            addresses: Vec<String>,
+            hosts: Vec<String>,
+        }
+        let read = |yaml: &str| typed::<Spec>(serde_saphyr::from_str(yaml).unwrap());
+        let spec = read("{addresses: [fd00::, 2001:db8::1, '::'], hosts: [a]}").unwrap();
+        assert_eq!(spec.addresses, ["fd00::", "2001:db8::1", "::"]);
+        assert_eq!(spec.hosts, ["a"]);
+        // Only a mapping that stands for an IPv6 address is mended.
+        let err = read("{addresses: [x: ], hosts: [a]}").unwrap_err();
+        assert!(err.starts_with("addresses[0]: invalid type: map"), "{err}");
+        let err = read("{addresses: [fd00::], hosts: [{fd00:: 1}]}").unwrap_err();
+        assert!(err.starts_with("hosts[0]: invalid type: map"), "{err}");
     }
 
     #[test]
