@@ -13,7 +13,7 @@ use xds::{DeltaAdsServer, SnapshotStore};
 
 use crate::ca::{
     Authenticator, CaConfig, CaError, CaMaterial, CaService, CertificateAuthority,
-    LocalAuthenticator, MaterialError, StaticNodeRegistry,
+    LocalAuthenticator, MaterialError, ServingName, StaticNodeRegistry,
 };
 use crate::config::files::{self, Snapshot};
 use crate::model::{MeshConfig, Model};
@@ -59,6 +59,27 @@ pub struct Settings {
     pub node_proxy_account: (String, String),
     /// The debug endpoint (15014), when enabled.
     pub admin: Option<TcpListener>,
+    /// DNS names and IPs the serving certificate carries besides the
+    /// SPIFFE identity ([`default_serving_names`] and the operator's).
+    pub serving_names: Vec<ServingName>,
+}
+
+/// The names a control plane in `namespace` serves under by default:
+/// istiod's (`istiod.istio-system.svc`, which Istio's ztunnel checks when
+/// it dials an address) and its own Service's (`controlplane.<namespace>`),
+/// each short and with the cluster domain.
+pub fn default_serving_names(namespace: &str, cluster_domain: &str) -> Vec<ServingName> {
+    let mut names = Vec::new();
+    for (service, ns) in [("istiod", "istio-system"), ("controlplane", namespace)] {
+        for name in [format!("{service}.{ns}.svc"), format!("{service}.{ns}.svc.{cluster_domain}")]
+        {
+            let name = ServingName::Dns(name);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 /// Why the process could not start.
@@ -125,7 +146,7 @@ pub async fn run(
             .map_err(StartError::Ca)?,
     );
     let roots = TrustBundle::from_pem(&material.root_pem).map_err(StartError::Certificate)?;
-    let serving = serving_certificate(&ca, &roots, &settings.identity)?;
+    let serving = serving_certificate(&ca, &roots, &settings.identity, &settings.serving_names)?;
     let tls =
         hbone::tls::server_config_optional_client_cert(&serving, &[]).map_err(StartError::Tls)?;
 
@@ -193,10 +214,11 @@ fn serving_certificate(
     ca: &CertificateAuthority,
     roots: &TrustBundle,
     identity: &Identity,
+    names: &[ServingName],
 ) -> Result<WorkloadCertificate, StartError> {
     let request = CertificateRequest::generate(identity).map_err(StartError::Certificate)?;
     let checked = ca.check_csr(&request.csr_pem).map_err(StartError::Ca)?;
-    let chain = ca.sign_for(&checked, SERVING_CERT_LIFETIME).map_err(StartError::Ca)?;
+    let chain = ca.sign_serving(&checked, SERVING_CERT_LIFETIME, names).map_err(StartError::Ca)?;
     request.into_certificate(&chain.concat(), roots.clone()).map_err(StartError::Certificate)
 }
 

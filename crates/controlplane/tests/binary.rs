@@ -319,3 +319,60 @@ async fn the_fake_api_server_filters_by_label() {
     assert_eq!(names, ["web-pod"]);
     assert_eq!(body["metadata"]["resourceVersion"], "2");
 }
+
+/// A TLS handshake with the control plane by a standard client that checks
+/// `name` in the serving certificate, as Istio's ztunnel does.
+async fn handshake_as(grpc: SocketAddr, root_pem: &str, name: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(grpc).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    connector.connect(name, tcp).await.map(drop).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn the_serving_certificate_verifies_by_hostname_as_istiod_and_by_configured_names() {
+    let cp = start_with(&[], &[("MESH_SERVING_NAMES", "cp.example.internal, 10.9.8.7")]).await;
+    let root_file = cp.ca.path().join("root-cert.pem");
+    eventually("CA material written", || root_file.exists()).await;
+    let root = std::fs::read_to_string(&root_file).unwrap();
+    for name in [
+        "istiod.istio-system.svc",
+        "istiod.istio-system.svc.cluster.local",
+        "controlplane.istio-system.svc",
+        "cp.example.internal",
+        "10.9.8.7",
+    ] {
+        handshake_as(cp.grpc, &root, name).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for name in ["other.istio-system.svc", "10.9.8.6"] {
+        let refused = handshake_as(cp.grpc, &root, name).await.unwrap_err();
+        assert!(refused.contains("not valid for name"), "{name}: {refused}");
+    }
+}
+
+#[test]
+fn a_bad_serving_name_is_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_controlplane"))
+        .args(["--config-dir", "/", "--serving-names", "ok.example,not a name"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--serving-names: \"not a name\" is neither an IP address nor a DNS name"),
+        "{stderr}"
+    );
+}

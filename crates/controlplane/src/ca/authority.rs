@@ -109,15 +109,17 @@ impl CertificateAuthority {
     pub fn sign(&self, csr: &CheckedCsr, requested: Duration) -> Result<Vec<String>, CaError> {
         let validity = if requested.is_zero() { self.config.default_validity } else { requested }
             .min(self.config.max_validity);
-        self.sign_for(csr, validity)
+        self.sign_serving(csr, validity, &[])
     }
 
-    /// Signs for exactly `validity`, uncapped: only for the control plane's
+    /// Signs for exactly `validity`, uncapped, with `names` (DNS names and
+    /// IP addresses) beside the SPIFFE URI: only for the control plane's
     /// own serving certificate, never for a caller's request.
-    pub(crate) fn sign_for(
+    pub(crate) fn sign_serving(
         &self,
         csr: &CheckedCsr,
         validity: Duration,
+        names: &[ServingName],
     ) -> Result<Vec<String>, CaError> {
         let now = SystemTime::now();
         // A minute of slack for peers whose clocks are slightly behind.
@@ -129,6 +131,15 @@ impl CertificateAuthority {
         let uri = rcgen::string::Ia5String::try_from(csr.identity.to_string())
             .map_err(|e| CaError::Signing(e.to_string()))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in names {
+            params.subject_alt_names.push(match name {
+                ServingName::Dns(dns) => SanType::DnsName(
+                    rcgen::string::Ia5String::try_from(dns.as_str())
+                        .map_err(|e| CaError::Signing(e.to_string()))?,
+                ),
+                ServingName::Ip(ip) => SanType::IpAddress(*ip),
+            });
+        }
         // Only the CSR's public key is used; everything else is ours.
         let leaf = params
             .signed_by(&csr.params.public_key, &self.issuer)
@@ -136,6 +147,42 @@ impl CertificateAuthority {
         let mut chain = vec![leaf.pem()];
         chain.extend(self.chain_tail.iter().cloned());
         Ok(chain)
+    }
+}
+
+/// A name the control plane's serving certificate carries besides its
+/// SPIFFE identity, so clients that verify a hostname (Istio's ztunnel
+/// checks `istiod.istio-system.svc` when it dials an IP) accept it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServingName {
+    /// A DNS name (`istiod.istio-system.svc`).
+    Dns(String),
+    /// An IP address.
+    Ip(std::net::IpAddr),
+}
+
+impl std::str::FromStr for ServingName {
+    type Err = String;
+
+    /// An IP address, or a DNS name as TLS clients check them (letters,
+    /// digits, `-`, dots; no wildcard, no trailing dot).
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(ip) = s.parse() {
+            return Ok(Self::Ip(ip));
+        }
+        match rustls_pki_types::DnsName::try_from(s) {
+            Ok(_) if !s.ends_with('.') && !s.contains('*') => Ok(Self::Dns(s.to_ascii_lowercase())),
+            _ => Err(format!("{s:?} is neither an IP address nor a DNS name")),
+        }
+    }
+}
+
+impl std::fmt::Display for ServingName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dns(d) => f.write_str(d),
+            Self::Ip(ip) => write!(f, "{ip}"),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use mesh_core::Identity;
 pub use auth::{
     Authenticator, Caller, Credentials, LocalAuthenticator, NodeRegistry, StaticNodeRegistry,
 };
-pub use authority::{CaConfig, CertificateAuthority};
+pub use authority::{CaConfig, CertificateAuthority, ServingName};
 pub use material::{CaMaterial, MaterialError};
 pub use service::CaService;
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use controlplane::ca::ServingName;
 use controlplane::model::MeshConfig;
 use mesh_core::Identity;
 
@@ -53,6 +54,12 @@ pub(crate) struct Flags {
     /// File of per-node bootstrap tokens, one `<node> <token>` per line.
     #[arg(long, env = "MESH_BOOTSTRAP_TOKENS")]
     bootstrap_tokens: Option<PathBuf>,
+    /// More names for the serving certificate, comma-separated DNS names or
+    /// IPs (the address clients dial, when they check it). Always present:
+    /// istiod.istio-system.svc and controlplane.<namespace>.svc, short and
+    /// with the cluster domain.
+    #[arg(long, env = "MESH_SERVING_NAMES", default_value = "")]
+    serving_names: String,
     /// How often to look for changes in the config directory, milliseconds.
     #[arg(long, env = "MESH_POLL_INTERVAL_MS", default_value = "1000")]
     poll_interval_ms: String,
@@ -72,6 +79,7 @@ pub(crate) struct Config {
     pub(crate) node_proxy_account: (String, String),
     pub(crate) bootstrap_tokens: Vec<(String, String)>,
     pub(crate) poll_interval: Duration,
+    pub(crate) serving_names: Vec<ServingName>,
 }
 
 impl Flags {
@@ -132,6 +140,15 @@ impl Flags {
                 }
             },
         };
+        let mut serving_names =
+            controlplane::server::default_serving_names(&self.namespace, &self.cluster_domain);
+        for name in self.serving_names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name.parse::<ServingName>() {
+                Ok(n) if !serving_names.contains(&n) => serving_names.push(n),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("--serving-names: {e}")),
+            }
+        }
         match (grpc_addr, identity, poll_interval, problems.is_empty()) {
             (Some(grpc_addr), Some(identity), Some(poll_interval), true) => Ok(Config {
                 config_dir: self.config_dir,
@@ -149,6 +166,7 @@ impl Flags {
                 node_proxy_account,
                 bootstrap_tokens,
                 poll_interval,
+                serving_names,
             }),
             _ => Err(problems.join("\n")),
         }

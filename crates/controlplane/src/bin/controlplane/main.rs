@@ -73,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             bootstrap_tokens: config.bootstrap_tokens,
             node_proxy_account: config.node_proxy_account,
             admin,
+            serving_names: config.serving_names,
         };
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
