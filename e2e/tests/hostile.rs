@@ -211,15 +211,21 @@ fn flushed_capture_rules_are_restored() {
         .unwrap();
     assert!(flushed.success());
     assert_eq!(rules(), 0);
-    eventually("the agent restores the pod's rules", 30, || rules() == installed);
     let node_a = c.node("node-a").unwrap().netns.clone();
-    let (_, metrics) =
-        localmesh::net::http_get(&node_a, "127.0.0.1:15022".parse().unwrap(), "/metrics").unwrap();
-    let repairs: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("mesh_cni_capture_repairs_total "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no repair counter:\n{metrics}\n{}", state.logs()));
-    assert!(repairs >= 1, "{metrics}");
+    let repairs = || -> u64 {
+        let (_, metrics) =
+            localmesh::net::http_get(&node_a, "127.0.0.1:15022".parse().unwrap(), "/metrics")
+                .unwrap();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("mesh_cni_capture_repairs_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no repair counter:\n{metrics}\n{}", state.logs()))
+    };
+    // The rules come back first; the repair is counted once the agent has
+    // read them back.
+    eventually("the agent restores the pod's rules and counts it", 30, || {
+        rules() == installed && repairs() >= 1
+    });
     assert!(echoes(&sleep.netns, app), "captured again");
 }

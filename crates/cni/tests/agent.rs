@@ -112,7 +112,9 @@ async fn enrollment_flips_restarts_and_snapshots() {
     let (agent, _zds_task) = start(&socket);
     agent.reconcile(&desired(&[&api])).await;
     let rules = installed(&api_ns.file(), Backend::Iptables).unwrap();
-    assert_eq!(rules.iter().filter(|l| l.starts_with("-A OUTPUT")).count(), 1, "{rules:#?}");
+    assert_eq!(rules.iter().filter(|l| l == &"-A OUTPUT -j MESH_OUTPUT").count(), 1, "{rules:#?}");
+    assert_eq!(rules.iter().filter(|l| l.starts_with("-A OUTPUT")).count(), 2, "nat and mangle");
+    assert_eq!(rules.iter().filter(|l| l.contains("lookup 100")).count(), 2, "{rules:#?}");
     assert_eq!(rules.iter().filter(|l| l.contains("--to-ports 15001")).count(), 1, "{rules:#?}");
     assert_eq!(next(&mut events).await, format!("add {} netns=true", api.uid));
     assert_eq!(next(&mut events).await, "snapshot");
