@@ -107,6 +107,14 @@ apiVersion: v1
 kind: Pod
 metadata: {name: outsider, namespace: legacy}
 spec: {nodeName: node-b, containers: [{name: o, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: whoami, namespace: apps}
+spec:
+  nodeName: node-b
+  serviceAccountName: whoami
+  containers: [{name: w, image: none, command: [mesh-sample, whoami, --port, "7070"]}]
 "#;
 
 fn addr(c: &localmesh::Cluster, ns: &str, pod: &str, port: u16) -> SocketAddr {
@@ -337,6 +345,45 @@ spec:
     });
 }
 
+/// What the application at `to` says the client's address is.
+fn seen_from(from: &str, to: SocketAddr) -> Option<String> {
+    let reply = support::exchange(from, to, b"").ok()?;
+    Some(String::from_utf8_lossy(&reply).trim().to_string())
+}
+
+#[test]
+fn applications_see_their_clients_addresses() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let (c, _state) = cluster("source", MIXED);
+    let whoami = addr(&c, "apps", "whoami", 7070);
+    let ip = |ns: &str, pod: &str| c.pod(ns, pod).unwrap().ip.to_string();
+    // Across nodes over HBONE, on the same node, and plaintext from a pod
+    // outside the mesh: the application sees the client, not ztunnel.
+    for (ns, client, what) in [
+        ("apps", "sleep", "across nodes"),
+        ("apps", "greeter", "same node"),
+        ("legacy", "outsider", "plaintext inbound"),
+    ] {
+        let from = netns(&c, ns, client);
+        support::eventually(what, 20, || seen_from(&from, whoami).is_some());
+        assert_eq!(seen_from(&from, whoami).unwrap(), ip(ns, client), "{what}");
+    }
+    // What brings the replies back to ztunnel, in the pod's namespace.
+    assert!(ip_rules(&netns(&c, "apps", "whoami")).contains("fwmark 0x111/0xfff lookup 100"));
+}
+
+/// `ip rule show` inside a namespace.
+fn ip_rules(netns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "ip", "rule", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn enrolling_and_releasing_a_running_pod_takes_effect_without_restart() {
     if !is_root() {
@@ -365,6 +412,8 @@ fn enrolling_and_releasing_a_running_pod_takes_effect_without_restart() {
     support::eventually("legacy captured and reached in mTLS", 20, || {
         support::echoes(&sleep, legacy) && mtls_to_legacy(&c) > 0
     });
+    let legacy_ns = netns(&c, "legacy", "legacy");
+    assert!(ip_rules(&legacy_ns).contains("lookup 100"), "source routing installed");
 
     // Release it again.
     c.set_pod_label("legacy", "legacy", "istio.io/dataplane-mode", Some("none")).unwrap();
@@ -380,6 +429,7 @@ fn enrolling_and_releasing_a_running_pod_takes_effect_without_restart() {
         assert!(support::echoes(&sleep, legacy));
     }
     assert_eq!(mtls_to_legacy(&c), before, "no more mTLS connections to a released pod");
+    assert!(!ip_rules(&legacy_ns).contains("lookup 100"), "source routing removed on release");
 }
 
 #[test]

@@ -16,7 +16,8 @@ pub const NETNS_ANNOTATION: &str = "mesh.dev/netns";
 /// A pod to capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturedPod {
-    /// The workload uid ztunnel and the control plane key it by.
+    /// Its Kubernetes UID, which ZDS carries; `<cluster id>//Pod/<ns>/<name>`
+    /// when the object has none.
     pub uid: String,
     /// Name.
     pub name: String,
@@ -31,7 +32,7 @@ pub struct CapturedPod {
 }
 
 /// The pods on `node` that are enrolled in ambient mode and running with an
-/// address, by uid (`<cluster id>//Pod/<namespace>/<name>`).
+/// address, by uid (see [`CapturedPod::uid`]).
 pub fn captured(
     state: &ClusterState,
     node: &str,
@@ -61,7 +62,15 @@ pub fn captured(
         if mode(&state.namespace_labels(namespace), &labels, &annotations) != Mode::Ambient {
             continue;
         }
-        let uid = format!("{cluster_id}//Pod/{namespace}/{name}");
+        // ZDS names a pod by its Kubernetes UID, as Istio's CNI does (Istio's
+        // ztunnel keys pods by it); a pod without one (hand-written YAML in
+        // the local mesh) by its workload uid.
+        let uid = pod
+            .metadata
+            .uid
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| format!("{cluster_id}//Pod/{namespace}/{name}"));
         out.insert(
             uid.clone(),
             CapturedPod {
@@ -97,7 +106,7 @@ mod tests {
     const PODS: &str = r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: web, namespace: apps, annotations: {mesh.dev/netns: /var/run/netns/web}}
+metadata: {name: web, namespace: apps, uid: 0b9c6a5e-2f1d-4c3b-9e8f-7a6b5c4d3e2f, annotations: {mesh.dev/netns: /var/run/netns/web}}
 spec: {nodeName: node-a, serviceAccountName: web, containers: [{name: c, image: i}]}
 status: {phase: Running, podIP: 10.1.0.5}
 ---
@@ -136,8 +145,9 @@ status: {phase: Running, podIP: 10.1.0.6}
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: apps, labels: {{istio.io/dataplane-mode: ambient}}}}\n---{PODS}"
         ));
         let pods = captured(&ambient, "node-a", "Kubernetes");
-        assert_eq!(pods.keys().collect::<Vec<_>>(), ["Kubernetes//Pod/apps/web"]);
-        let web = &pods["Kubernetes//Pod/apps/web"];
+        let uid = "0b9c6a5e-2f1d-4c3b-9e8f-7a6b5c4d3e2f";
+        assert_eq!(pods.keys().collect::<Vec<_>>(), [uid], "by Kubernetes UID");
+        let web = &pods[uid];
         assert_eq!(web.service_account, "web");
         assert_eq!(web.ips, ["10.1.0.5".parse::<IpAddr>().unwrap()]);
         assert_eq!(web.netns.as_deref(), Some(std::path::Path::new("/var/run/netns/web")));

@@ -40,6 +40,34 @@ pub async fn connect(factory: &dyn SocketFactory, addr: SocketAddr) -> io::Resul
     socket.connect(addr).await
 }
 
+/// A TCP socket through `factory` for `addr` that will connect from
+/// `source`'s address (port chosen by the kernel): a transparent socket
+/// (`IP_TRANSPARENT`, needs `CAP_NET_ADMIN`), so the address need not be
+/// local. Used to reach an application from its client's original address;
+/// replies find their way back by the node agent's routing rules.
+pub fn transparent_socket(
+    factory: &dyn SocketFactory,
+    source: IpAddr,
+    addr: &SocketAddr,
+) -> io::Result<TcpSocket> {
+    if source.is_ipv4() != addr.is_ipv4() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("source {source} and destination {addr} are of different families"),
+        ));
+    }
+    let socket = factory.tcp_socket(addr)?;
+    socket.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(&socket);
+    if addr.is_ipv4() {
+        sock.set_ip_transparent_v4(true)?
+    } else {
+        sock.set_ip_transparent_v6(true)?
+    }
+    socket.bind(SocketAddr::new(source, 0))?;
+    Ok(socket)
+}
+
 /// A listener with `SO_REUSEADDR` (restarts rebind at once) on `addr`, from
 /// a socket created by the caller (possibly inside a namespace).
 pub fn listen_on(socket: TcpSocket, addr: SocketAddr) -> io::Result<TcpListener> {

@@ -53,6 +53,8 @@ impl AdminRoute {
             "config": {
                 "trustDomain": shared.config.trust_domain,
                 "network": shared.config.network,
+                "clusterId": shared.config.cluster_id,
+                "preserveSource": shared.config.preserve_source,
                 "ports": {
                     "outbound": shared.config.ports.outbound,
                     "inboundPlaintext": shared.config.ports.inbound_plaintext,

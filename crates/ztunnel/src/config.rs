@@ -68,6 +68,13 @@ pub struct ProxyConfig {
     pub trust_domain: String,
     /// The network this node is on (empty: the default network).
     pub network: String,
+    /// The cluster's id, the first part of pod workload uids
+    /// (`<cluster id>//Pod/<namespace>/<name>`).
+    pub cluster_id: String,
+    /// Whether applications see their clients' own addresses (Istio's
+    /// default): inbound connections to the application are made from the
+    /// original source address, not the pod's own.
+    pub preserve_source: bool,
     /// The listening ports in pods.
     pub ports: PodPorts,
     /// The HBONE port of other pods and waypoints.
@@ -92,6 +99,8 @@ impl Default for ProxyConfig {
         Self {
             trust_domain: "cluster.local".into(),
             network: String::new(),
+            cluster_id: "Kubernetes".into(),
+            preserve_source: true,
             ports: PodPorts::default(),
             peer_hbone_port: 15008,
             connect_timeout: Duration::from_secs(10),

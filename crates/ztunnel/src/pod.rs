@@ -16,8 +16,13 @@ use crate::original_dst::OriginalDst;
 /// What the node agent says about a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSpec {
-    /// The pod's uid (the workload store's key for it).
+    /// The pod's uid as ZDS names it: its Kubernetes UID (what Istio's CNI
+    /// sends), the key of the pods ztunnel serves.
     pub uid: String,
+    /// Its workload's uid in the workload store
+    /// (`<cluster id>//Pod/<namespace>/<name>`, as the control plane names
+    /// pods).
+    pub workload_uid: String,
     /// Pod name.
     pub name: String,
     /// Namespace.
@@ -61,6 +66,8 @@ pub(crate) struct PodContext {
     pub(crate) pool: Pool,
     /// Cancelled to end the pod's open connections.
     pub(crate) kill: CancellationToken,
+    /// Set once the kernel refused a transparent socket (logged once).
+    pub(crate) transparent_refused: std::sync::atomic::AtomicBool,
 }
 
 /// A pod being served.
@@ -119,6 +126,7 @@ impl RunningPod {
             original_dst,
             pool: pool.clone(),
             kill: kill.clone(),
+            transparent_refused: Default::default(),
         });
         let span = info_span!("pod", uid = %spec.uid, name = %spec.name, ns = %spec.namespace);
         tokio::spawn(

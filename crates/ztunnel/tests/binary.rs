@@ -57,7 +57,11 @@ fn serves_its_endpoints_and_stops_on_sigterm() {
     let mut child = ztunnel()
         .args(["--node-name", "node-a", "--root-cert", root.to_str().unwrap()])
         // Nobody listens there: the proxy must keep running, not ready.
-        .args(["--xds-address", "127.0.0.1:9", "--dns-upstream", "127.0.0.1:53"])
+        // Istio's variables, in Istio's forms.
+        .env("XDS_ADDRESS", "https://127.0.0.1:9")
+        .env("ENABLE_ORIG_SRC", "false")
+        .env("CLUSTER_ID", "east")
+        .args(["--dns-upstream", "127.0.0.1:53"])
         .args(["--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
         .args(["--readiness-addr", "127.0.0.1:0"])
         .args(["--zds-socket", dir.path().join("zds.sock").to_str().unwrap()])
@@ -82,6 +86,8 @@ fn serves_its_endpoints_and_stops_on_sigterm() {
     assert_eq!(dump["pods"], serde_json::json!([]));
     assert_eq!(dump["config"]["ports"]["hbone"], 15008);
     assert_eq!(dump["config"]["dnsUpstream"], "127.0.0.1:53");
+    assert_eq!(dump["config"]["preserveSource"], false);
+    assert_eq!(dump["config"]["clusterId"], "east");
     let (status, _) = get(&addr("metrics"), "/metrics");
     assert_eq!(status, 200);
     // Its one maths function is its own (src/bin/ztunnel/pow.rs): the

@@ -76,6 +76,11 @@ async fn pods_handed_over_are_served_inside_their_namespace_and_replay_removes_t
     peer.add("uid-web", info("web"), ns_file.as_fd()).await.unwrap();
     peer.snapshot_sent().await.unwrap();
     assert!(ztunnel.has_pod("uid-web"));
+    // ZDS names the pod by its Kubernetes UID, as Istio's CNI does; its
+    // workload is the control plane's `<cluster>//Pod/<ns>/<name>`.
+    let served = ztunnel.pods();
+    assert_eq!(served[0].uid, "uid-web");
+    assert_eq!(served[0].workload_uid, format!("Kubernetes//Pod/{}/web", served[0].namespace));
     for port in [15001, 15006, 15008, 15053] {
         assert!(listening(&netns, port), "port {port} listens inside the pod's namespace");
     }

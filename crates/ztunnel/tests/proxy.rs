@@ -137,6 +137,11 @@ async fn service_vip_reaches_an_endpoint_and_a_deleted_endpoint_stops_receiving(
         [("destination_service", "web.apps.svc.cluster.local"), ("reporter", "source")];
     m.a.idle().await;
     assert_eq!(m.a.sample("istio_tcp_connections_opened_total", &svc_labels), 1);
+    // The destination side infers the service the client addressed.
+    let destination_side =
+        [("destination_service", "web.apps.svc.cluster.local"), ("reporter", "destination")];
+    m.b.idle().await;
+    assert_eq!(m.b.sample("istio_tcp_connections_opened_total", &destination_side), 1);
 
     m.store.remove(&support::uid("apps", "web"));
     assert_refused(m.connect(SocketAddr::new(vip, 80)).await).await;
@@ -318,7 +323,7 @@ async fn removing_a_pod_closes_its_listeners_and_drains_its_connections() {
     let mut buf = [0u8; 4];
     open.read_exact(&mut buf).await.unwrap();
     assert!(m.b.ztunnel.shared().connections.count() >= 1);
-    assert!(m.b.ztunnel.remove_pod(&support::uid("apps", "web")));
+    assert!(m.b.ztunnel.remove_pod(&support::pod_uid("apps", "web")));
     // The listener is gone at once.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(tokio::net::TcpStream::connect(SocketAddr::new(m.server_ip, 15008)).await.is_err());
@@ -516,7 +521,7 @@ async fn reach_both_pods(m: &TwoNodes, twin: SocketAddr) -> hbone::Pool {
     let second = echo_on(twin.ip(), twin.port()).await;
     assert_eq!(round_trip(m.connect(first).await, b"one").await, b"one");
     assert_eq!(round_trip(m.connect(second).await, b"two").await, b"two");
-    m.a.ztunnel.pod_pool(&support::uid("apps", "sleep")).unwrap()
+    m.a.ztunnel.pod_pool(&support::pod_uid("apps", "sleep")).unwrap()
 }
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //! `mesh-sample echo --port P` (TCP echo), `mesh-sample http --port P
 //! [--message TEXT]` (HTTP/1.1: answers every request with TEXT), `mesh-sample greeter --port P` (speaks first, then
 //! echoes), `mesh-sample sink --port P` (reads until EOF, answers the
-//! byte count: for throughput measurements), and the client
+//! byte count: for throughput measurements), `mesh-sample whoami --port P`
+//! (answers each connection with the client's address as it sees it), and
+//! the client
 //! `mesh-sample connect HOST:PORT [--send TEXT]` (prints the reply).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -21,8 +23,8 @@ fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port))?;
     let role = args.first().cloned().unwrap_or_default();
     let message = flag("--message").unwrap_or_else(|| "hello from the mesh".into());
-    if !matches!(role.as_str(), "echo" | "http" | "greeter" | "sink") {
-        anyhow::bail!("usage: mesh-sample echo|http|greeter|sink --port P [--message TEXT]");
+    if !matches!(role.as_str(), "echo" | "http" | "greeter" | "sink" | "whoami") {
+        anyhow::bail!("usage: mesh-sample echo|http|greeter|sink|whoami --port P [--message TEXT]");
     }
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -33,6 +35,7 @@ fn main() -> anyhow::Result<()> {
                 "echo" => echo(stream),
                 "greeter" => greet(stream),
                 "sink" => sink(stream),
+                "whoami" => whoami(stream),
                 _ => http(stream, &message),
             };
         });
@@ -72,6 +75,13 @@ fn sink(mut stream: TcpStream) -> std::io::Result<()> {
         total += n as u64;
     }
     stream.write_all(&total.to_be_bytes())?;
+    stream.shutdown(std::net::Shutdown::Write)
+}
+
+/// Answers with the client's IP address and closes.
+fn whoami(mut stream: TcpStream) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
+    writeln!(stream, "{}", peer.ip())?;
     stream.shutdown(std::net::Shutdown::Write)
 }
 

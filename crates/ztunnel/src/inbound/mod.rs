@@ -2,6 +2,7 @@
 //! 15006, authorized, then connected to the application inside the pod.
 
 pub mod authorize;
+mod service;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -101,14 +102,23 @@ impl ConnectHandler for InboundHandler {
                 request.target
             ));
         }
+        let source = ctx.shared.store.workload_by_ip(&ctx.shared.config.network, source_ip);
+        let service = destination.as_deref().and_then(|d| {
+            service::addressed_service(
+                &ctx.shared.store,
+                d,
+                request.target.port(),
+                source.as_deref(),
+            )
+        });
         let facts = ConnectionFacts {
             reporter: Reporter::Destination,
             source_addr,
-            source: ctx.shared.store.workload_by_ip(&ctx.shared.config.network, source_ip),
+            source,
             source_identity: Some(request.peer_identity.clone()),
             destination_addr: request.target,
             destination: destination.clone(),
-            service: None,
+            service,
             destination_identity: Some(ctx.identity.clone()),
             upstream: request.target,
             mtls: true,
@@ -121,7 +131,7 @@ impl ConnectHandler for InboundHandler {
         let decided = authorize(
             &ctx.shared.store,
             destination.as_deref(),
-            &ctx.spec.uid,
+            &ctx.spec.workload_uid,
             Some(&request.peer_identity),
             source_ip,
             request.target,
@@ -129,7 +139,7 @@ impl ConnectHandler for InboundHandler {
         if let Err(refusal) = decided {
             return refuse(ctx, &facts, refusal);
         }
-        match connect_app(ctx, request.target).await {
+        match connect_app(ctx, source_ip, request.target).await {
             Ok(stream) => Verdict::Accept(track(ctx, stream, facts)),
             Err(reason) => {
                 report_failure(&ctx.shared.metrics, &facts, Failure::UpstreamConnect, &reason);
@@ -156,14 +166,18 @@ async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr
         return;
     };
     let destination = destination_workload(&ctx, target.ip());
+    let source = ctx.shared.store.workload_by_ip(&ctx.shared.config.network, peer.ip());
+    let service = destination.as_deref().and_then(|d| {
+        service::addressed_service(&ctx.shared.store, d, target.port(), source.as_deref())
+    });
     let facts = ConnectionFacts {
         reporter: Reporter::Destination,
         source_addr: peer,
-        source: ctx.shared.store.workload_by_ip(&ctx.shared.config.network, peer.ip()),
+        source,
         source_identity: None,
         destination_addr: target,
         destination: destination.clone(),
-        service: None,
+        service,
         destination_identity: Some(ctx.identity.clone()),
         upstream: target,
         mtls: false,
@@ -180,7 +194,7 @@ async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr
     let decided = authorize(
         &ctx.shared.store,
         destination.as_deref(),
-        &ctx.spec.uid,
+        &ctx.spec.workload_uid,
         None,
         peer.ip(),
         target,
@@ -189,7 +203,7 @@ async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr
         let _ = refuse(&ctx, &facts, refusal);
         return;
     }
-    match connect_app(&ctx, target).await {
+    match connect_app(&ctx, peer.ip(), target).await {
         Ok(stream) => {
             let mut upstream = track(&ctx, stream, facts);
             if let Err(e) = hbone::splice(&mut client, &mut upstream).await {
@@ -204,7 +218,7 @@ async fn plaintext(ctx: Arc<PodContext>, mut client: TcpStream, peer: SocketAddr
 
 fn destination_workload(ctx: &PodContext, ip: IpAddr) -> Option<Arc<Workload>> {
     let store = &ctx.shared.store;
-    store.workload(&ctx.spec.uid).or_else(|| {
+    store.workload(&ctx.spec.workload_uid).or_else(|| {
         // Pods are keyed by uid; fall back to the address for stores that
         // name workloads differently.
         store.workload_by_ip(&ctx.shared.config.network, ip)
@@ -222,8 +236,29 @@ fn refuse(
     Verdict::Deny(reason)
 }
 
-async fn connect_app(ctx: &PodContext, target: SocketAddr) -> Result<TcpStream, String> {
-    let connect = sockets::connect(ctx.sockets.as_ref(), target);
+/// Connects to the application at `target`, from `source`'s address when
+/// source preservation is on (and the family matches); when the kernel
+/// refuses the transparent socket (no `CAP_NET_ADMIN`), from the pod's own
+/// address, logged once per pod.
+async fn connect_app(
+    ctx: &PodContext,
+    source: IpAddr,
+    target: SocketAddr,
+) -> Result<TcpStream, String> {
+    let transparent = (ctx.shared.config.preserve_source && source.is_ipv4() == target.is_ipv4())
+        .then(|| sockets::transparent_socket(ctx.sockets.as_ref(), source, &target));
+    let connect = async {
+        match transparent {
+            Some(Ok(socket)) => socket.connect(target).await,
+            Some(Err(e)) => {
+                if !ctx.transparent_refused.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    warn!(error = %e, "cannot connect to the application from the client's address; connecting from the pod's own");
+                }
+                sockets::connect(ctx.sockets.as_ref(), target).await
+            }
+            None => sockets::connect(ctx.sockets.as_ref(), target).await,
+        }
+    };
     match tokio::time::timeout(ctx.shared.config.connect_timeout, connect).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(format!("could not connect to the application at {target}: {e}")),

@@ -140,6 +140,12 @@ impl Session<'_> {
         let netns = netns.ok_or("AddWorkload without a network namespace")?;
         let spec = PodSpec {
             uid: add.uid,
+            workload_uid: format!(
+                "{}//Pod/{}/{}",
+                self.ztunnel.shared().config.cluster_id,
+                info.namespace,
+                info.name
+            ),
             name: info.name,
             namespace: info.namespace,
             service_account: info.service_account,

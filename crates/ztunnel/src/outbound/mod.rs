@@ -40,7 +40,7 @@ async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let shared = &ctx.shared;
     let source = Source {
         identity: ctx.identity.clone(),
-        workload: shared.store.workload(&ctx.spec.uid),
+        workload: shared.store.workload(&ctx.spec.workload_uid),
         network: shared.config.network.clone(),
     };
     let planned =

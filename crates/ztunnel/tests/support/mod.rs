@@ -116,7 +116,8 @@ impl Node {
     /// Serves a pod whose listeners bind `ip`.
     pub fn add_pod(&self, name: &str, namespace: &str, sa: &str, ip: IpAddr) {
         let spec = PodSpec {
-            uid: uid(namespace, name),
+            uid: pod_uid(namespace, name),
+            workload_uid: uid(namespace, name),
             name: name.into(),
             namespace: namespace.into(),
             service_account: sa.into(),
@@ -162,6 +163,12 @@ impl Node {
         }
         panic!("connections still open: {:?}", self.ztunnel.shared().connections.list());
     }
+}
+
+/// The Kubernetes UID a test pod is served under (ZDS's key for it; the
+/// workload store knows it as [`uid`]).
+pub fn pod_uid(namespace: &str, name: &str) -> String {
+    format!("pod-uid-{namespace}-{name}")
 }
 
 pub fn uid(namespace: &str, name: &str) -> String {

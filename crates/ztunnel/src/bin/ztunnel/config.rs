@@ -29,6 +29,13 @@ pub(crate) struct Flags {
     /// The network this node is on.
     #[arg(long, env = "NETWORK", default_value = "")]
     network: String,
+    /// The cluster's id (the first part of pod workload uids).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    cluster_id: String,
+    /// Connect to applications from their clients' addresses (Istio's
+    /// `ENABLE_ORIG_SRC`); `false` connects from the pod's own address.
+    #[arg(long, env = "ENABLE_ORIG_SRC", default_value_t = true, action = clap::ArgAction::Set)]
+    preserve_source: bool,
     /// Control plane xDS address (host:port).
     #[arg(long, env = "XDS_ADDRESS", default_value = "istiod.istio-system.svc:15012")]
     xds_address: String,
@@ -116,8 +123,14 @@ impl Flags {
                 None
             }
         };
-        let xds = addr(&self.xds_address, "XDS_ADDRESS");
-        let ca = addr(self.ca_address.as_deref().unwrap_or(&self.xds_address), "CA_ADDRESS");
+        // Istio writes these as URLs (`https://istiod.istio-system.svc:15012`);
+        // the connection is always TLS, so the scheme says nothing more.
+        let tls_endpoint = |v: &str| v.strip_prefix("https://").unwrap_or(v).to_string();
+        let xds = addr(&tls_endpoint(&self.xds_address), "XDS_ADDRESS");
+        let ca = addr(
+            &tls_endpoint(self.ca_address.as_deref().unwrap_or(&self.xds_address)),
+            "CA_ADDRESS",
+        );
         let admin = addr(&self.admin_addr, "ADMIN_ADDR");
         let metrics = addr(&self.metrics_addr, "METRICS_ADDR");
         let readiness = addr(&self.readiness_addr, "READINESS_ADDR");
@@ -199,6 +212,8 @@ impl Flags {
             proxy: ProxyConfig {
                 trust_domain: self.trust_domain,
                 network: self.network,
+                cluster_id: self.cluster_id,
+                preserve_source: self.preserve_source,
                 ports: PodPorts::default(),
                 peer_hbone_port: PodPorts::default().hbone,
                 connect_timeout: Duration::from_secs(10),
