@@ -27,6 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `prost::Name` on every message: type URLs and `Any` packing come from
     // the generated package and message names, never from strings we type.
     config.enable_type_names();
+    // The compiled descriptors, so a test can compare field numbers and
+    // types with the table of Istio's (proto/istio-fields.txt).
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR unset")?);
+    config.file_descriptor_set_path(out_dir.join("mesh_descriptors.bin"));
     tonic_prost_build::configure().build_client(true).build_server(true).compile_with_config(
         config,
         &files,

@@ -11,6 +11,11 @@
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
+/// Every message this crate compiles, as a `FileDescriptorSet` (for
+/// comparing our wire format with Istio's, `tests/istio_fields.rs`).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/mesh_descriptors.bin"));
+
 pub mod istio {
     pub mod workload {
         tonic::include_proto!("istio.workload");
