@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use mesh_core::Address;
-use mesh_core::policy::Authorization;
+use mesh_core::policy::{Action, Authorization, Rule};
 use mesh_proto::{security, type_url, workload};
 use prost::Message;
 use xds::{Handler, Rejected, Update};
@@ -48,6 +48,28 @@ impl Handler for AddressHandler {
     }
 }
 
+/// A policy carrying fields we do not declare (a newer control plane's:
+/// protobuf drops them silently, so the re-encoded message is shorter than
+/// what arrived) may have conditions we would not check. Read without
+/// them it could match more (an ALLOW: allow more) or less (a DENY: deny
+/// less), so it fails closed instead: an ALLOW allows nothing, a DENY
+/// denies everything it applies to. Control planes encode canonically
+/// (Go's and prost's proto3 encoders), so the lengths differ only then.
+fn fail_closed_if_unread(mut policy: Authorization, unread_fields: bool) -> Authorization {
+    if unread_fields {
+        tracing::warn!(
+            policy = %policy.key(),
+            action = ?policy.action,
+            "authorization policy has fields this proxy does not know; enforced fail-closed"
+        );
+        policy.rules = match policy.action {
+            Action::Allow => Vec::new(),
+            Action::Deny => vec![Rule::default()],
+        };
+    }
+    policy
+}
+
 impl Handler for AuthorizationHandler {
     fn type_url(&self) -> &str {
         type_url::AUTHORIZATION
@@ -61,7 +83,10 @@ impl Handler for AuthorizationHandler {
         for (name, body) in update.resources {
             let parsed = security::Authorization::decode(body.value.as_slice())
                 .map_err(|e| format!("not an istio.security.Authorization: {e}"))
-                .and_then(|p| Authorization::try_from(&p).map_err(|e| e.to_string()));
+                .and_then(|p| {
+                    let policy = Authorization::try_from(&p).map_err(|e| e.to_string())?;
+                    Ok(fail_closed_if_unread(policy, p.encoded_len() != body.value.len()))
+                });
             match parsed {
                 Ok(policy) if policy.key() == name => self.0.insert_policy(policy),
                 Ok(policy) => rejected.push(Rejected {

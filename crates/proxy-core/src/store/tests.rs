@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use ::xds::{Handler, Update};
 use mesh_core::Address;
 use mesh_core::policy::{Action, Match, PolicyScope, StringMatch};
+use mesh_proto::type_url;
 use prost_types::Any;
 use testkit::model::{policy, service, workload};
 
@@ -115,6 +116,85 @@ fn xds_handler_applies_good_resources_and_names_bad_ones() {
 
     handler.apply(Update { resources: vec![], removed: vec![good.resource_name()] }).unwrap();
     assert!(store.workload("Kubernetes//Pod/apps/web").is_none());
+}
+
+/// An `istio.security.Match` from a newer Istio: principals, plus a field
+/// we do not declare (standing in for `service_accounts`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewerMatch {
+    #[prost(message, repeated, tag = "3")]
+    principals: Vec<mesh_proto::security::StringMatch>,
+    #[prost(string, repeated, tag = "11")]
+    unknown: Vec<String>,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewerClause {
+    #[prost(message, repeated, tag = "2")]
+    matches: Vec<NewerMatch>,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewerRule {
+    #[prost(message, repeated, tag = "1")]
+    clauses: Vec<NewerClause>,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewerAuthorization {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, tag = "2")]
+    namespace: String,
+    #[prost(int32, tag = "3")]
+    scope: i32,
+    #[prost(int32, tag = "4")]
+    action: i32,
+    #[prost(message, repeated, tag = "5")]
+    rules: Vec<NewerRule>,
+}
+
+#[test]
+fn policies_with_fields_we_do_not_know_fail_closed() {
+    use mesh_core::policy::{Connection, evaluate};
+    use prost::Message;
+    let store = WorkloadStore::new();
+    let mut handler = AuthorizationHandler(store.clone());
+    let newer = |name: &str, action: i32| {
+        let m = NewerMatch {
+            principals: vec![mesh_proto::security::StringMatch {
+                match_type: Some(mesh_proto::security::string_match::MatchType::Prefix(
+                    "cluster.local/".into(),
+                )),
+            }],
+            unknown: vec!["apps/only-this-one".into()],
+        };
+        let p = NewerAuthorization {
+            name: name.into(),
+            namespace: "apps".into(),
+            scope: 1,
+            action,
+            rules: vec![NewerRule { clauses: vec![NewerClause { matches: vec![m] }] }],
+        };
+        let any = Any { type_url: type_url::AUTHORIZATION.into(), value: p.encode_to_vec() };
+        (format!("apps/{name}"), any)
+    };
+    let conn = |from: &str| Connection {
+        source_identity: Some(from.parse().unwrap()),
+        source_ip: "10.0.0.1".parse().unwrap(),
+        destination_ip: "10.0.0.2".parse().unwrap(),
+        destination_port: 80,
+    };
+    // Read without the unknown condition, this ALLOW would let every
+    // cluster.local caller in: it allows nobody instead.
+    handler.apply(Update { resources: vec![newer("allow", 0)], removed: vec![] }).unwrap();
+    let policies = store.policies();
+    let caller = conn("spiffe://cluster.local/ns/apps/sa/web");
+    assert!(!evaluate(policies.iter().map(|p| p.as_ref()), &caller).allowed());
+    // A DENY denies everyone it applies to, not just those it names.
+    handler
+        .apply(Update { resources: vec![newer("deny", 1)], removed: vec!["apps/allow".into()] })
+        .unwrap();
+    let policies = store.policies();
+    let stranger = conn("spiffe://other.domain/ns/x/sa/y");
+    assert!(!evaluate(policies.iter().map(|p| p.as_ref()), &stranger).allowed());
 }
 
 #[test]
