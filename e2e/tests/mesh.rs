@@ -345,6 +345,50 @@ spec:
     });
 }
 
+#[test]
+fn a_ztunnel_configured_by_istios_environment_joins_the_mesh() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    // node-b's ztunnel gets only what Istio's Helm chart gives Istio's
+    // ztunnel (localmesh's Istio flavour): our binary here, Istio's where a
+    // user has it.
+    let istio = localmesh::cluster::NodeZtunnel {
+        program: support::bin_dir().join("ztunnel"),
+        flavour: localmesh::cluster::Flavour::Istio,
+    };
+    let (c, state) =
+        support::cluster_with("istio-env", MIXED, [("node-b".to_string(), istio)].into());
+    let node_b = c.node("node-b").unwrap().netns.clone();
+    let dump = localmesh::net::ztunnel_admin_json(&node_b, "/config_dump").unwrap();
+    assert_eq!(dump["config"]["clusterId"], "Kubernetes", "{dump}");
+    // Both directions, in mutual TLS, with the client's address kept.
+    let sleep = netns(&c, "apps", "sleep");
+    let whoami = addr(&c, "apps", "whoami", 7070);
+    support::eventually("node-a to node-b", 20, || seen_from(&sleep, whoami).is_some());
+    assert_eq!(seen_from(&sleep, whoami).unwrap(), c.pod("apps", "sleep").unwrap().ip.to_string());
+    let on_a = c
+        .state()
+        .pods
+        .iter()
+        .find(|p| p.namespace == "apps" && p.name.starts_with("echo-") && p.node == "node-a")
+        .expect("an echo replica on node-a");
+    let echo_a = SocketAddr::new(on_a.ip, 8080);
+    let greeter = netns(&c, "apps", "greeter");
+    support::eventually("node-b to node-a", 20, || support::echoes(&greeter, echo_a));
+    let metrics = ztunnel_metrics(&c, "node-b");
+    assert!(
+        support::sample(
+            &metrics,
+            "istio_tcp_connections_opened_total",
+            &[("connection_security_policy", "mutual_tls"), ("reporter", "destination")]
+        ) >= 1,
+        "{metrics}\n{}",
+        state.logs()
+    );
+}
+
 /// What the application at `to` says the client's address is.
 fn seen_from(from: &str, to: SocketAddr) -> Option<String> {
     let reply = support::exchange(from, to, b"").ok()?;

@@ -39,6 +39,79 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Where `controlplane`, `ztunnel`, `mesh-cni` and `mesh-sample` are.
     pub bin_dir: PathBuf,
+    /// Nodes that run another ztunnel than `bin_dir`'s, by node name.
+    pub ztunnels: BTreeMap<String, NodeZtunnel>,
+}
+
+/// A ztunnel binary for one node, and how it is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeZtunnel {
+    /// The binary.
+    pub program: PathBuf,
+    /// How to configure it.
+    pub flavour: Flavour,
+}
+
+/// How a ztunnel binary is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// Ours: flags.
+    Ours,
+    /// Istio's: only its environment (`XDS_ADDRESS`, `XDS_ROOT_CA`,
+    /// `INPOD_UDS`, ...; `docs/interop.md`) and its token at
+    /// `./var/run/secrets/tokens/istio-token` in its working directory.
+    /// Our ztunnel reads that environment too.
+    Istio,
+}
+
+impl std::str::FromStr for NodeZtunnel {
+    type Err = String;
+
+    /// `PATH` or `PATH:istio` / `PATH:ours`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, flavour) = match s.rsplit_once(':') {
+            Some((path, "istio")) => (path, Flavour::Istio),
+            Some((path, "ours")) => (path, Flavour::Ours),
+            _ => (s, Flavour::Ours),
+        };
+        if path.is_empty() {
+            return Err(format!("{s:?}: expected PATH[:istio|:ours]"));
+        }
+        Ok(Self { program: PathBuf::from(path), flavour })
+    }
+}
+
+/// The environment Istio's ztunnel is configured by, for one node of a
+/// local cluster (what Istio's Helm chart sets, pointed at our control
+/// plane and node agent), plus two of ours that Istio's ignores.
+pub fn istio_environment(
+    node: &str,
+    control_plane: &str,
+    root: &str,
+    zds: &str,
+) -> Vec<(String, String)> {
+    let url = format!("https://{control_plane}:15012");
+    let pod = format!("ztunnel-{node}");
+    [
+        ("XDS_ADDRESS", url.as_str()),
+        ("CA_ADDRESS", &url),
+        ("XDS_ROOT_CA", root),
+        ("CA_ROOT_CA", root),
+        ("ALT_XDS_HOSTNAME", "istiod.istio-system.svc"),
+        ("ALT_CA_HOSTNAME", "istiod.istio-system.svc"),
+        ("INPOD_UDS", zds),
+        ("NODE_NAME", node),
+        ("POD_NAME", &pod),
+        ("POD_NAMESPACE", "istio-system"),
+        ("CLUSTER_ID", "Kubernetes"),
+        ("TRUST_DOMAIN", "cluster.local"),
+        ("PROXY_MODE", "shared"),
+        ("DNS_UPSTREAM", "127.0.0.1:53"),
+        ("DRAIN_DEADLINE_SECONDS", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// What was made, for `down` and for tools.
@@ -69,6 +142,12 @@ pub struct Component {
     pub program: String,
     /// Its arguments.
     pub args: Vec<String>,
+    /// Environment beyond the usual.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Its working directory, when not ours.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
     /// The running process.
     pub pid: u32,
 }
@@ -403,27 +482,44 @@ impl Cluster {
                 ],
                 &format!("agent-{}", node.name),
             )?;
-            self.spawn(
-                &node.netns,
-                "ztunnel",
-                &[
-                    "--node-name",
-                    &node.name,
-                    "--xds-address",
-                    &format!("{cp}:15012"),
-                    "--root-cert",
-                    &root.display().to_string(),
-                    "--ca-token-file",
-                    &node_dir.join("token").display().to_string(),
-                    "--zds-socket",
-                    &zds,
-                    "--dns-upstream",
-                    "127.0.0.1:53",
-                    "--drain-deadline-seconds",
-                    "5",
-                ],
-                &format!("ztunnel-{}", node.name),
-            )?;
+            let label = format!("ztunnel-{}", node.name);
+            let chosen = self.options.ztunnels.get(&node.name).cloned();
+            let program = match &chosen {
+                Some(z) => z.program.display().to_string(),
+                None => "ztunnel".to_string(),
+            };
+            if chosen.as_ref().is_some_and(|z| z.flavour == Flavour::Istio) {
+                // Istio's token path, relative to the working directory.
+                let tokens = node_dir.join("var/run/secrets/tokens");
+                std::fs::create_dir_all(&tokens).map_err(io("creating the token dir"))?;
+                let token = std::fs::read_to_string(node_dir.join("token"))
+                    .map_err(io("reading the node token"))?;
+                write_secret(&tokens.join("istio-token"), &token)?;
+                let env = istio_environment(&node.name, &cp, &root.display().to_string(), &zds);
+                self.spawn_with(&node.netns, &program, &[], env, Some(node_dir.clone()), &label)?;
+            } else {
+                self.spawn(
+                    &node.netns,
+                    &program,
+                    &[
+                        "--node-name",
+                        &node.name,
+                        "--xds-address",
+                        &format!("{cp}:15012"),
+                        "--root-cert",
+                        &root.display().to_string(),
+                        "--ca-token-file",
+                        &node_dir.join("token").display().to_string(),
+                        "--zds-socket",
+                        &zds,
+                        "--dns-upstream",
+                        "127.0.0.1:53",
+                        "--drain-deadline-seconds",
+                        "5",
+                    ],
+                    &label,
+                )?;
+            }
         }
         for node in &nodes {
             let ns = node.netns.clone();
@@ -441,7 +537,7 @@ impl Cluster {
                 let program = self.resolve(&command[0]);
                 let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
                 let log = format!("{}-{}-{i}", pod.namespace, pod.name);
-                let pid = self.spawn_program(&info.netns, &program, &args, &log)?;
+                let pid = self.spawn_program(&info.netns, &program, &args, &[], None, &log)?;
                 if let Some(p) = self.state.pods.iter_mut().find(|p| p.netns == info.netns) {
                     p.containers.push(pid);
                 }
@@ -468,15 +564,31 @@ impl Cluster {
         args: &[&str],
         log: &str,
     ) -> Result<u32, ClusterError> {
+        self.spawn_with(netns, binary, args, Vec::new(), None, log)
+    }
+
+    fn spawn_with(
+        &mut self,
+        netns: &str,
+        binary: &str,
+        args: &[&str],
+        env: Vec<(String, String)>,
+        cwd: Option<PathBuf>,
+        log: &str,
+    ) -> Result<u32, ClusterError> {
         let program = self.resolve(binary);
-        let pid = self.spawn_program(netns, &program, args, log)?;
-        self.state.components.push(Component {
+        let mut component = Component {
             label: log.to_string(),
             netns: netns.to_string(),
             program,
             args: args.iter().map(|a| a.to_string()).collect(),
-            pid,
-        });
+            env,
+            cwd,
+            pid: 0,
+        };
+        component.pid = self.spawn_component(&component, log)?;
+        let pid = component.pid;
+        self.state.components.push(component);
         self.save()?;
         Ok(pid)
     }
@@ -506,10 +618,14 @@ impl Cluster {
             return Err(ClusterError::Spec(format!("no component {label}")));
         };
         let c = self.state.components[index].clone();
-        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
-        let pid = self.spawn_program(&c.netns, &c.program, &args, &format!("{label}-restarted"))?;
+        let pid = self.spawn_component(&c, &format!("{label}-restarted"))?;
         self.state.components[index].pid = pid;
         self.save()
+    }
+
+    fn spawn_component(&mut self, c: &Component, log: &str) -> Result<u32, ClusterError> {
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        self.spawn_program(&c.netns, &c.program, &args, &c.env, c.cwd.as_deref(), log)
     }
 
     fn spawn_program(
@@ -517,16 +633,23 @@ impl Cluster {
         netns: &str,
         program: &str,
         args: &[&str],
+        env: &[(String, String)],
+        cwd: Option<&Path>,
         log: &str,
     ) -> Result<u32, ClusterError> {
         let path = self.options.state_dir.join("logs").join(format!("{log}.log"));
         let out = File::create(&path).map_err(io(format!("creating {}", path.display())))?;
         let err = out.try_clone().map_err(io("log file"))?;
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        if let Some(dir) = cwd {
+            command.current_dir(dir);
+        }
+        let child = command
             .args(["netns", "exec", netns, program])
             .args(args)
             .env("RUST_LOG", "info")
             .envs(environment_for(program).iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -42,6 +42,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         name: name.into(),
         state_dir: crate::local::state_dir(name),
         bin_dir: crate::bin_dir()?,
+        ztunnels: Default::default(),
     };
     let mut cluster = Cluster::up(&spec, options).context("bringing the demo cluster up")?;
     for pod in &cluster.state().pods {

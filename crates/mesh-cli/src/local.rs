@@ -23,6 +23,11 @@ pub(crate) enum LocalCommand {
         /// The cluster's name.
         #[arg(long, default_value = "mesh")]
         name: String,
+        /// Another ztunnel on a node: `NODE=PATH`, or `NODE=PATH:istio` for
+        /// a binary configured by Istio's environment (Istio's own ztunnel;
+        /// docs/interop.md). Repeat for more nodes.
+        #[arg(long = "ztunnel", value_name = "NODE=PATH[:istio]", value_parser = parse_node_ztunnel)]
+        ztunnels: Vec<(String, localmesh::cluster::NodeZtunnel)>,
     },
     /// Removes every namespace and process of a cluster, even after a crash.
     Down {
@@ -58,10 +63,16 @@ pub(crate) enum LocalCommand {
     },
 }
 
+fn parse_node_ztunnel(s: &str) -> Result<(String, localmesh::cluster::NodeZtunnel), String> {
+    let (node, binary) =
+        s.split_once('=').ok_or_else(|| format!("{s:?}: expected NODE=PATH[:istio]"))?;
+    Ok((node.to_string(), binary.parse()?))
+}
+
 pub(crate) fn run(command: LocalCommand) -> anyhow::Result<()> {
     crate::require_root("meshctl local")?;
     match command {
-        LocalCommand::Up { file, name } => {
+        LocalCommand::Up { file, name, ztunnels } => {
             if Cluster::is_running(&state_dir(&name)) {
                 anyhow::bail!(
                     "cluster {name} is already running; remove it first: meshctl local down --name {name}"
@@ -73,6 +84,7 @@ pub(crate) fn run(command: LocalCommand) -> anyhow::Result<()> {
                 name: name.clone(),
                 state_dir: state_dir(&name),
                 bin_dir: crate::bin_dir()?,
+                ztunnels: ztunnels.into_iter().collect(),
             };
             let cluster = Cluster::up(&spec, options).context("bringing the cluster up")?;
             print_status(cluster.state());

@@ -194,8 +194,12 @@ fn main() -> anyhow::Result<()> {
     let bin_dir = exe.parent().context("no bin dir")?.to_path_buf();
     let spec = ClusterSpec::from_documents(localmesh::spec::parse(&cluster_yaml(), "meshbench")?)?;
     let state_dir = std::env::temp_dir().join(format!("meshbench-{}", std::process::id()));
-    let options =
-        Options { name: "bench".into(), state_dir: state_dir.clone(), bin_dir: bin_dir.clone() };
+    let options = Options {
+        name: "bench".into(),
+        state_dir: state_dir.clone(),
+        bin_dir: bin_dir.clone(),
+        ztunnels: Default::default(),
+    };
     let mut cluster = Cluster::up(&spec, options).context("building the cluster (root needed)")?;
     let pod = |ns: &str, name: &str| cluster.pod(ns, name).cloned().context(format!("{ns}/{name}"));
     let (mesh_client, plain_client) = (pod("mesh", "client")?, pod("plain", "client")?);

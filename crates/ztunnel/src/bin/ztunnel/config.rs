@@ -49,19 +49,30 @@ pub(crate) struct Flags {
         default_value = "spiffe://cluster.local/ns/istio-system/sa/controlplane"
     )]
     control_plane_identity: String,
-    /// PEM file with the mesh's root certificates.
-    #[arg(long, env = "ROOT_CERT", default_value = "/var/run/secrets/istio/root-cert.pem")]
-    root_cert: PathBuf,
+    /// PEM file with the mesh's root certificates
+    /// [default: /var/run/secrets/istio/root-cert.pem].
+    #[arg(long, env = "ROOT_CERT")]
+    root_cert: Option<PathBuf>,
+    /// Istio's name for the roots (`XDS_ROOT_CA`, then `CA_ROOT_CA`), read
+    /// when ROOT_CERT is not set, so Istio's ztunnel environment works as is.
+    #[arg(long, env = "XDS_ROOT_CA", hide = true)]
+    xds_root_ca: Option<PathBuf>,
+    #[arg(long, env = "CA_ROOT_CA", hide = true)]
+    ca_root_ca: Option<PathBuf>,
     /// File holding the bearer token for the CA (a bootstrap token locally,
-    /// a projected service-account token in Kubernetes).
+    /// a projected service-account token in Kubernetes); when unset,
+    /// Istio's `./var/run/secrets/tokens/istio-token` if it exists.
     #[arg(long, env = "CA_TOKEN_FILE")]
     ca_token_file: Option<PathBuf>,
     /// Requested certificate lifetime, in seconds.
     #[arg(long, env = "CERT_LIFETIME_SECONDS", default_value = "86400")]
     cert_lifetime_seconds: u64,
-    /// The node agent's ZDS socket.
-    #[arg(long, env = "ZDS_SOCKET", default_value = "/var/run/ztunnel/ztunnel.sock")]
-    zds_socket: PathBuf,
+    /// The node agent's ZDS socket [default: /var/run/ztunnel/ztunnel.sock].
+    #[arg(long, env = "ZDS_SOCKET")]
+    zds_socket: Option<PathBuf>,
+    /// Istio's name for the ZDS socket, read when ZDS_SOCKET is not set.
+    #[arg(long, env = "INPOD_UDS", hide = true)]
+    inpod_uds: Option<PathBuf>,
     /// Mark on ztunnel's own packets in pods (0 = none).
     #[arg(long, env = "SOCKET_MARK", default_value = "1337")]
     socket_mark: u32,
@@ -102,6 +113,11 @@ pub(crate) struct Flags {
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
 }
+
+const DEFAULT_ROOT_CERT: &str = "/var/run/secrets/istio/root-cert.pem";
+const DEFAULT_ZDS_SOCKET: &str = "/var/run/ztunnel/ztunnel.sock";
+/// Where Istio's ztunnel finds its token, relative to its working directory.
+const ISTIO_TOKEN_PATH: &str = "./var/run/secrets/tokens/istio-token";
 
 /// What `main` needs besides the application config.
 pub(crate) struct Process {
@@ -148,20 +164,36 @@ impl Flags {
                 None
             }
         };
-        let roots = match std::fs::read_to_string(&self.root_cert) {
+        let (root_var, root_cert) = match (&self.root_cert, &self.xds_root_ca, &self.ca_root_ca) {
+            (Some(p), _, _) => ("ROOT_CERT", p.clone()),
+            (None, Some(p), _) => ("XDS_ROOT_CA", p.clone()),
+            (None, None, Some(p)) => ("CA_ROOT_CA", p.clone()),
+            (None, None, None) => ("ROOT_CERT", PathBuf::from(DEFAULT_ROOT_CERT)),
+        };
+        let roots = match std::fs::read_to_string(&root_cert) {
             Ok(pem) => match TrustBundle::from_pem(&pem) {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    problems.push(format!("  ROOT_CERT={}: {e}", self.root_cert.display()));
+                    problems.push(format!("  {root_var}={}: {e}", root_cert.display()));
                     None
                 }
             },
             Err(e) => {
-                problems
-                    .push(format!("  ROOT_CERT={}: cannot read: {e}", self.root_cert.display()));
+                problems.push(format!("  {root_var}={}: cannot read: {e}", root_cert.display()));
                 None
             }
         };
+        // Istio's ztunnel reads its token from this path, relative to its
+        // working directory.
+        let ca_token_file = self.ca_token_file.clone().or_else(|| {
+            let istio = PathBuf::from(ISTIO_TOKEN_PATH);
+            istio.exists().then_some(istio)
+        });
+        let zds_socket = self
+            .zds_socket
+            .clone()
+            .or_else(|| self.inpod_uds.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ZDS_SOCKET));
         if self.node_name.trim().is_empty() {
             problems.push("  NODE_NAME: must not be empty".into());
         }
@@ -235,11 +267,11 @@ impl Flags {
                 ca,
                 identity,
                 roots,
-                token_file: self.ca_token_file,
+                token_file: ca_token_file,
                 cert_lifetime: Duration::from_secs(self.cert_lifetime_seconds),
             },
             inpod: InpodConfig {
-                socket: self.zds_socket,
+                socket: zds_socket,
                 mark: (self.socket_mark != 0).then_some(self.socket_mark),
             },
         };
