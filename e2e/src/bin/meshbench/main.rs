@@ -13,6 +13,11 @@
 //! connection (TLS included) to first byte — in a running ztunnel, against
 //! a new direct TCP connection, and right after a ztunnel restart — and each
 //! ztunnel's memory and CPU seconds per GiB carried.
+//!
+//! `--compare-ztunnel PATH[:istio]` runs another ztunnel binary on two more
+//! nodes (Istio's, configured by its environment, or an earlier build of
+//! ours) and measures it as one more path across nodes in the same rounds,
+//! printing ours / theirs for every figure it shares with ours.
 
 mod measure;
 mod targets;
@@ -48,7 +53,45 @@ struct Args {
     /// Also write the results here as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Another ztunnel binary to measure beside ours on the same kind of
+    /// hops (two more nodes run it): `PATH`, or `PATH:istio` for one
+    /// configured by Istio's environment (Istio's ztunnel). With an earlier
+    /// build of ours it is an A/B run.
+    #[arg(long, value_name = "PATH[:istio]")]
+    compare_ztunnel: Option<localmesh::cluster::NodeZtunnel>,
 }
+
+/// The compared ztunnel's two nodes and their pods (client on node-c,
+/// servers on node-d), as the mesh pair is on node-a and node-b.
+const COMPARED: &str = r#"
+---
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Node, metadata: {name: node-a}}
+- {apiVersion: v1, kind: Node, metadata: {name: node-b}}
+- {apiVersion: v1, kind: Node, metadata: {name: node-c}}
+- {apiVersion: v1, kind: Node, metadata: {name: node-d}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: compared, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: compared}
+spec: {nodeName: node-c, serviceAccountName: client, containers: [{name: c, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: compared}
+spec:
+  nodeName: node-d
+  serviceAccountName: server
+  containers:
+  - {name: echo, image: none, command: [mesh-sample, echo, --port, "8080"]}
+  - {name: sink, image: none, command: [mesh-sample, sink, --port, "9000"]}
+"#;
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -91,8 +134,11 @@ spec:
 /// environment reaches the ztunnels).
 const FRESH_PODS: usize = 12;
 
-fn cluster_yaml() -> String {
+fn cluster_yaml(compared: bool) -> String {
     let mut yaml = CLUSTER.to_string();
+    if compared {
+        yaml.push_str(COMPARED);
+    }
     yaml.push_str(&e2e::pods::plain_pair("plain"));
     yaml.push_str(&e2e::floor::pods());
     for i in 0..FRESH_PODS {
@@ -154,6 +200,13 @@ fn pin_process(pid: u32, cpu: usize) {
 const DIRECT: usize = 0;
 const ACROSS: usize = 2;
 const FLOOR: usize = 3;
+/// The compared ztunnel's path, when there is one.
+const COMPARE: usize = 4;
+
+/// Whether a ztunnel (by label) is the compared binary's (node-c, node-d).
+fn is_compared(label: &str) -> bool {
+    matches!(label, "ztunnel-node-c" | "ztunnel-node-d")
+}
 
 struct Path {
     name: &'static str,
@@ -192,13 +245,19 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let exe = std::env::current_exe()?;
     let bin_dir = exe.parent().context("no bin dir")?.to_path_buf();
-    let spec = ClusterSpec::from_documents(localmesh::spec::parse(&cluster_yaml(), "meshbench")?)?;
+    let compared = args.compare_ztunnel.is_some();
+    let spec =
+        ClusterSpec::from_documents(localmesh::spec::parse(&cluster_yaml(compared), "meshbench")?)?;
     let state_dir = std::env::temp_dir().join(format!("meshbench-{}", std::process::id()));
     let options = Options {
         name: "bench".into(),
         state_dir: state_dir.clone(),
         bin_dir: bin_dir.clone(),
-        ztunnels: Default::default(),
+        ztunnels: args
+            .compare_ztunnel
+            .iter()
+            .flat_map(|z| ["node-c", "node-d"].map(|n| (n.to_string(), z.clone())))
+            .collect(),
     };
     let mut cluster = Cluster::up(&spec, options).context("building the cluster (root needed)")?;
     let pod = |ns: &str, name: &str| cluster.pod(ns, name).cloned().context(format!("{ns}/{name}"));
@@ -214,7 +273,7 @@ fn main() -> anyhow::Result<()> {
     )
     .context("starting the relay floor")?;
     let relays = relay_floor.pids();
-    let paths = [
+    let mut paths = vec![
         Path {
             name: "direct, across nodes",
             client_netns: plain_client.netns.clone(),
@@ -240,6 +299,21 @@ fn main() -> anyhow::Result<()> {
             sink: SocketAddr::new(floor_remote.ip, 9000),
         },
     ];
+    if compared {
+        let (client, server) = (pod("compared", "client")?, pod("compared", "server")?);
+        paths.push(Path {
+            name: "compared, across nodes",
+            client_netns: client.netns.clone(),
+            echo: SocketAddr::new(server.ip, 8080),
+            sink: SocketAddr::new(server.ip, 9000),
+        });
+        for _ in 0..100 {
+            if e2e::probe::first_byte(&client.netns, paths[COMPARE].echo).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     // Wait until the mesh carries traffic.
     for _ in 0..100 {
         if e2e::probe::first_byte(&mesh_client.netns, paths[2].echo).is_ok() {
@@ -267,7 +341,10 @@ fn main() -> anyhow::Result<()> {
     let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); paths.len()];
     // CPU seconds (user, kernel) and bytes, per ztunnel, over every
     // across-nodes run.
-    let mut carried = vec![(0.0f64, 0.0f64, 0u64); ztunnels.len()];
+    let (theirs, ours): (Vec<(String, u32)>, Vec<(String, u32)>) =
+        ztunnels.iter().cloned().partition(|(label, _)| is_compared(label));
+    let mut carried = vec![(0.0f64, 0.0f64, 0u64); ours.len()];
+    let mut compared_carried = vec![(0.0f64, 0.0f64, 0u64); theirs.len()];
     // The same for the relays, over every relay-floor run.
     let mut relays_carried = vec![(0.0f64, 0.0f64, 0u64); relays.len()];
     // Each ztunnel's peak RSS (KiB) during each path's runs, when the peak
@@ -282,8 +359,9 @@ fn main() -> anyhow::Result<()> {
             // CPU per GiB is counted across nodes: by the ztunnels on the
             // mesh path, by the relays on the floor.
             let counted = match index {
-                ACROSS => Some((&ztunnels, &mut carried)),
+                ACROSS => Some((&ours, &mut carried)),
                 FLOOR => Some((&relays, &mut relays_carried)),
+                COMPARE => Some((&theirs, &mut compared_carried)),
                 _ => None,
             };
             let before: Vec<ProcessStats> = counted
@@ -333,7 +411,8 @@ fn main() -> anyhow::Result<()> {
                 })
                 .collect()
         };
-    let cpu_per_gib = per_gib(&ztunnels, &carried);
+    let mut cpu_per_gib = per_gib(&ours, &carried);
+    cpu_per_gib.extend(per_gib(&theirs, &compared_carried));
     let relay_cpu_per_gib = per_gib(&relays, &relays_carried);
     let mut peak: Vec<ProcessStats> = ztunnels.iter().map(|(_, pid)| process_stats(*pid)).collect();
     if peaks_by_path {
@@ -486,9 +565,53 @@ fn main() -> anyhow::Result<()> {
             println!("  {:<24} {}", path.name, mib.join(" / "));
         }
     }
+    if let (Some(z), Some((_, theirs_f))) = (&args.compare_ztunnel, results.get(COMPARE)) {
+        let pick = |compared: bool, f: &dyn Fn(usize) -> f64| {
+            (0..ztunnels.len())
+                .filter(|i| is_compared(&ztunnels[*i].0) == compared)
+                .map(f)
+                .fold(0.0, f64::max)
+        };
+        let cpu = |compared: bool| {
+            pick(compared, &|i| {
+                cpu_per_gib
+                    .iter()
+                    .find(|(l, _)| *l == ztunnels[i].0)
+                    .map_or(0.0, |(_, c)| c.total())
+            })
+        };
+        const MIB: f64 = 1048576.0;
+        let idle_mib = |c: bool| pick(c, &|i| idle[i].rss_kib as f64 / 1024.0);
+        let peak_mib = |c: bool| pick(c, &|i| peak[i].peak_kib as f64 / 1024.0);
+        println!(
+            "\nours against {} ({:?}), across nodes, same run: ours / theirs \
+             (above 1 is better for throughput, below 1 for the rest)",
+            z.program.display(),
+            z.flavour
+        );
+        let rows = [
+            ("1 stream MiB/s", across.throughput / MIB, theirs_f.throughput / MIB),
+            ("64 streams MiB/s", across.parallel / MIB, theirs_f.parallel / MIB),
+            ("RR p50 µs", across.rr.p50, theirs_f.rr.p50),
+            ("RR p99 µs", across.rr.p99, theirs_f.rr.p99),
+            ("RR new connection p50 µs", across.rr_new.p50, theirs_f.rr_new.p50),
+            ("CPU-s per GiB (worst side)", cpu(false), cpu(true)),
+            ("RSS idle MiB (larger)", idle_mib(false), idle_mib(true)),
+            ("RSS peak MiB (larger)", peak_mib(false), peak_mib(true)),
+        ];
+        for (what, ours_v, theirs_v) in rows {
+            println!(
+                "  {what:<28} {ours_v:>12.2} {theirs_v:>12.2}   {:.2}×",
+                ours_v / theirs_v.max(1e-9)
+            );
+        }
+    }
     println!("pinned: {}", args.pin);
 
-    let worst = |f: &dyn Fn(usize) -> f64| (0..ztunnels.len()).map(f).fold(0.0, f64::max);
+    // Targets judge ours only.
+    let worst = |f: &dyn Fn(usize) -> f64| {
+        (0..ztunnels.len()).filter(|i| !is_compared(&ztunnels[*i].0)).map(f).fold(0.0, f64::max)
+    };
     let floor_measured = targets::Measured {
         throughput_ratio: floor_path.throughput / direct.throughput.max(1.0),
         rr_p50_over_direct_us: floor_path.rr.p50 - direct.rr.p50,
@@ -508,7 +631,11 @@ fn main() -> anyhow::Result<()> {
             rr_p99_us: across.rr.p99,
             rr_new_connection_p50_us: across.rr_new.p50,
             new_hbone_connection_p50_us: fresh.p50,
-            cpu_seconds_per_gib: cpu_per_gib.iter().map(|(_, v)| v.total()).fold(0.0, f64::max),
+            cpu_seconds_per_gib: cpu_per_gib
+                .iter()
+                .filter(|(l, _)| !is_compared(l))
+                .map(|(_, v)| v.total())
+                .fold(0.0, f64::max),
             rss_idle_mib: worst(&|i| idle[i].rss_kib as f64 / 1024.0),
             rss_peak_mib: worst(&|i| peak[i].peak_kib as f64 / 1024.0),
         },
