@@ -200,6 +200,9 @@ fn pin_process(pid: u32, cpu: usize) {
 const DIRECT: usize = 0;
 const ACROSS: usize = 2;
 const FLOOR: usize = 3;
+/// A measured process: its label and pid.
+type Process = (String, u32);
+
 /// The compared ztunnel's path, when there is one.
 const COMPARE: usize = 4;
 
@@ -341,7 +344,7 @@ fn main() -> anyhow::Result<()> {
     let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); paths.len()];
     // CPU seconds (user, kernel) and bytes, per ztunnel, over every
     // across-nodes run.
-    let (theirs, ours): (Vec<(String, u32)>, Vec<(String, u32)>) =
+    let (theirs, ours): (Vec<Process>, Vec<Process>) =
         ztunnels.iter().cloned().partition(|(label, _)| is_compared(label));
     let mut carried = vec![(0.0f64, 0.0f64, 0u64); ours.len()];
     let mut compared_carried = vec![(0.0f64, 0.0f64, 0u64); theirs.len()];
