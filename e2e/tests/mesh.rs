@@ -358,8 +358,9 @@ fn a_ztunnel_configured_by_istios_environment_joins_the_mesh() {
         program: support::bin_dir().join("ztunnel"),
         flavour: localmesh::cluster::Flavour::Istio,
     };
-    let (c, state) =
-        support::cluster_with("istio-env", MIXED, [("node-b".to_string(), istio)].into());
+    let (c, state) = support::cluster_with("istio-env", MIXED, |o| {
+        o.ztunnels = [("node-b".to_string(), istio)].into();
+    });
     let node_b = c.node("node-b").unwrap().netns.clone();
     let dump = localmesh::net::ztunnel_admin_json(&node_b, "/config_dump").unwrap();
     assert_eq!(dump["config"]["clusterId"], "Kubernetes", "{dump}");
@@ -401,7 +402,15 @@ fn applications_see_their_clients_addresses() {
         eprintln!("SKIPPED: needs root");
         return;
     }
-    let (c, _state) = cluster("source", MIXED);
+    for backend in ["iptables", "nftables"] {
+        clients_addresses_kept(backend);
+    }
+}
+
+fn clients_addresses_kept(backend: &str) {
+    let env = vec![("REDIRECT_BACKEND".to_string(), backend.to_string())];
+    let (c, _state) =
+        support::cluster_with(&format!("source-{backend}"), MIXED, |o| o.agent_env = env);
     let whoami = addr(&c, "apps", "whoami", 7070);
     let ip = |ns: &str, pod: &str| c.pod(ns, pod).unwrap().ip.to_string();
     // Across nodes over HBONE, on the same node, and plaintext from a pod
@@ -413,10 +422,23 @@ fn applications_see_their_clients_addresses() {
     ] {
         let from = netns(&c, ns, client);
         support::eventually(what, 20, || seen_from(&from, whoami).is_some());
-        assert_eq!(seen_from(&from, whoami).unwrap(), ip(ns, client), "{what}");
+        assert_eq!(seen_from(&from, whoami).unwrap(), ip(ns, client), "{backend}: {what}");
     }
     // What brings the replies back to ztunnel, in the pod's namespace.
-    assert!(ip_rules(&netns(&c, "apps", "whoami")).contains("fwmark 0x111/0xfff lookup 100"));
+    let pod = netns(&c, "apps", "whoami");
+    assert!(ip_rules(&pod).contains("fwmark 0x111/0xfff lookup 100"));
+    let (tool, args): (&str, &[&str]) = match backend {
+        "nftables" => ("nft", &["list", "table", "inet", "mesh_inpod"]),
+        _ => ("iptables-save", &["-t", "mangle"]),
+    };
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod, tool])
+        .args(args)
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&out.stdout);
+    let marked = rules.contains("0x111/0xfff") || rules.contains("| 0x00000111");
+    assert!(marked, "{backend}: the connection mark rules\n{rules}");
 }
 
 /// `ip rule show` inside a namespace.

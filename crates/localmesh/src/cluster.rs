@@ -41,6 +41,8 @@ pub struct Options {
     pub bin_dir: PathBuf,
     /// Nodes that run another ztunnel than `bin_dir`'s, by node name.
     pub ztunnels: BTreeMap<String, NodeZtunnel>,
+    /// Environment for every node agent (`REDIRECT_BACKEND=nftables`...).
+    pub agent_env: Vec<(String, String)>,
 }
 
 /// A ztunnel binary for one node, and how it is configured.
@@ -462,7 +464,8 @@ impl Cluster {
         for node in &nodes {
             let node_dir = dir.join("nodes").join(&node.name);
             let zds = node_dir.join("zds.sock").display().to_string();
-            self.spawn(
+            let agent_env = self.options.agent_env.clone();
+            self.spawn_with(
                 &node.netns,
                 "mesh-cni",
                 &[
@@ -480,6 +483,8 @@ impl Cluster {
                     "--metrics-addr",
                     "127.0.0.1:15022",
                 ],
+                agent_env,
+                None,
                 &format!("agent-{}", node.name),
             )?;
             let label = format!("ztunnel-{}", node.name);

@@ -48,20 +48,27 @@ spec:
 
 /// A cluster named `name` from YAML text; removed when dropped.
 pub fn cluster(name: &str, yaml: &str) -> (Cluster, tempfile_dir::TempDir) {
-    cluster_with(name, yaml, Default::default())
+    cluster_with(name, yaml, |_| {})
 }
 
-/// [`cluster`], with other ztunnels on some nodes.
+/// [`cluster`], with `tweak` applied to its options (other ztunnels on
+/// some nodes, the agents' environment).
 pub fn cluster_with(
     name: &str,
     yaml: &str,
-    ztunnels: std::collections::BTreeMap<String, localmesh::cluster::NodeZtunnel>,
+    tweak: impl FnOnce(&mut Options),
 ) -> (Cluster, tempfile_dir::TempDir) {
     let docs = localmesh::spec::parse(yaml, name).unwrap();
     let spec = ClusterSpec::from_documents(docs).unwrap();
     let state = tempfile_dir::TempDir::new(name);
-    let options =
-        Options { name: name.into(), state_dir: state.path.clone(), bin_dir: bin_dir(), ztunnels };
+    let mut options = Options {
+        name: name.into(),
+        state_dir: state.path.clone(),
+        bin_dir: bin_dir(),
+        ztunnels: Default::default(),
+        agent_env: Vec::new(),
+    };
+    tweak(&mut options);
     match Cluster::up(&spec, options) {
         Ok(c) => (c, state),
         Err(e) => {
