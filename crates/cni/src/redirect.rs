@@ -60,8 +60,12 @@ fn remove_routes(netns: &File) -> Result<(), ExecError> {
     for v6 in ip_families(netns) {
         let family = if v6 { "-6" } else { "-4" };
         let [rule, _] = route_commands(v6);
-        // However many copies a crash left behind.
-        while route_rule_present(&run_in(netns, "ip", &[family, "rule", "show"], "")?) {
+        // However many copies a crash left behind (each `del` removes one;
+        // bounded, should a rule somehow survive its deletion).
+        for _ in 0..64 {
+            if !route_rule_present(&run_in(netns, "ip", &[family, "rule", "show"], "")?) {
+                break;
+            }
             let mut args: Vec<&str> = rule.iter().map(String::as_str).collect();
             args[2] = "del";
             run_in(netns, "ip", &args, "")?;

@@ -234,6 +234,12 @@ pub struct Cluster {
 impl Cluster {
     /// Builds and starts everything; on failure, undoes what it made.
     pub fn up(spec: &ClusterSpec, options: Options) -> Result<Self, ClusterError> {
+        if let Some(node) = options.ztunnels.keys().find(|n| !spec.nodes.contains(n)) {
+            return Err(ClusterError::Spec(format!(
+                "another ztunnel is given for node {node}, which the cluster does not have (nodes: {})",
+                spec.nodes.join(", ")
+            )));
+        }
         // Whatever a previous run with this name left (even a killed one):
         // its processes and namespaces, then its files.
         down(&options.name, &options.state_dir);
@@ -949,5 +955,26 @@ mod tests {
         let mut bare = json!({"metadata": {}});
         set_label(&mut bare, "app", None);
         assert_eq!(bare["metadata"].get("labels"), None, "removing from nothing adds nothing");
+    }
+
+    #[test]
+    fn node_ztunnels_parse_with_their_flavour_and_unknown_nodes_are_refused() {
+        let z: NodeZtunnel = "/opt/istio/ztunnel:istio".parse().unwrap();
+        assert_eq!((z.program.to_str(), z.flavour), (Some("/opt/istio/ztunnel"), Flavour::Istio));
+        let z: NodeZtunnel = "/tmp/ztunnel-old".parse().unwrap();
+        assert_eq!(z.flavour, Flavour::Ours);
+        assert!(":istio".parse::<NodeZtunnel>().is_err());
+        let spec = ClusterSpec { nodes: vec!["node-a".into()], ..ClusterSpec::default() };
+        let options = Options {
+            name: "never-built".into(),
+            state_dir: std::env::temp_dir().join("localmesh-never-built"),
+            bin_dir: PathBuf::new(),
+            ztunnels: [("node-z".to_string(), z)].into(),
+            agent_env: Vec::new(),
+        };
+        let Err(ClusterError::Spec(message)) = Cluster::up(&spec, options) else {
+            panic!("an unknown node must be refused before anything is built");
+        };
+        assert!(message.contains("node node-z") && message.contains("node-a"), "{message}");
     }
 }
