@@ -11,15 +11,7 @@ use xds::NodeFilter;
 
 use crate::model::waypoints::Scopes;
 
-/// Node metadata key: `ztunnel`, `waypoint` or `sidecar`.
-pub const PROXY_TYPE: &str = "PROXY_TYPE";
-/// Node metadata key of a waypoint: the Gateway it runs, `namespace/name`.
-pub const WAYPOINT: &str = "WAYPOINT";
-/// Node metadata key, `"true"` from a proxy that evaluates dry-run
-/// `Authorization`s (field `dry_run`) without enforcing them. Proxies that
-/// do not say so are not sent dry-run policies: they would ignore the
-/// unknown field and enforce them.
-pub const DRY_RUN_AUTHORIZATION: &str = "DRY_RUN_AUTHORIZATION";
+pub use mesh_proto::node_metadata::{DRY_RUN_AUTHORIZATION, PROXY_TYPE, WAYPOINT};
 
 /// What the filter decides by.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -72,6 +72,22 @@ pub use istio::workload::zds;
 /// Well-known types, re-exported so users need no direct prost-types dependency.
 pub use prost_types;
 
+/// Keys of the xDS node metadata (`Node.metadata`) a proxy describes
+/// itself with, read by the control plane: one spelling for both sides.
+pub mod node_metadata {
+    /// `ztunnel`, `waypoint` or `sidecar` (Istio's key and values).
+    pub const PROXY_TYPE: &str = "PROXY_TYPE";
+    /// The node the proxy runs on.
+    pub const NODE_NAME: &str = "NODE_NAME";
+    /// A waypoint's Gateway, `namespace/name`.
+    pub const WAYPOINT: &str = "WAYPOINT";
+    /// `"true"` from a proxy that evaluates dry-run `Authorization`s
+    /// (field `dry_run`) without enforcing them. Proxies that do not say so
+    /// are not sent dry-run policies: they would ignore the unknown field
+    /// and enforce them.
+    pub const DRY_RUN_AUTHORIZATION: &str = "DRY_RUN_AUTHORIZATION";
+}
+
 /// Type URLs of the resources served over delta ADS.
 pub mod type_url {
     /// `istio.workload.Address` (workloads and services).

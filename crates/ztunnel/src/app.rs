@@ -9,6 +9,7 @@ use std::time::Duration;
 use hbone::TrustBundle;
 use mesh_core::Identity;
 use mesh_proto::core::Node;
+use mesh_proto::node_metadata;
 use prometheus_client::registry::Registry;
 use prost_types::{Struct, Value, value::Kind};
 use proxy_core::certificates::{CertificateSettings, GrpcCa, WorkloadCertificates};
@@ -101,10 +102,10 @@ pub async fn run(
         cluster: String::new(),
         metadata: Some(Struct {
             fields: [
-                ("PROXY_TYPE".to_string(), string("ztunnel")),
-                ("NODE_NAME".to_string(), string(&config.node_name)),
+                (node_metadata::PROXY_TYPE.to_string(), string("ztunnel")),
+                (node_metadata::NODE_NAME.to_string(), string(&config.node_name)),
                 // We evaluate dry-run policies without enforcing them.
-                ("DRY_RUN_AUTHORIZATION".to_string(), string("true")),
+                (node_metadata::DRY_RUN_AUTHORIZATION.to_string(), string("true")),
             ]
             .into(),
         }),
