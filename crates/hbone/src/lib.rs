@@ -34,7 +34,7 @@ pub mod tls;
 
 pub use cert::{CertificateError, CertificateRequest, TrustBundle, WorkloadCertificate};
 pub use client::{ConnectError, ConnectRequest, Pool, PoolConfig, TcpDialer};
-pub use server::{ConnectHandler, HboneServer, InboundConnect, ServeError, Verdict};
+pub use server::{ConnectHandler, HboneServer, InboundConnect, ServeError, Tunnel, Verdict};
 pub use settings::H2Settings;
 pub use splice::{ChunkIo, splice};
 pub use stream::H2Stream;

@@ -56,8 +56,10 @@ pub enum Verdict<U> {
 
 /// Decides what each CONNECT gets. Implemented by the proxies.
 pub trait ConnectHandler: Send + Sync + 'static {
-    /// The upstream byte stream an accepted CONNECT is joined to.
-    type Upstream: ChunkIo + Send + 'static;
+    /// What an accepted CONNECT's tunnel is handed to: an upstream byte
+    /// stream to splice it with (any [`ChunkIo`]), or the handler's own
+    /// [`Tunnel`] (an L7 proxy reading requests from it).
+    type Upstream: Tunnel;
 
     /// Decides on one CONNECT. Connecting the upstream happens here, so a
     /// 200 is only sent once the upstream is open.
@@ -65,6 +67,27 @@ pub trait ConnectHandler: Send + Sync + 'static {
         &self,
         request: InboundConnect,
     ) -> impl Future<Output = Verdict<Self::Upstream>> + Send;
+}
+
+/// What serves an accepted tunnel once the 200 is sent. Every byte stream
+/// ([`ChunkIo`]) does: it is spliced with the tunnel. An L7 proxy
+/// implements it on its own type and is given the tunnel itself, an
+/// [`H2Stream`] (`AsyncRead + AsyncWrite`), to parse HTTP from with no
+/// copy or in-memory pipe in between; what it learned from the
+/// [`InboundConnect`] (peer identity, target, headers) it keeps in that
+/// type.
+pub trait Tunnel: Send + 'static {
+    /// Serves the tunnel until it is done.
+    fn serve(self, tunnel: H2Stream) -> impl Future<Output = ()> + Send;
+}
+
+impl<U: ChunkIo + Send + 'static> Tunnel for U {
+    async fn serve(mut self, mut tunnel: H2Stream) {
+        match crate::splice::splice(&mut tunnel, &mut self).await {
+            Ok((from_client, to_client)) => debug!(from_client, to_client, "tunnel closed"),
+            Err(e) => debug!(error = %e, "tunnel failed"),
+        }
+    }
 }
 
 /// Why a connection ended in error.
@@ -336,7 +359,7 @@ async fn serve_stream<H: ConnectHandler>(
         }
     };
     let target = connect.target;
-    let mut upstream = match handler.handle(connect).await {
+    let upstream = match handler.handle(connect).await {
         Verdict::Accept(upstream) => upstream,
         Verdict::Deny(why) => {
             debug!(%target, %why, "CONNECT denied");
@@ -361,11 +384,8 @@ async fn serve_stream<H: ConnectHandler>(
             return;
         }
     };
-    let mut tunnel = H2Stream::new(send, request.into_body(), None);
-    match crate::splice::splice(&mut tunnel, &mut upstream).await {
-        Ok((from_client, to_client)) => debug!(%target, from_client, to_client, "tunnel closed"),
-        Err(e) => debug!(%target, error = %e, "tunnel failed"),
-    }
+    let tunnel = H2Stream::new(send, request.into_body(), None);
+    upstream.serve(tunnel).instrument(tracing::debug_span!("tunnel", %target)).await;
 }
 
 fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode) {
