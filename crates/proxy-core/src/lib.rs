@@ -10,6 +10,8 @@
 //!   bind loopback addresses and production binds inside pod namespaces.
 //! - [`tcp_metrics`]: Istio's TCP metrics, names and labels as dashboards
 //!   expect them.
+//! - [`telemetry`]: what a connection reports (labels, the one mapping of
+//!   failures to response flags, the access-log line), for every proxy.
 //! - [`http`]: a tiny HTTP/1 server for admin, metrics and readiness.
 //! - [`readiness`]: what a proxy still waits for before it is ready.
 //! - [`errors`]: one-line error chains for logs and protocol answers.
@@ -25,3 +27,4 @@ pub mod readiness;
 pub mod sockets;
 pub mod store;
 pub mod tcp_metrics;
+pub mod telemetry;

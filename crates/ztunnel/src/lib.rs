@@ -23,7 +23,8 @@ pub mod inpod;
 pub mod original_dst;
 pub mod outbound;
 pub mod pod;
-pub mod telemetry;
+/// Connection telemetry, shared with the other proxies (`proxy_core`).
+pub use proxy_core::telemetry;
 mod tracked;
 
 use std::collections::HashMap;

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::tcp_metrics::TcpLabels;
 use mesh_core::{Identity, Service, Workload};
-use proxy_core::tcp_metrics::TcpLabels;
 use serde_json::json;
 
 /// Who reports: the client's ztunnel or the server's.
