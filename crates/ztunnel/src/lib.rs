@@ -4,7 +4,7 @@
 //! ZDS, [`inpod`]), ztunnel listens *inside the pod's network namespace*:
 //! outbound capture (15001), inbound plaintext (15006), inbound HBONE (15008)
 //! and DNS (15053). Outbound connections are planned from the workload store
-//! ([`outbound::plan`], plain data) and carried in HBONE tunnels to the
+//! ([`outbound::plan`], `l4`'s plain data) and carried in HBONE tunnels to the
 //! destination pod or its waypoint, or passed through unchanged when the
 //! destination is not in the mesh. Inbound connections are checked against
 //! L4 authorization policy and the waypoint binding before they reach the

@@ -1,13 +1,12 @@
 //! Inbound: HBONE tunnels arriving on 15008 and plaintext captured on
 //! 15006, authorized, then connected to the application inside the pod.
 
-pub mod authorize;
-mod service;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hbone::{ConnectHandler, H2Settings, HboneServer, InboundConnect, Verdict};
+use l4::authorize::{Refusal, authorize, trusted_source};
+use l4::service;
 use mesh_core::Workload;
 use proxy_core::connections::Direction;
 use proxy_core::sockets;
@@ -15,10 +14,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-use self::authorize::{Refusal, authorize, trusted_source};
 use crate::pod::PodContext;
 use crate::telemetry::{ConnectionFacts, Failure, Reporter};
 use crate::tracked::{Tracked, report_failure};
+
+/// The decision itself, shared with the other proxies (`l4`).
+pub use l4::authorize;
 
 /// Serves HBONE once the pod's certificate is there; swaps the TLS
 /// configuration on every rotation (open connections keep theirs). Pods of

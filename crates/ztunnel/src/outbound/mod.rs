@@ -1,7 +1,8 @@
 //! Outbound: connections a pod makes, captured on 15001, planned, and
 //! carried in HBONE or passed through.
 
-pub mod plan;
+/// The decision itself, shared with the other proxies (`l4`).
+pub use l4::plan;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,10 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use self::plan::{Destination, Plan, PlanError, Source};
 use crate::pod::PodContext;
 use crate::telemetry::{ConnectionFacts, Failure, Reporter};
 use crate::tracked::report_failure;
+use l4::plan::{Destination, Plan, PlanError, Source};
 
 /// Accepts captured outbound connections until `stop`.
 pub(crate) async fn serve(ctx: Arc<PodContext>, listener: TcpListener, stop: CancellationToken) {

@@ -15,7 +15,7 @@ use proxy_core::store::WorkloadStore;
 
 /// The service a connection to `destination` on `port` from `source` most
 /// likely addressed.
-pub(crate) fn addressed_service(
+pub fn addressed_service(
     store: &WorkloadStore,
     destination: &Workload,
     port: u16,
