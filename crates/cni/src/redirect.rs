@@ -27,25 +27,23 @@ fn iptables_save(netns: &File) -> Result<String, ExecError> {
     Ok(out)
 }
 
-/// Whether the family's policy routing can be used here (IPv6 may be
-/// disabled in the pod's namespace; then there is nothing to route).
-fn ip_families(netns: &File) -> Vec<bool> {
-    [false, true]
-        .into_iter()
-        .filter(|v6| {
-            let family = if *v6 { "-6" } else { "-4" };
-            !*v6 || run_in(netns, "ip", &[family, "rule", "show"], "").is_ok()
-        })
-        .collect()
+/// The policy rules of each family in use here, as `ip rule show` prints
+/// them: `(v6, rules)`. IPv6 may be disabled in the pod's namespace; then
+/// it has nothing to route and is left out.
+fn rules_by_family(netns: &File) -> Result<Vec<(bool, String)>, ExecError> {
+    let mut out = vec![(false, run_in(netns, "ip", &["-4", "rule", "show"], "")?)];
+    if let Ok(v6) = run_in(netns, "ip", &["-6", "rule", "show"], "") {
+        out.push((true, v6));
+    }
+    Ok(out)
 }
 
 /// The policy rule and local route that bring replies of source-preserved
 /// connections back to ztunnel.
 fn install_routes(netns: &File) -> Result<(), ExecError> {
-    for v6 in ip_families(netns) {
-        let family = if v6 { "-6" } else { "-4" };
+    for (v6, rules) in rules_by_family(netns)? {
         let [rule, route] = route_commands(v6);
-        if !route_rule_present(&run_in(netns, "ip", &[family, "rule", "show"], "")?) {
+        if !route_rule_present(&rules) {
             let args: Vec<&str> = rule.iter().map(String::as_str).collect();
             run_in(netns, "ip", &args, "")?;
         }
@@ -57,7 +55,7 @@ fn install_routes(netns: &File) -> Result<(), ExecError> {
 
 fn remove_routes(netns: &File) -> Result<(), ExecError> {
     let table = ROUTE_TABLE.to_string();
-    for v6 in ip_families(netns) {
+    for (v6, _) in rules_by_family(netns)? {
         let family = if v6 { "-6" } else { "-4" };
         let [rule, _] = route_commands(v6);
         // However many copies a crash left behind (each `del` removes one;
@@ -94,9 +92,8 @@ fn routes_of_table(netns: &File, family: &str) -> Result<String, ExecError> {
 fn installed_routes(netns: &File) -> Result<Vec<String>, ExecError> {
     let table = ROUTE_TABLE.to_string();
     let mut out = Vec::new();
-    for v6 in ip_families(netns) {
+    for (v6, rules) in rules_by_family(netns)? {
         let family = if v6 { "-6" } else { "-4" };
-        let rules = run_in(netns, "ip", &[family, "rule", "show"], "")?;
         out.extend(
             rules.lines().filter(|l| route_rule_present(l)).map(|l| format!("ip {family} {l}")),
         );

@@ -79,15 +79,16 @@ impl Decision {
 /// no part in that verdict; when any apply, the verdict they would give
 /// together with the enforced ones is computed as well
 /// ([`Decision::dry_run`]).
-pub fn evaluate<'a>(
-    policies: impl IntoIterator<Item = &'a Authorization>,
-    conn: &Connection,
-) -> Decision {
+pub fn evaluate<'a, P>(policies: P, conn: &Connection) -> Decision
+where
+    P: IntoIterator<Item = &'a Authorization>,
+    P::IntoIter: Clone,
+{
     let facts = Facts::of(conn);
-    let policies: Vec<&Authorization> = policies.into_iter().collect();
-    let reason = verdict(policies.iter().copied().filter(|p| !p.dry_run), &facts);
-    let dry_run =
-        policies.iter().any(|p| p.dry_run).then(|| verdict(policies.iter().copied(), &facts));
+    let policies = policies.into_iter();
+    // Walked again (no copy) only when dry-run policies apply.
+    let reason = verdict(policies.clone().filter(|p| !p.dry_run), &facts);
+    let dry_run = policies.clone().any(|p| p.dry_run).then(|| verdict(policies, &facts));
     Decision { reason, dry_run }
 }
 
