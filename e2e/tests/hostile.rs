@@ -194,22 +194,14 @@ fn flushed_capture_rules_are_restored() {
     }
     let Mesh { c, state, sleep, app, .. } = mesh("hostile-flush");
     let rules = || {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &sleep.netns, "iptables-save", "-t", "nat"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("-A MESH_OUTPUT"))
-            .count()
+        let (saved, _) = support::run_in_netns(&sleep.netns, "iptables-save", &["-t", "nat"]);
+        saved.lines().filter(|l| l.starts_with("-A MESH_OUTPUT")).count()
     };
     let installed = rules();
     assert!(installed > 0);
-    let flushed = std::process::Command::new("ip")
-        .args(["netns", "exec", &sleep.netns, "iptables", "-t", "nat", "-F", "MESH_OUTPUT"])
-        .status()
-        .unwrap();
-    assert!(flushed.success());
+    let (_, flushed) =
+        support::run_in_netns(&sleep.netns, "iptables", &["-t", "nat", "-F", "MESH_OUTPUT"]);
+    assert!(flushed);
     assert_eq!(rules(), 0);
     let node_a = c.node("node-a").unwrap().netns.clone();
     let repairs = || -> u64 {

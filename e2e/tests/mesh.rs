@@ -431,23 +431,14 @@ fn clients_addresses_kept(backend: &str) {
         "nftables" => ("nft", &["list", "table", "inet", "mesh_inpod"]),
         _ => ("iptables-save", &["-t", "mangle"]),
     };
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &pod, tool])
-        .args(args)
-        .output()
-        .unwrap();
-    let rules = String::from_utf8_lossy(&out.stdout);
+    let (rules, _) = support::run_in_netns(&pod, tool, args);
     let marked = rules.contains("0x111/0xfff") || rules.contains("| 0x00000111");
     assert!(marked, "{backend}: the connection mark rules\n{rules}");
 }
 
 /// `ip rule show` inside a namespace.
 fn ip_rules(netns: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", netns, "ip", "rule", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    support::run_in_netns(netns, "ip", &["rule", "show"]).0
 }
 
 #[test]

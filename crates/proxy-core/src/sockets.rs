@@ -56,6 +56,15 @@ pub fn transparent_socket(
             format!("source {source} and destination {addr} are of different families"),
         ));
     }
+    // A forged or odd source (a waypoint's `Forwarded: for=127.0.0.1`) must
+    // not reach the application as one it may trust (its own loopback) or
+    // one no client can have.
+    if source.is_loopback() || source.is_unspecified() || source.is_multicast() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("source {source} is not a client address to connect from"),
+        ));
+    }
     let socket = factory.tcp_socket(addr)?;
     socket.set_nodelay(true)?;
     let sock = socket2::SockRef::from(&socket);
@@ -143,5 +152,21 @@ impl Dialer for FactoryDialer {
         addr: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + '_>> {
         Box::pin(connect(self.0.as_ref(), addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn transparent_sockets_refuse_sources_no_client_has() {
+        let factory = HostSockets::new("127.0.0.1".parse().unwrap());
+        let target: SocketAddr = "10.0.0.9:80".parse().unwrap();
+        for source in ["127.0.0.1", "127.8.9.10", "0.0.0.0", "224.0.0.1", "::1"] {
+            let err = transparent_socket(&factory, source.parse().unwrap(), &target).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{source}");
+        }
     }
 }

@@ -97,6 +97,17 @@ pub fn exchange(from: &str, to: SocketAddr, data: &[u8]) -> std::io::Result<Vec<
 }
 
 /// A ztunnel's Prometheus text, fetched from inside its node.
+/// Runs `program args` inside network namespace `netns`; its stdout, and
+/// whether it succeeded.
+pub fn run_in_netns(netns: &str, program: &str, args: &[&str]) -> (String, bool) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, program])
+        .args(args)
+        .output()
+        .unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.success())
+}
+
 pub fn ztunnel_metrics(cluster: &Cluster, node: &str) -> String {
     let node = cluster.node(node).unwrap();
     localmesh::net::http_get(&node.netns, "127.0.0.1:15020".parse().unwrap(), "/metrics").unwrap().1

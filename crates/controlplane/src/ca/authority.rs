@@ -177,15 +177,6 @@ impl std::str::FromStr for ServingName {
     }
 }
 
-impl std::fmt::Display for ServingName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Dns(d) => f.write_str(d),
-            Self::Ip(ip) => write!(f, "{ip}"),
-        }
-    }
-}
-
 /// The system's random source failed.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the system random source failed: no serial number")]

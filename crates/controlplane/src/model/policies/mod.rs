@@ -73,8 +73,7 @@ pub fn authorizations(
         }
         let dry_run = is_dry_run(policy);
         if let Some(value) = policy.annotations.get(DRY_RUN_ANNOTATION)
-            && !dry_run
-            && !matches!(value.as_str(), "0" | "f" | "F" | "false" | "FALSE" | "False")
+            && go_bool(value).is_none()
         {
             warn(format!(
                 "{DRY_RUN_ANNOTATION}: {value:?} is not a boolean; the policy is enforced"
@@ -147,19 +146,25 @@ fn enforced(policy: &Named<AuthorizationPolicySpec>) -> bool {
     policy.spec.action != Some(AuthorizationAction::Audit) && !policy.spec.is_targeted()
 }
 
-/// `istio.io/dry-run` as Istio reads it (Go's `strconv.ParseBool`: `1`,
-/// `t`, `true` in any case; anything else, a typo included, is not a dry
-/// run, so the policy is enforced: a mistake never loosens a policy).
+/// `istio.io/dry-run` as Istio reads it; anything but a boolean (a typo
+/// included) is not a dry run, so the policy is enforced: a mistake never
+/// loosens a policy.
 fn is_dry_run(policy: &Named<AuthorizationPolicySpec>) -> bool {
-    policy
-        .annotations
-        .get(DRY_RUN_ANNOTATION)
-        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+    policy.annotations.get(DRY_RUN_ANNOTATION).and_then(|v| go_bool(v)) == Some(true)
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it (Istio's reader).
+fn go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 /// xDS names (`namespace/name`) of the dry-run policies in `policies`.
 pub fn dry_run_names(policies: &[Authorization]) -> std::collections::BTreeSet<String> {
-    policies.iter().filter(|p| p.dry_run).map(|p| format!("{}/{}", p.namespace, p.name)).collect()
+    policies.iter().filter(|p| p.dry_run).map(Authorization::key).collect()
 }
 
 fn scope(namespace: &str, selector: Option<&WorkloadSelector>, mesh: &MeshConfig) -> PolicyScope {
