@@ -33,6 +33,13 @@ pub mod istio {
     }
 }
 
+/// Our own resources (both ends are ours; `proto/mesh/`).
+pub mod mesh {
+    pub mod l7 {
+        tonic::include_proto!("mesh.l7");
+    }
+}
+
 pub mod google {
     pub mod rpc {
         tonic::include_proto!("google.rpc");
@@ -66,6 +73,8 @@ pub use istio::security;
 pub use istio::v1::auth as ca;
 /// `istio.workload`: workloads and services (WDS).
 pub use istio::workload;
+/// `mesh.l7`: L7 routes for waypoints and sidecars.
+pub use mesh::l7;
 /// `istio.workload.zds`: node agent ↔ node proxy.
 pub use istio::workload::zds;
 
@@ -94,6 +103,8 @@ pub mod type_url {
     pub const ADDRESS: &str = "type.googleapis.com/istio.workload.Address";
     /// `istio.security.Authorization` (L4 policies).
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
+    /// `mesh.l7.ServiceRoutes` (a waypoint's routes, our own type).
+    pub const SERVICE_ROUTES: &str = "type.googleapis.com/mesh.l7.ServiceRoutes";
 }
 
 #[cfg(test)]

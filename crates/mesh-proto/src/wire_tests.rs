@@ -137,6 +137,13 @@ fn type_urls_name_the_messages() {
         crate::type_url::AUTHORIZATION,
         format!("type.googleapis.com/{}", <Authorization as prost::Name>::full_name())
     );
+    assert_eq!(
+        crate::type_url::SERVICE_ROUTES,
+        format!(
+            "type.googleapis.com/{}",
+            <crate::l7::ServiceRoutes as prost::Name>::full_name()
+        )
+    );
 }
 
 proptest::proptest! {
@@ -146,5 +153,6 @@ proptest::proptest! {
         let _ = Authorization::decode(bytes.as_slice());
         let _ = DeltaDiscoveryRequest::decode(bytes.as_slice());
         let _ = WorkloadRequest::decode(bytes.as_slice());
+        let _ = crate::l7::ServiceRoutes::decode(bytes.as_slice());
     }
 }
