@@ -1,0 +1,222 @@
+//! Upstream HTTP connections, pooled per endpoint: HTTP/1.1 connections
+//! reused one request at a time, one multiplexed HTTP/2 connection per
+//! endpoint. The transport under them is the caller's (`Connector`: an
+//! HBONE tunnel in the waypoint, a plain socket in tests).
+//!
+//! Hand-written rather than hyper-util's legacy `Client`: that client pools
+//! by URI scheme and authority, and our pool key is the endpoint a
+//! balancer chose (the URI keeps the service's authority), with a limit of
+//! requests per connection from the DestinationRule.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::balance::Endpoint;
+use crate::body::Body;
+
+/// Opens a byte stream to an endpoint.
+pub trait Connector: Send + Sync + 'static {
+    /// The stream.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Connects to `endpoint`.
+    fn connect(&self, endpoint: &Endpoint) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+/// Why an attempt got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made.
+    #[error("cannot connect to {endpoint}")]
+    Connect {
+        /// Where.
+        endpoint: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The HTTP handshake over a new connection failed.
+    #[error("HTTP handshake with {endpoint} failed")]
+    Handshake {
+        /// Where.
+        endpoint: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The connection or stream ended before an answer.
+    #[error("{endpoint} reset the request before answering")]
+    Reset {
+        /// Where.
+        endpoint: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl SendError {
+    /// Whether no connection was made (`connect-failure`), rather than a
+    /// stream that failed (`reset`).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect { .. } | SendError::Handshake { .. })
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    used: u32,
+}
+
+/// At most this many idle HTTP/1.1 connections are kept per endpoint.
+const IDLE_PER_ENDPOINT: usize = 16;
+
+/// Pooled upstream connections.
+pub struct Clients<C> {
+    connector: C,
+    http1: Arc<Mutex<HashMap<Endpoint, Vec<Idle>>>>,
+    http2: Mutex<HashMap<Endpoint, (http2::SendRequest<Body>, u32)>>,
+}
+
+impl<C: Connector> Clients<C> {
+    /// A pool over `connector`.
+    pub fn new(connector: C) -> Self {
+        Self { connector, http1: Arc::default(), http2: Mutex::default() }
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<TokioIo<C::Io>, SendError> {
+        self.connector
+            .connect(endpoint)
+            .await
+            .map(TokioIo::new)
+            .map_err(|source| SendError::Connect { endpoint: endpoint.address, source })
+    }
+
+    /// Sends `request` to `endpoint` over HTTP/2 when `version` is
+    /// HTTP/2, else HTTP/1.1. `max_per_connection` (0: none) retires a
+    /// connection after that many requests.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        version: Version,
+        request: Request<Body>,
+        max_per_connection: u32,
+    ) -> Result<Response<Incoming>, SendError> {
+        if version == Version::HTTP_2 {
+            self.send_http2(endpoint, request, max_per_connection).await
+        } else {
+            self.send_http1(endpoint, request, max_per_connection).await
+        }
+    }
+
+    async fn send_http2(
+        &self,
+        endpoint: &Endpoint,
+        mut request: Request<Body>,
+        max_per_connection: u32,
+    ) -> Result<Response<Incoming>, SendError> {
+        let reusable = {
+            let mut pool = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+            match pool.get_mut(endpoint) {
+                Some((sender, used))
+                    if !sender.is_closed()
+                        && (max_per_connection == 0 || *used < max_per_connection) =>
+                {
+                    *used += 1;
+                    Some(sender.clone())
+                }
+                Some(_) => {
+                    pool.remove(endpoint);
+                    None
+                }
+                None => None,
+            }
+        };
+        let mut sender = match reusable {
+            Some(s) => s,
+            None => {
+                let io = self.connect(endpoint).await?;
+                let (sender, connection) =
+                    http2::Builder::new(TokioExecutor::new()).handshake(io).await.map_err(
+                        |source| SendError::Handshake { endpoint: endpoint.address, source },
+                    )?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                    }
+                });
+                self.http2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(endpoint.clone(), (sender.clone(), 1));
+                sender
+            }
+        };
+        *request.version_mut() = Version::HTTP_2;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|source| SendError::Reset { endpoint: endpoint.address, source })
+    }
+
+    async fn send_http1(
+        &self,
+        endpoint: &Endpoint,
+        mut request: Request<Body>,
+        max_per_connection: u32,
+    ) -> Result<Response<Incoming>, SendError> {
+        let idle = {
+            let mut pool = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+            let list = pool.entry(endpoint.clone()).or_default();
+            list.retain(|i| !i.sender.is_closed());
+            list.pop()
+        };
+        let (mut sender, used) = match idle {
+            Some(i) if i.sender.is_ready() => (i.sender, i.used),
+            _ => {
+                let io = self.connect(endpoint).await?;
+                let (sender, connection) =
+                    http1::Builder::new().handshake(io).await.map_err(|source| {
+                        SendError::Handshake { endpoint: endpoint.address, source }
+                    })?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+                    }
+                });
+                (sender, 0)
+            }
+        };
+        *request.version_mut() = Version::HTTP_11;
+        let upgrade = request.headers().contains_key(http::header::UPGRADE);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| SendError::Reset { endpoint: endpoint.address, source })?;
+        let used = used + 1;
+        // Back to the pool once the answer has been read, unless it was an
+        // upgrade (the connection is the caller's now) or it is used up.
+        if !upgrade && (max_per_connection == 0 || used < max_per_connection) {
+            let pool = self.http1.clone();
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+                    let list = pool.entry(endpoint).or_default();
+                    if list.len() < IDLE_PER_ENDPOINT {
+                        list.push(Idle { sender, used });
+                    }
+                }
+            });
+        }
+        Ok(response)
+    }
+}
