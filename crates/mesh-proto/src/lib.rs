@@ -73,10 +73,10 @@ pub use istio::security;
 pub use istio::v1::auth as ca;
 /// `istio.workload`: workloads and services (WDS).
 pub use istio::workload;
-/// `mesh.l7`: L7 routes for waypoints and sidecars.
-pub use mesh::l7;
 /// `istio.workload.zds`: node agent ↔ node proxy.
 pub use istio::workload::zds;
+/// `mesh.l7`: L7 routes for waypoints and sidecars.
+pub use mesh::l7;
 
 /// Well-known types, re-exported so users need no direct prost-types dependency.
 pub use prost_types;

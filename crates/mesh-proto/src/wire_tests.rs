@@ -139,10 +139,7 @@ fn type_urls_name_the_messages() {
     );
     assert_eq!(
         crate::type_url::SERVICE_ROUTES,
-        format!(
-            "type.googleapis.com/{}",
-            <crate::l7::ServiceRoutes as prost::Name>::full_name()
-        )
+        format!("type.googleapis.com/{}", <crate::l7::ServiceRoutes as prost::Name>::full_name())
     );
 }
 

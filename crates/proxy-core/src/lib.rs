@@ -13,12 +13,15 @@
 //! - [`telemetry`]: what a connection reports (labels, the one mapping of
 //!   failures to response flags, the access-log line), for every proxy.
 //! - [`http`]: a tiny HTTP/1 server for admin, metrics and readiness.
+//! - [`admin`]: what those endpoints share (metrics, readiness, the log
+//!   level, the store's JSON in config dumps).
 //! - [`readiness`]: what a proxy still waits for before it is ready.
 //! - [`errors`]: one-line error chains for logs and protocol answers.
 //!
 //! It deliberately holds no proxy logic: deciding where a connection goes
 //! and what is allowed lives in each proxy.
 
+pub mod admin;
 pub mod certificates;
 pub mod connections;
 pub mod errors;
