@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, Version};
@@ -27,9 +28,20 @@ pub trait Connector: Send + Sync + 'static {
     /// The stream.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    /// Connects to `endpoint`.
-    fn connect(&self, endpoint: &Endpoint) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    /// Connects to `endpoint` on behalf of the client at `source` (an HBONE
+    /// connector sends it on as `Forwarded`, so the destination knows the
+    /// real client).
+    fn connect(
+        &self,
+        endpoint: &Endpoint,
+        source: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
+
+/// Connections are pooled per endpoint and per client: a connection
+/// carries one client's requests, so what the destination learns about
+/// the client (its address, through the connector) stays true.
+type Key = (Endpoint, SocketAddr);
 
 /// Why an attempt got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +94,8 @@ const IDLE_PER_ENDPOINT: usize = 16;
 /// Pooled upstream connections.
 pub struct Clients<C> {
     connector: C,
-    http1: Arc<Mutex<HashMap<Endpoint, Vec<Idle>>>>,
-    http2: Mutex<HashMap<Endpoint, (http2::SendRequest<Body>, u32)>>,
+    http1: Arc<Mutex<HashMap<Key, Vec<Idle>>>>,
+    http2: Mutex<HashMap<Key, (http2::SendRequest<Body>, u32)>>,
 }
 
 impl<C: Connector> Clients<C> {
@@ -92,40 +104,49 @@ impl<C: Connector> Clients<C> {
         Self { connector, http1: Arc::default(), http2: Mutex::default() }
     }
 
-    async fn connect(&self, endpoint: &Endpoint) -> Result<TokioIo<C::Io>, SendError> {
+    /// The transport.
+    pub fn connector(&self) -> &C {
+        &self.connector
+    }
+
+    async fn connect(&self, key: &Key) -> Result<TokioIo<C::Io>, SendError> {
+        let (endpoint, source) = key;
         self.connector
-            .connect(endpoint)
+            .connect(endpoint, *source)
             .await
             .map(TokioIo::new)
             .map_err(|source| SendError::Connect { endpoint: endpoint.address, source })
     }
 
-    /// Sends `request` to `endpoint` over HTTP/2 when `version` is
+    /// Sends `request` from the client at `source` to `endpoint` over
+    /// HTTP/2 when `version` is
     /// HTTP/2, else HTTP/1.1. `max_per_connection` (0: none) retires a
     /// connection after that many requests.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
+        source: SocketAddr,
         version: Version,
         request: Request<Body>,
         max_per_connection: u32,
     ) -> Result<Response<Incoming>, SendError> {
+        let key = (endpoint.clone(), source);
         if version == Version::HTTP_2 {
-            self.send_http2(endpoint, request, max_per_connection).await
+            self.send_http2(key, request, max_per_connection).await
         } else {
-            self.send_http1(endpoint, request, max_per_connection).await
+            self.send_http1(key, request, max_per_connection).await
         }
     }
 
     async fn send_http2(
         &self,
-        endpoint: &Endpoint,
+        key: Key,
         mut request: Request<Body>,
         max_per_connection: u32,
     ) -> Result<Response<Incoming>, SendError> {
         let reusable = {
             let mut pool = self.http2.lock().unwrap_or_else(|p| p.into_inner());
-            match pool.get_mut(endpoint) {
+            match pool.get_mut(&key) {
                 Some((sender, used))
                     if !sender.is_closed()
                         && (max_per_connection == 0 || *used < max_per_connection) =>
@@ -134,7 +155,7 @@ impl<C: Connector> Clients<C> {
                     Some(sender.clone())
                 }
                 Some(_) => {
-                    pool.remove(endpoint);
+                    pool.remove(&key);
                     None
                 }
                 None => None,
@@ -143,11 +164,11 @@ impl<C: Connector> Clients<C> {
         let mut sender = match reusable {
             Some(s) => s,
             None => {
-                let io = self.connect(endpoint).await?;
-                let (sender, connection) =
-                    http2::Builder::new(TokioExecutor::new()).handshake(io).await.map_err(
-                        |source| SendError::Handshake { endpoint: endpoint.address, source },
-                    )?;
+                let io = self.connect(&key).await?;
+                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|source| SendError::Handshake { endpoint: key.0.address, source })?;
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
@@ -156,7 +177,7 @@ impl<C: Connector> Clients<C> {
                 self.http2
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(endpoint.clone(), (sender.clone(), 1));
+                    .insert(key.clone(), (sender.clone(), 1));
                 sender
             }
         };
@@ -164,29 +185,29 @@ impl<C: Connector> Clients<C> {
         sender
             .send_request(request)
             .await
-            .map_err(|source| SendError::Reset { endpoint: endpoint.address, source })
+            .map_err(|source| SendError::Reset { endpoint: key.0.address, source })
     }
 
     async fn send_http1(
         &self,
-        endpoint: &Endpoint,
+        key: Key,
         mut request: Request<Body>,
         max_per_connection: u32,
     ) -> Result<Response<Incoming>, SendError> {
         let idle = {
             let mut pool = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-            let list = pool.entry(endpoint.clone()).or_default();
+            let list = pool.entry(key.clone()).or_default();
             list.retain(|i| !i.sender.is_closed());
             list.pop()
         };
         let (mut sender, used) = match idle {
             Some(i) if i.sender.is_ready() => (i.sender, i.used),
             _ => {
-                let io = self.connect(endpoint).await?;
-                let (sender, connection) =
-                    http1::Builder::new().handshake(io).await.map_err(|source| {
-                        SendError::Handshake { endpoint: endpoint.address, source }
-                    })?;
+                let io = self.connect(&key).await?;
+                let (sender, connection) = http1::Builder::new()
+                    .handshake(io)
+                    .await
+                    .map_err(|source| SendError::Handshake { endpoint: key.0.address, source })?;
                 tokio::spawn(async move {
                     if let Err(e) = connection.with_upgrades().await {
                         tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
@@ -200,17 +221,17 @@ impl<C: Connector> Clients<C> {
         let response = sender
             .send_request(request)
             .await
-            .map_err(|source| SendError::Reset { endpoint: endpoint.address, source })?;
+            .map_err(|source| SendError::Reset { endpoint: key.0.address, source })?;
         let used = used + 1;
         // Back to the pool once the answer has been read, unless it was an
         // upgrade (the connection is the caller's now) or it is used up.
         if !upgrade && (max_per_connection == 0 || used < max_per_connection) {
             let pool = self.http1.clone();
-            let endpoint = endpoint.clone();
+            let key = key.clone();
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
                     let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-                    let list = pool.entry(endpoint).or_default();
+                    let list = pool.entry(key).or_default();
                     if list.len() < IDLE_PER_ENDPOINT {
                         list.push(Idle { sender, used });
                     }

@@ -88,6 +88,9 @@ pub struct EngineSettings {
     pub max_header_list_size: u32,
     /// Streams at once per HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// How long the first bytes on an undeclared port are awaited before
+    /// the connection is taken for TCP (a server-speaks-first protocol).
+    pub detect_timeout: Duration,
 }
 
 impl Default for EngineSettings {
@@ -99,6 +102,7 @@ impl Default for EngineSettings {
             max_header_bytes: 64 * 1024,
             max_header_list_size: 64 * 1024,
             max_concurrent_streams: 1024,
+            detect_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -270,6 +274,70 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
     /// The proxy's view of destinations.
     pub fn destinations(&self) -> &D {
         &self.destinations
+    }
+
+    /// Serves a tunnel by the protocol of the port it was opened to:
+    /// TCP is proxied as bytes, HTTP served, an undeclared port detected.
+    pub async fn serve_tunnel<I>(self: Arc<Self>, io: I, downstream: Downstream)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let protocol = match &downstream.target {
+            Target::Service { key, port } => {
+                self.destinations.routes(key).map_or(Protocol::Undeclared, |r| r.protocol(*port))
+            }
+            Target::Workload { .. } => Protocol::Undeclared,
+        };
+        match protocol {
+            Protocol::Tcp => self.proxy_tcp(io, downstream).await,
+            Protocol::Http | Protocol::Http2 => self.serve(io, downstream, protocol).await,
+            Protocol::Undeclared => {
+                match crate::detect::detect(io, self.settings.detect_timeout).await {
+                    Ok((crate::detect::Detected::Http, io)) => {
+                        self.serve(io, downstream, protocol).await
+                    }
+                    Ok((crate::detect::Detected::Tcp, io)) => self.proxy_tcp(io, downstream).await,
+                    Err(e) => debug!(error = %e, "tunnel ended before its protocol was known"),
+                }
+            }
+        }
+    }
+
+    /// Proxies `io` as bytes to an endpoint of the target. A failure on
+    /// either side ends both.
+    pub async fn proxy_tcp<I>(self: Arc<Self>, mut io: I, downstream: Downstream)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (group, endpoints, policy) = match &downstream.target {
+            Target::Service { key, port } => (
+                format!("{key}:{port}"),
+                self.destinations.endpoints(key, *port, None),
+                self.destinations.routes(key).map(|r| r.traffic_policy.clone()).unwrap_or_default(),
+            ),
+            Target::Workload { endpoint } => {
+                (endpoint.address.to_string(), vec![endpoint.clone()], TrafficPolicy::default())
+            }
+        };
+        let picked = match self.balancer.pick(&group, &endpoints, &policy, None) {
+            Ok(p) => p,
+            Err(e) => {
+                info!(target: "access", source = %downstream.source, group, error = %e, "tcp connection refused");
+                return;
+            }
+        };
+        match self.clients.connector().connect(&picked.endpoint, downstream.source).await {
+            Ok(mut upstream) => {
+                let result = tokio::io::copy_bidirectional(&mut io, &mut upstream).await;
+                info!(target: "access", source = %downstream.source, upstream = %picked.endpoint.address,
+                    outcome = ?result.as_ref().map_err(ToString::to_string), "tcp connection");
+            }
+            Err(e) => {
+                self.balancer.report(&picked, true, &policy);
+                info!(target: "access", source = %downstream.source, upstream = %picked.endpoint.address,
+                    error = %e, "tcp connection failed");
+            }
+        }
     }
 
     /// Serves HTTP on `io` until the client closes it. `protocol` is the
@@ -687,6 +755,7 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
                 *request.version_mut() = upstream_version;
                 let send = engine.clients.send(
                     &picked.endpoint,
+                    source,
                     upstream_version,
                     request,
                     policy.max_requests_per_connection,
@@ -831,7 +900,13 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
             let request = Request::from_parts(parts, body::full(body));
             if let Ok(response) = self
                 .clients
-                .send(&picked.endpoint, version, request, policy.max_requests_per_connection)
+                .send(
+                    &picked.endpoint,
+                    source,
+                    version,
+                    request,
+                    policy.max_requests_per_connection,
+                )
                 .await
             {
                 // Read and drop the answer so the connection can be reused.

@@ -104,7 +104,7 @@ struct Tcp;
 impl Connector for Tcp {
     type Io = TcpStream;
 
-    async fn connect(&self, endpoint: &Endpoint) -> std::io::Result<TcpStream> {
+    async fn connect(&self, endpoint: &Endpoint, _: SocketAddr) -> std::io::Result<TcpStream> {
         TcpStream::connect(endpoint.address).await
     }
 }

@@ -23,7 +23,11 @@ struct Counting(Arc<AtomicU32>);
 impl Connector for Counting {
     type Io = DuplexStream;
 
-    async fn connect(&self, _: &Endpoint) -> std::io::Result<DuplexStream> {
+    async fn connect(
+        &self,
+        _: &Endpoint,
+        _: std::net::SocketAddr,
+    ) -> std::io::Result<DuplexStream> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Err(std::io::Error::other("no upstream in this test"))
     }
