@@ -1,0 +1,149 @@
+//! The waypoint: the mesh's destination-side L7 proxy.
+//!
+//! - [`inbound`]: HBONE on 15008, accepting tunnels only to what this
+//!   waypoint fronts, each handed to the `l7` engine;
+//! - [`upstream`]: HBONE tunnels on to the chosen endpoint, with the
+//!   waypoint's own identity;
+//! - [`view`]: what the engine sees of the mesh (WDS services and
+//!   workloads, and the routes);
+//! - [`routes`]: `mesh.l7.ServiceRoutes` from the control plane;
+//! - [`app`]: the assembled process (xDS, certificates, listeners, admin).
+//!
+//! HTTP itself (routing, retries, timeouts, faults, telemetry) is the `l7`
+//! crate's, shared with the sidecar; who may reach a pod is still decided
+//! at the destination's ztunnel.
+
+pub mod app;
+pub mod inbound;
+pub mod routes;
+pub mod upstream;
+pub mod view;
+
+use std::sync::Arc;
+
+use hbone::{H2Settings, HboneServer, Pool, PoolConfig, TcpDialer};
+use l7::EngineSettings;
+use mesh_core::Identity;
+use prometheus_client::registry::Registry;
+use proxy_core::certificates::{CertificateLease, WorkloadCertificates};
+use proxy_core::store::WorkloadStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::inbound::{WaypointEngine, WaypointHandler, WaypointName};
+use crate::routes::RoutesStore;
+use crate::upstream::HboneConnector;
+use crate::view::MeshView;
+
+/// What a waypoint is made of, before it serves.
+pub struct Parts {
+    /// Which waypoint.
+    pub me: WaypointName,
+    /// Its identity.
+    pub identity: Identity,
+    /// The network it is on.
+    pub network: String,
+    /// Pods' HBONE port.
+    pub hbone_port: u16,
+    /// Workloads and services.
+    pub store: Arc<WorkloadStore>,
+    /// Routes.
+    pub routes: Arc<RoutesStore>,
+    /// Certificates.
+    pub certs: Arc<WorkloadCertificates>,
+    /// Engine limits.
+    pub settings: EngineSettings,
+}
+
+/// A running waypoint's shared state.
+pub struct Waypoint {
+    /// The engine.
+    pub engine: Arc<WaypointEngine>,
+    /// Who it is.
+    pub me: WaypointName,
+    /// Its identity.
+    pub identity: Identity,
+    /// Certificates.
+    pub certs: Arc<WorkloadCertificates>,
+    network: String,
+    _lease: CertificateLease,
+}
+
+impl Waypoint {
+    /// Builds the engine and starts keeping the waypoint's certificate.
+    pub fn new(parts: Parts, registry: &mut Registry) -> Arc<Self> {
+        let lease = parts.certs.acquire(&parts.identity);
+        let connector = HboneConnector {
+            store: parts.store.clone(),
+            certs: parts.certs.clone(),
+            identity: parts.identity.clone(),
+            pool: Pool::new(PoolConfig::default(), Arc::new(TcpDialer)),
+            hbone_port: parts.hbone_port,
+        };
+        let view = MeshView { store: parts.store, routes: parts.routes };
+        let engine = l7::Engine::new(connector, view, parts.settings, registry);
+        Arc::new(Self {
+            engine,
+            me: parts.me,
+            identity: parts.identity,
+            certs: parts.certs,
+            network: parts.network,
+            _lease: lease,
+        })
+    }
+
+    /// Serves HBONE on `listener` once the certificate is there, swapping
+    /// it on every rotation, until `stop`.
+    pub async fn serve_hbone(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let Some(mut certs) = self.certs.watch(&self.identity) else { return };
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            state = certs.wait_for(|s| s.current.is_some()) => match state {
+                Ok(state) => state.current.clone(),
+                Err(_) => return,
+            },
+        };
+        let Some(first) = first else { return };
+        let configs = hbone::tls::ServerConfigs::new(None);
+        let tls = match configs.get(&first, &[]) {
+            Ok(tls) => tls,
+            Err(e) => {
+                warn!(error = %e, "cannot build the HBONE TLS configuration");
+                return;
+            }
+        };
+        let handler = Arc::new(WaypointHandler {
+            engine: self.engine.clone(),
+            me: self.me.clone(),
+            network: self.network.clone(),
+        });
+        let server = Arc::new(HboneServer::new(tls, handler, H2Settings::default()));
+        let rotation = {
+            let server = server.clone();
+            async move {
+                while certs.changed().await.is_ok() {
+                    let current = certs.borrow_and_update().current.clone();
+                    if let Some(cert) = current {
+                        match configs.get(&cert, &[]) {
+                            Ok(tls) => {
+                                server.set_tls_config(tls);
+                                info!(serial = %cert.info().serial, "HBONE certificate rotated");
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "rotated certificate unusable; keeping the old one")
+                            }
+                        }
+                    }
+                }
+                // The certificate is no longer tracked: keep serving with
+                // the last one until stopped.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = server.run(listener, stop.cancelled()) => {}
+            _ = rotation => {}
+        }
+    }
+}
