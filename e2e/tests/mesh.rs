@@ -657,7 +657,7 @@ fn meshctl_local_up_status_exec_proxy_config_down() {
         &broken,
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: legacy}\n\
          spec: {rules: [{from: [{source: {principal: [cluster.local/ns/ambient-demo/sa/sleep]}}]}]}\n---\n\
-         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: legacy}\nspec: {}\n",
+         apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: r, namespace: legacy}\nspec: {}\n",
     )
     .unwrap();
     let (ok, text) = run(&["local", "apply", "-f", broken.to_str().unwrap(), "--name", &name]);
@@ -666,7 +666,7 @@ fn meshctl_local_up_status_exec_proxy_config_down() {
     assert!(text.contains("AuthorizationPolicy legacy/typo"), "{text}");
     assert!(text.contains("unknown field `principal`"), "{text}");
     assert!(text.contains("is denied"), "what is in force is said: {text}");
-    assert!(text.contains("gateway.networking.k8s.io/v1 HTTPRoute × 1"), "{text}");
+    assert!(text.contains("gateway.networking.k8s.io/v1 GRPCRoute × 1"), "{text}");
     support::eventually("the refused policy denies what it selects", 20, || {
         let mut args = vec!["local", "exec", "ambient-demo/sleep", "--name", &name, "--"];
         args.push(sample.to_str().unwrap());

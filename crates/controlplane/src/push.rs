@@ -22,6 +22,7 @@ struct Before<'a> {
     workloads: HashMap<&'a str, &'a Workload>,
     services: HashMap<String, &'a Service>,
     policies: HashMap<String, &'a Authorization>,
+    routes: HashMap<&'a str, &'a mesh_proto::l7::ServiceRoutes>,
 }
 
 /// Brings `store` to exactly the model's resources. `previous` is the model
@@ -32,6 +33,7 @@ pub fn publish(store: &SnapshotStore, model: &Model, previous: Option<&Model>) {
             workloads: p.workloads.iter().map(|w| (w.uid.as_str(), w)).collect(),
             services: p.services.iter().map(|s| (s.key().to_string(), s)).collect(),
             policies: p.policies.iter().map(|a| (a.key(), a)).collect(),
+            routes: p.routes.by_service.iter().map(|(k, r)| (k.as_str(), r)).collect(),
         })
         .unwrap_or_default();
     let unchanged =
@@ -80,10 +82,21 @@ pub fn publish(store: &SnapshotStore, model: &Model, previous: Option<&Model>) {
             Any::from_msg(&mesh_proto::security::Authorization::from(p)),
         );
     }
+    for (name, routes) in &model.routes.by_service {
+        if unchanged(
+            type_url::SERVICE_ROUTES,
+            name,
+            before.routes.get(name.as_str()) == Some(&routes),
+        ) {
+            untouched.push((type_url::SERVICE_ROUTES, name.clone()));
+            continue;
+        }
+        put(type_url::SERVICE_ROUTES, name.clone(), Any::from_msg(routes));
+    }
     for (type_url, name) in untouched {
         keep.entry(type_url).or_default().insert(name);
     }
-    for type_url in [type_url::ADDRESS, type_url::AUTHORIZATION] {
+    for type_url in [type_url::ADDRESS, type_url::AUTHORIZATION, type_url::SERVICE_ROUTES] {
         let wanted = keep.get(type_url);
         for name in store.names(type_url) {
             if !wanted.is_some_and(|k| k.contains(&name)) {

@@ -23,8 +23,9 @@ struct Filters {
 
 /// The current [`Scopes`] and dry-run policies, as an xDS [`NodeFilter`]:
 /// node proxies and sidecars see everything but the dry-run policies they
-/// cannot evaluate; a waypoint sees only what it fronts (and no L4
-/// policies: its authorization is L7, sent with its own config).
+/// cannot evaluate, and no L7 routes; a waypoint sees only what it fronts
+/// and forwards to, WDS and routes alike (and no L4 policies: its
+/// authorization is L7, sent with its own config).
 #[derive(Default)]
 pub struct ProxyScopes {
     filters: RwLock<Arc<Filters>>,
@@ -58,11 +59,14 @@ fn metadata<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 impl NodeFilter for ProxyScopes {
     fn allows(&self, node: &Node, type_url: &str, name: &str) -> bool {
         if metadata(node, PROXY_TYPE) != Some("waypoint") {
+            if type_url == type_url::SERVICE_ROUTES {
+                return false;
+            }
             return type_url != type_url::AUTHORIZATION
                 || metadata(node, DRY_RUN_AUTHORIZATION) == Some("true")
                 || !self.current().dry_run.contains(name);
         }
-        if type_url != type_url::ADDRESS {
+        if type_url != type_url::ADDRESS && type_url != type_url::SERVICE_ROUTES {
             return false;
         }
         let Some(waypoint) = metadata(node, WAYPOINT) else {

@@ -269,13 +269,18 @@ async fn apply_snapshots(
         }
         crate::push::publish(&store, &model, previous.as_ref().map(|(_, m)| m));
         admin.update(&snapshot, model.warnings.clone(), store.generation());
-        for type_url in [mesh_proto::type_url::ADDRESS, mesh_proto::type_url::AUTHORIZATION] {
+        for type_url in [
+            mesh_proto::type_url::ADDRESS,
+            mesh_proto::type_url::AUTHORIZATION,
+            mesh_proto::type_url::SERVICE_ROUTES,
+        ] {
             admin.set_resources(type_url, store.names(type_url).len());
         }
         info!(
             workloads = model.workloads.len(),
             services = model.services.len(),
             policies = model.policies.len(),
+            service_routes = model.routes.by_service.len(),
             generation = store.generation(),
             "model published"
         );

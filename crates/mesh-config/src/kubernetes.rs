@@ -46,6 +46,9 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     ("security.istio.io", "v1", "PeerAuthentication"),
     ("networking.istio.io", "v1", "ServiceEntry"),
     ("gateway.networking.k8s.io", "v1", "Gateway"),
+    ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+    ("networking.istio.io", "v1", "VirtualService"),
+    ("networking.istio.io", "v1", "DestinationRule"),
 ];
 
 /// Every kind the model reads, cluster-wide (the control plane's view).

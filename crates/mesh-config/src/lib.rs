@@ -6,6 +6,8 @@
 //!   bad objects named and skipped;
 //! - [`security`]: AuthorizationPolicy and PeerAuthentication read
 //!   strictly, a refused one replaced by a fail-closed stand-in;
+//! - [`routing`]: HTTPRoute, VirtualService and DestinationRule, keeping
+//!   the fields we do not apply so they can be reported;
 //! - [`last_valid`]: a broken edit keeps the last valid version in force;
 //! - [`state`]: the set of objects at one moment;
 //! - [`files`]: a directory of YAML, watched for changes (local mesh, CI);
@@ -22,6 +24,7 @@ pub mod istio;
 pub mod kubernetes;
 pub mod last_valid;
 pub mod objects;
+pub mod routing;
 pub mod security;
 pub mod state;
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::istio::{
     AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec, ServiceEntrySpec,
 };
+use super::routing::{DestinationRuleSpec, HttpRouteSpec, VirtualServiceSpec};
 
 /// A namespaced Istio resource: where it is and its spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,9 @@ pub struct Named<S> {
     /// True when this is not the user's object but the fail-closed stand-in
     /// for a security object that was refused (`crate::security`).
     pub fail_closed: bool,
+    /// `metadata.creationTimestamp` (RFC 3339), when the source has one:
+    /// Gateway API breaks ties between routes by age.
+    pub created: Option<String>,
     /// The spec.
     pub spec: S,
 }
@@ -39,6 +43,7 @@ impl Named<()> {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             fail_closed: false,
+            created: None,
             spec: (),
         }
     }
@@ -51,6 +56,7 @@ impl Named<()> {
             labels: self.labels,
             annotations: self.annotations,
             fail_closed: self.fail_closed,
+            created: self.created,
             spec,
         }
     }
@@ -79,6 +85,12 @@ pub enum Object {
     Gateway(Named<GatewaySpec>),
     /// `networking.istio.io` ServiceEntry.
     ServiceEntry(Named<ServiceEntrySpec>),
+    /// `gateway.networking.k8s.io` HTTPRoute.
+    HttpRoute(Box<Named<HttpRouteSpec>>),
+    /// `networking.istio.io` VirtualService.
+    VirtualService(Box<Named<VirtualServiceSpec>>),
+    /// `networking.istio.io` DestinationRule.
+    DestinationRule(Box<Named<DestinationRuleSpec>>),
 }
 
 /// Kind, namespace and name: how errors name an object.
@@ -184,6 +196,11 @@ impl Object {
                 meta("PeerAuthentication", Some(&n.namespace), Some(&n.name))
             }
             Object::Gateway(n) => meta("Gateway", Some(&n.namespace), Some(&n.name)),
+            Object::HttpRoute(n) => meta("HTTPRoute", Some(&n.namespace), Some(&n.name)),
+            Object::VirtualService(n) => meta("VirtualService", Some(&n.namespace), Some(&n.name)),
+            Object::DestinationRule(n) => {
+                meta("DestinationRule", Some(&n.namespace), Some(&n.name))
+            }
             Object::ServiceEntry(n) => meta("ServiceEntry", Some(&n.namespace), Some(&n.name)),
         }
     }
@@ -384,6 +401,15 @@ pub(crate) fn parse_object(value: Value) -> Result<Read, Rejected> {
         ("gateway.networking.k8s.io", "Gateway") => {
             Object::Gateway(named(&value, &reference).map_err(fail)?)
         }
+        ("gateway.networking.k8s.io", "HTTPRoute") => {
+            Object::HttpRoute(Box::new(named(&value, &reference).map_err(fail)?))
+        }
+        ("networking.istio.io", "VirtualService") => {
+            Object::VirtualService(Box::new(named(&value, &reference).map_err(fail)?))
+        }
+        ("networking.istio.io", "DestinationRule") => {
+            Object::DestinationRule(Box::new(named(&value, &reference).map_err(fail)?))
+        }
         _ => return Ok(Read::Ignored(format!("{api_version} {kind}"))),
     };
     Ok(Read::Object(Box::new(object)))
@@ -459,7 +485,17 @@ pub(crate) fn named_meta(
             Some(v) => serde_json::from_value(v.clone()),
         }
     };
-    Ok(Named { labels: map("labels")?, annotations: map("annotations")?, ..Named::bare(reference) })
+    let created = value
+        .get("metadata")
+        .and_then(|m| m.get("creationTimestamp"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Named {
+        labels: map("labels")?,
+        annotations: map("annotations")?,
+        created,
+        ..Named::bare(reference)
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::istio::{
     AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec, ServiceEntrySpec,
 };
 use super::objects::{BadObject, Named, Object};
+use super::routing::{DestinationRuleSpec, HttpRouteSpec, VirtualServiceSpec};
 
 /// (namespace, name).
 pub type Key = (String, String);
@@ -32,6 +33,12 @@ pub struct ClusterState {
     pub gateways: BTreeMap<Key, Named<GatewaySpec>>,
     /// ServiceEntries.
     pub service_entries: BTreeMap<Key, Named<ServiceEntrySpec>>,
+    /// HTTPRoutes.
+    pub http_routes: BTreeMap<Key, Named<HttpRouteSpec>>,
+    /// VirtualServices.
+    pub virtual_services: BTreeMap<Key, Named<VirtualServiceSpec>>,
+    /// DestinationRules.
+    pub destination_rules: BTreeMap<Key, Named<DestinationRuleSpec>>,
     /// Node names.
     pub nodes: std::collections::BTreeSet<String>,
 }
@@ -60,6 +67,9 @@ impl ClusterState {
                 Object::PeerAuthentication(p) => insert(&mut state.peer_authentications, key(), p),
                 Object::Gateway(g) => insert(&mut state.gateways, key(), g),
                 Object::ServiceEntry(e) => insert(&mut state.service_entries, key(), e),
+                Object::HttpRoute(r) => insert(&mut state.http_routes, key(), *r),
+                Object::VirtualService(v) => insert(&mut state.virtual_services, key(), *v),
+                Object::DestinationRule(d) => insert(&mut state.destination_rules, key(), *d),
             };
             if !fresh {
                 bad.push(BadObject::skipped(

@@ -8,6 +8,8 @@
 //! - [`endpoint_slices`]: endpoints of Services without a selector;
 //! - [`service_entries`]: ServiceEntries as services and endpoints;
 //! - [`waypoints`]: which waypoints exist and what each may see;
+//! - [`routes`]: HTTPRoute, VirtualService and DestinationRule as each
+//!   fronted service's L7 routes;
 //! - [`policies`]: AuthorizationPolicy and PeerAuthentication as L4
 //!   `istio.security.Authorization`s, failing closed where L4 cannot say
 //!   what a rule says.
@@ -15,6 +17,7 @@
 pub mod endpoint_slices;
 pub use mesh_config::enrollment;
 pub mod policies;
+pub mod routes;
 pub mod service_entries;
 pub mod waypoints;
 pub mod workloads;
@@ -73,6 +76,8 @@ pub struct Model {
     pub warnings: Vec<Warning>,
     /// What each waypoint may see.
     pub waypoint_scopes: waypoints::Scopes,
+    /// L7 routes of the services waypoints front, and of their backends.
+    pub routes: routes::Routes,
     /// Each pod's outcome, kept so [`Model::update`] can reuse it.
     pods: BTreeMap<(String, String), workloads::PodOutcome>,
 }
@@ -134,7 +139,8 @@ impl Model {
         services.extend(entry_services);
         workloads.extend(entry_workloads);
         waypoints::check_bindings(state, mesh, &mut workloads, &mut services, &mut warnings);
-        let waypoint_scopes = waypoints::scopes(&workloads, &services);
+        let routes = routes::translate(state, mesh, &services, &workloads, &mut warnings);
+        let waypoint_scopes = waypoints::scopes(&workloads, &services, &routes.backends);
         let policies = policies::authorizations(state, mesh, &mut warnings);
         // Selector policies no workload lists select nothing: say so.
         let listed: std::collections::HashSet<&str> = workloads
@@ -158,7 +164,7 @@ impl Model {
                 });
             }
         }
-        Self { workloads, services, policies, warnings, waypoint_scopes, pods }
+        Self { workloads, services, policies, warnings, waypoint_scopes, routes, pods }
     }
 }
 
@@ -172,4 +178,7 @@ fn only_pods_changed(a: &ClusterState, b: &ClusterState) -> bool {
         && a.peer_authentications == b.peer_authentications
         && a.gateways == b.gateways
         && a.service_entries == b.service_entries
+        && a.http_routes == b.http_routes
+        && a.virtual_services == b.virtual_services
+        && a.destination_rules == b.destination_rules
 }

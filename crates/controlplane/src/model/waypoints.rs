@@ -85,8 +85,15 @@ pub fn check_bindings(
 }
 
 /// What each waypoint may see: the services bound to it, the workloads
-/// backing them, and the workloads bound to it directly.
-pub fn scopes(workloads: &[Workload], services: &[Service]) -> Scopes {
+/// backing them, the workloads bound to it directly, and the services its
+/// routes forward to (`backends`: fronted service → backend services) with
+/// their workloads. Names are WDS names; a service's name is also the name
+/// of its `ServiceRoutes`.
+pub fn scopes(
+    workloads: &[Workload],
+    services: &[Service],
+    backends: &BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Scopes {
     let key_of = |h: &NamespacedHostname| {
         let name = h.hostname.split('.').next().unwrap_or_default();
         format!("{}/{name}", h.namespace)
@@ -96,11 +103,21 @@ pub fn scopes(workloads: &[Workload], services: &[Service]) -> Scopes {
         _ => None,
     };
     let mut scopes = Scopes::new();
-    let mut fronted: BTreeMap<NamespacedHostname, String> = BTreeMap::new();
+    // Service → the waypoints that need its workloads.
+    let mut fronted: BTreeMap<NamespacedHostname, std::collections::BTreeSet<String>> =
+        BTreeMap::new();
     for s in services {
         if let Some(waypoint) = bound(&s.waypoint) {
             scopes.entry(waypoint.clone()).or_default().insert(s.key().to_string());
-            fronted.insert(s.key(), waypoint);
+            fronted.entry(s.key()).or_default().insert(waypoint.clone());
+            for backend in backends.get(&s.key().to_string()).into_iter().flatten() {
+                let Some((namespace, hostname)) = backend.split_once('/') else { continue };
+                let key =
+                    NamespacedHostname { namespace: namespace.into(), hostname: hostname.into() };
+                scopes.entry(waypoint.clone()).or_default().insert(backend.clone());
+                // Its workloads follow below, as a fronted service's do.
+                fronted.entry(key).or_default().insert(waypoint.clone());
+            }
         }
     }
     for w in workloads {
@@ -108,7 +125,7 @@ pub fn scopes(workloads: &[Workload], services: &[Service]) -> Scopes {
             scopes.entry(waypoint).or_default().insert(w.uid.clone());
         }
         for service in w.services.keys() {
-            if let Some(waypoint) = fronted.get(service) {
+            for waypoint in fronted.get(service).into_iter().flatten() {
                 scopes.entry(waypoint.clone()).or_default().insert(w.uid.clone());
             }
         }
