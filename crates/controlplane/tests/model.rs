@@ -242,6 +242,14 @@ fn a_waypoint_sees_only_what_it_fronts() {
     let ours = node(&[(PROXY_TYPE, "ztunnel"), (DRY_RUN_AUTHORIZATION, "true")]);
     assert!(filter.allows(&ours, authorization, "apps/dry"));
     assert!(!filter.allows(&waypoint, authorization, "apps/dry"));
+
+    // L7 routes: a waypoint gets those of what it fronts; no other proxy
+    // gets any, whatever it says about itself.
+    let routes = mesh_proto::type_url::SERVICE_ROUTES;
+    assert!(filter.allows(&waypoint, routes, "apps/web.apps.svc.cluster.local"));
+    assert!(!filter.allows(&waypoint, routes, "legacy/other.legacy.svc.cluster.local"));
+    assert!(!filter.allows(&ztunnel, routes, "apps/web.apps.svc.cluster.local"));
+    assert!(!filter.allows(&ours, routes, "apps/web.apps.svc.cluster.local"), "dry-run flag opens nothing else");
 }
 
 #[test]
