@@ -249,7 +249,10 @@ fn a_waypoint_sees_only_what_it_fronts() {
     assert!(filter.allows(&waypoint, routes, "apps/web.apps.svc.cluster.local"));
     assert!(!filter.allows(&waypoint, routes, "legacy/other.legacy.svc.cluster.local"));
     assert!(!filter.allows(&ztunnel, routes, "apps/web.apps.svc.cluster.local"));
-    assert!(!filter.allows(&ours, routes, "apps/web.apps.svc.cluster.local"), "dry-run flag opens nothing else");
+    assert!(
+        !filter.allows(&ours, routes, "apps/web.apps.svc.cluster.local"),
+        "dry-run flag opens nothing else"
+    );
 }
 
 #[test]

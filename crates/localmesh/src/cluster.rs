@@ -3,7 +3,8 @@
 //! Layout (all addresses live inside namespaces the cluster made, so
 //! clusters never collide on addresses, only on names):
 //! - `ml-<name>-fabric`: bridge `br0` 172.30.0.254/24, where the control
-//!   plane listens; each node's `eth0` (172.30.0.<i>) plugs into it.
+//!   plane listens; each node's `eth0` (172.30.0.<i>) plugs into it, and a
+//!   route to each node's pod CIDR goes through that node.
 //! - `ml-<name>-<node>`: node i, bridge `br0` 10.244.<i>.1/24 for its pods,
 //!   forwarding on, a route to every other node's pod CIDR. The node agent
 //!   and ztunnel run here.
@@ -37,7 +38,8 @@ pub struct Options {
     pub name: String,
     /// Where state, configuration, the CA and logs go.
     pub state_dir: PathBuf,
-    /// Where `controlplane`, `ztunnel`, `mesh-cni` and `mesh-sample` are.
+    /// Where `controlplane`, `ztunnel`, `mesh-cni`, `waypoint` and
+    /// `mesh-sample` are.
     pub bin_dir: PathBuf,
     /// Nodes that run another ztunnel than `bin_dir`'s, by node name.
     pub ztunnels: BTreeMap<String, NodeZtunnel>,
@@ -333,6 +335,11 @@ impl Cluster {
             });
         }
         let nodes = self.state.nodes.clone();
+        // The fabric reaches every node's pods (a waypoint pod talks to the
+        // control plane from its own address).
+        for node in &nodes {
+            ip(&["-n", &fabric, "route", "add", &node.pod_cidr, "via", &node.ip.to_string()])?;
+        }
         for (i, node) in nodes.iter().enumerate() {
             for (j, other) in nodes.iter().enumerate() {
                 if i != j {
@@ -541,26 +548,78 @@ impl Cluster {
             })?;
         }
 
-        // The containers.
+        // The containers, with the downward API's names in their environment.
         for pod in &spec.pods {
             let Some(info) = self.pod(&pod.namespace, &pod.name).cloned() else { continue };
+            let env = [
+                ("POD_NAME".to_string(), pod.name.clone()),
+                ("POD_NAMESPACE".to_string(), pod.namespace.clone()),
+                ("INSTANCE_IP".to_string(), info.ip.to_string()),
+            ];
             for (i, command) in pod.commands.iter().enumerate() {
                 let program = self.resolve(&command[0]);
                 let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
                 let log = format!("{}-{}-{i}", pod.namespace, pod.name);
-                let pid = self.spawn_program(&info.netns, &program, &args, &[], None, &log)?;
+                let pid = self.spawn_program(&info.netns, &program, &args, &env, None, &log)?;
+                if let Some(p) = self.state.pods.iter_mut().find(|p| p.netns == info.netns) {
+                    p.containers.push(pid);
+                }
+            }
+            if let Some(gateway) = &pod.waypoint {
+                let token = dir.join("nodes").join(&info.node).join("token").display().to_string();
+                let label = waypoint_label(&pod.namespace, gateway);
+                let pid = self.spawn_with(
+                    &info.netns,
+                    "waypoint",
+                    &[
+                        "--name",
+                        gateway,
+                        "--namespace",
+                        &pod.namespace,
+                        "--service-account",
+                        gateway,
+                        "--instance-ip",
+                        &info.ip.to_string(),
+                        "--xds-address",
+                        &format!("{cp}:15012"),
+                        "--root-cert",
+                        &root.display().to_string(),
+                        // The node's token, naming the waypoint's identity:
+                        // the CA checks that a pod with it runs on the node.
+                        "--ca-token-file",
+                        &token,
+                        "--ca-impersonate",
+                    ],
+                    Vec::new(),
+                    None,
+                    &label,
+                )?;
                 if let Some(p) = self.state.pods.iter_mut().find(|p| p.netns == info.netns) {
                     p.containers.push(pid);
                 }
             }
         }
         self.save()?;
+        for pod in spec.pods.iter().filter(|p| p.waypoint.is_some()) {
+            let Some(info) = self.pod(&pod.namespace, &pod.name).cloned() else { continue };
+            let label = waypoint_label(&pod.namespace, pod.waypoint.as_deref().unwrap_or_default());
+            let log = dir_s(&format!("logs/{label}.log"));
+            wait(
+                &format!("waypoint {}/{}", pod.namespace, pod.name),
+                &log,
+                Duration::from_secs(60),
+                || {
+                    http_get(&info.netns, SocketAddr::new(info.ip, 15021), "/healthz/ready")
+                        .is_ok_and(|(status, _)| status == 200)
+                },
+            )?;
+        }
         Ok(())
     }
 
     /// Our binaries by name from the bin dir; anything else as given.
     fn resolve(&self, program: &str) -> String {
-        let ours = ["mesh-sample", "controlplane", "ztunnel", "mesh-cni"];
+        let ours = ["mesh-sample", "controlplane", "ztunnel", "mesh-cni", "waypoint"];
         if ours.contains(&program) {
             self.options.bin_dir.join(program).display().to_string()
         } else {
@@ -891,6 +950,12 @@ fn running_pod(object: &Value, info: &PodInfo, node: &NodeInfo) -> Value {
         "conditions": [{"type": "Ready", "status": "True"}],
     });
     pod
+}
+
+/// The component label of a waypoint (`waypoint-<namespace>-<gateway>`),
+/// for `stop`/`start` and its log file.
+pub fn waypoint_label(namespace: &str, gateway: &str) -> String {
+    format!("waypoint-{namespace}-{gateway}")
 }
 
 /// Writes a file only root can read (bootstrap tokens).

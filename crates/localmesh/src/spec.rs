@@ -19,6 +19,9 @@ pub struct PodSpec {
     pub object: Value,
     /// The commands of its containers (`command` + `args`).
     pub commands: Vec<Vec<String>>,
+    /// For a waypoint's pod: the Gateway it serves (the cluster starts the
+    /// `waypoint` binary for it, as istiod's deployment controller would).
+    pub waypoint: Option<String>,
 }
 
 /// What a directory describes.
@@ -102,6 +105,12 @@ impl ClusterSpec {
                 "Node" => spec.nodes.push(name_of(&doc, &kind)?),
                 "Pod" => spec.pods.push(pod_from(doc.clone(), &kind)?),
                 "Deployment" => spec.pods.extend(expand_deployment(&doc)?),
+                "Gateway" if doc["spec"]["gatewayClassName"] == "istio-waypoint" => {
+                    let (pod, service) = waypoint_for(&doc)?;
+                    spec.pods.push(pod);
+                    spec.objects.push(service);
+                    spec.objects.push(doc);
+                }
                 _ => spec.objects.push(doc),
             }
         }
@@ -180,7 +189,39 @@ fn pod_from(mut doc: Value, kind: &str) -> Result<PodSpec, SpecError> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(PodSpec { name, namespace, node, object: doc, commands })
+    Ok(PodSpec { name, namespace, node, object: doc, commands, waypoint: None })
+}
+
+/// What istiod deploys for an `istio-waypoint` Gateway: one pod running
+/// the waypoint under a service account named after the Gateway, and a
+/// Service of the Gateway's name in front of it (what bindings resolve).
+/// Neither is captured or bound to a waypoint itself.
+fn waypoint_for(gateway: &Value) -> Result<(PodSpec, Value), SpecError> {
+    let name = name_of(gateway, "Gateway")?;
+    let namespace = gateway["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+    let labels = json!({
+        "gateway.networking.k8s.io/gateway-name": name,
+        "istio.io/dataplane-mode": "none",
+        "istio.io/use-waypoint": "none",
+    });
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("{name}-0"), "namespace": namespace, "labels": labels},
+        "spec": {"serviceAccountName": name, "containers": [{"name": "waypoint", "image": "waypoint"}]},
+    });
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"istio.io/use-waypoint": "none"}},
+        "spec": {
+            "selector": {"gateway.networking.k8s.io/gateway-name": name},
+            "ports": [{"name": "mesh", "port": 15008, "protocol": "TCP"}],
+        },
+    });
+    let mut pod = pod_from(pod, "Pod")?;
+    pod.waypoint = Some(name);
+    Ok((pod, service))
 }
 
 fn expand_deployment(doc: &Value) -> Result<Vec<PodSpec>, SpecError> {

@@ -15,7 +15,7 @@ pub use testkit::netns::is_root;
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-    for bin in ["controlplane", "ztunnel", "mesh-cni", "mesh-sample"] {
+    for bin in ["controlplane", "ztunnel", "mesh-cni", "waypoint", "mesh-sample"] {
         assert!(
             dir.join(bin).exists(),
             "{} missing: build the workspace's binaries first (scripts/test.sh does)",

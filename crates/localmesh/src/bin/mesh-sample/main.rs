@@ -3,9 +3,13 @@
 //! [--message TEXT]` (HTTP/1.1: answers every request with TEXT), `mesh-sample greeter --port P` (speaks first, then
 //! echoes), `mesh-sample sink --port P` (reads until EOF, answers the
 //! byte count: for throughput measurements), `mesh-sample whoami --port P`
-//! (answers each connection with the client's address as it sees it), and
-//! the client
-//! `mesh-sample connect HOST:PORT [--send TEXT]` (prints the reply).
+//! (answers each connection with the client's address as it sees it),
+//! `mesh-sample http-echo --port P` (HTTP/1.1 and HTTP/2: answers with the
+//! request it received as JSON; `web.rs`), and the clients
+//! `mesh-sample connect HOST:PORT [--send TEXT]` (prints the reply) and
+//! `mesh-sample request URL ...` (HTTP requests, summarised as JSON).
+
+mod web;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,6 +18,14 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag =
         |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    match args.first().map(String::as_str) {
+        Some("http-echo") => {
+            let port: u16 = flag("--port").unwrap_or_else(|| "8080".into()).parse()?;
+            return web::serve(port);
+        }
+        Some("request") => return web::request(&args[1..]),
+        _ => {}
+    }
     if args.first().map(String::as_str) == Some("connect") {
         let usage = || anyhow::anyhow!("usage: mesh-sample connect HOST:PORT [--send TEXT]");
         let target = args.get(1).ok_or_else(usage)?;

@@ -1,0 +1,194 @@
+//! The waypoint in a local cluster: a namespace bound to a waypoint, its
+//! HTTP routed by VirtualService, DestinationRule and HTTPRoute, with
+//! retries, timeouts, faults, gRPC and WebSocket passing, Istio's metrics,
+//! and traffic refused (never sent around it) when the waypoint is down.
+
+mod support;
+
+use serde_json::Value;
+use support::{cluster, is_root, run_in_netns};
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: apps}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sleep, namespace: apps}
+spec: {nodeName: node-a, serviceAccountName: sleep, containers: [{name: sleep, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v1, namespace: apps, labels: {app: reviews, version: v1}}
+spec:
+  nodeName: node-b
+  serviceAccountName: reviews
+  containers: [{name: app, image: none, command: [mesh-sample, http-echo, --port, "9080"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reviews-v2, namespace: apps, labels: {app: reviews, version: v2}}
+spec:
+  nodeName: node-b
+  serviceAccountName: reviews
+  containers: [{name: app, image: none, command: [mesh-sample, http-echo, --port, "9080"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: apps}
+spec: {clusterIP: 10.96.0.40, selector: {app: reviews}, ports: [{name: http, port: 80, targetPort: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: apps}
+spec: {clusterIP: 10.96.0.41, selector: {app: reviews}, ports: [{name: http, port: 80, targetPort: 9080}]}
+"#;
+
+const ROUTES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: apps}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: apps}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{uri: {exact: /flaky}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+    retries: {attempts: 3, retryOn: 5xx}
+  - match: [{headers: {x-fault: {exact: abort}}}]
+    route: [{destination: {host: reviews}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 90}
+    - {destination: {host: reviews, subset: v2}, weight: 10}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ratings, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: ratings, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    backendRefs: [{name: ratings, port: 80}]
+    timeouts: {request: 500ms}
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /rewritten}}}]
+    backendRefs: [{name: ratings, port: 80}]
+  - backendRefs: [{name: ratings, port: 80}]
+"#;
+
+/// `mesh-sample request` from the sleep pod; its JSON summary.
+fn request(netns: &str, url: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["request", url];
+    args.extend_from_slice(extra);
+    let sample = support::bin_dir().join("mesh-sample");
+    let (out, _) = run_in_netns(netns, sample.to_str().unwrap(), &args);
+    serde_json::from_str(out.trim()).unwrap_or(Value::Null)
+}
+
+fn count(summary: &Value, group: &str, key: &str) -> u64 {
+    summary[group][key].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let (c, state) = cluster("waypoint", MESH);
+    let sleep = c.pod("apps", "sleep").unwrap().netns.clone();
+    let reviews = "http://10.96.0.40/";
+    support::eventually("HTTP through the waypoint", 30, || {
+        count(&request(&sleep, reviews, &[]), "statuses", "200") == 1
+    });
+    let first = request(&sleep, reviews, &[]);
+    let headers = &first["last"]["headers"];
+    assert!(headers["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")), "{first}");
+
+    c.apply("routes.yaml", &localmesh::spec::parse(ROUTES, "routes").unwrap()).unwrap();
+    support::eventually("header routing to v2", 30, || {
+        let s = request(&sleep, reviews, &["--count", "20", "--header", "end-user: jason"]);
+        count(&s, "pods", "reviews-v2") == 20
+    });
+
+    // 90/10 over 1000 requests (σ ≈ 9.5: ±5σ never fails by chance).
+    let split = request(&sleep, reviews, &["--count", "1000"]);
+    let v1 = count(&split, "pods", "reviews-v1");
+    assert_eq!(count(&split, "statuses", "200"), 1000, "{split}");
+    assert!((853..=947).contains(&v1), "v1 got {v1} of 1000: {split}");
+
+    // Every other answer of /flaky is a 503: retries hide them.
+    let flaky = request(&sleep, "http://10.96.0.40/flaky", &["--count", "20"]);
+    assert_eq!(count(&flaky, "statuses", "200"), 20, "{flaky}");
+
+    let abort = request(&sleep, reviews, &["--header", "x-fault: abort"]);
+    assert_eq!(count(&abort, "statuses", "418"), 1, "{abort}");
+
+    // HTTPRoute: a timeout fires; a prefix is rewritten.
+    let slow = request(&sleep, "http://10.96.0.41/delay/3000", &[]);
+    assert_eq!(count(&slow, "statuses", "504"), 1, "{slow}");
+    let rewritten = request(&sleep, "http://10.96.0.41/v2/items", &[]);
+    assert_eq!(rewritten["last"]["path"], "/rewritten/items", "{rewritten}");
+
+    // gRPC (HTTP/2 with trailers) and a WebSocket pass.
+    let grpc = request(&sleep, "http://10.96.0.41/pkg.Service/Call", &["--grpc"]);
+    assert_eq!(grpc["last"]["trailers"]["grpc-status"], "0", "{grpc}");
+    assert_eq!(grpc["last"]["message"]["version"], "HTTP/2.0", "{grpc}");
+    let ws = request(&sleep, "http://10.96.0.41/ws", &["--upgrade"]);
+    assert_eq!(ws["last"]["upgraded"], "ping over the upgraded connection", "{ws}");
+
+    // Istio's metrics, reported by the waypoint.
+    let wp = c.pod("apps", "waypoint-0").unwrap();
+    let metrics =
+        localmesh::net::http_get(&wp.netns, std::net::SocketAddr::new(wp.ip, 15020), "/metrics")
+            .unwrap()
+            .1;
+    let ok = support::sample(
+        &metrics,
+        "istio_requests_total",
+        &[
+            ("reporter", "waypoint"),
+            ("destination_service", "reviews.apps.svc.cluster.local"),
+            ("source_principal", "spiffe://cluster.local/ns/apps/sa/sleep"),
+            ("destination_principal", "spiffe://cluster.local/ns/apps/sa/reviews"),
+            ("response_code", "200"),
+        ],
+    );
+    assert!(ok >= 1000, "{metrics}");
+    assert!(
+        support::sample(
+            &metrics,
+            "istio_requests_total",
+            &[("response_code", "504"), ("response_flags", "UT")]
+        ) >= 1,
+        "{metrics}"
+    );
+
+    // The waypoint down: refused, never sent around it.
+    let label = localmesh::cluster::waypoint_label("apps", "waypoint");
+    let mut c = c;
+    c.stop(&label).unwrap();
+    let down = request(&sleep, reviews, &["--count", "5"]);
+    assert_eq!(count(&down, "statuses", "200"), 0, "{down}");
+    assert_eq!(down["errors"].as_array().map_or(0, Vec::len), 5, "{down}");
+    c.start(&label).unwrap();
+    support::eventually("the waypoint back", 30, || {
+        count(&request(&sleep, reviews, &[]), "statuses", "200") == 1
+    });
+    drop(state);
+}
