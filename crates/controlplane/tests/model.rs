@@ -96,7 +96,11 @@ spec: {type: ExternalName, externalName: example.com}
 "#;
 
 fn model() -> Model {
-    let (objects, bad) = parse_documents(CLUSTER, "cluster.yaml");
+    model_of(CLUSTER)
+}
+
+fn model_of(yaml: &str) -> Model {
+    let (objects, bad) = parse_documents(yaml, "cluster.yaml");
     assert!(bad.is_empty(), "{bad:?}");
     let (state, dup) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
     assert!(dup.is_empty());
@@ -127,11 +131,30 @@ fn running_pods_become_workloads() {
     assert_eq!(web.status, WorkloadStatus::Healthy);
     assert_eq!((web.workload_type, web.workload_name.as_str()), (WorkloadType::Deployment, "web"));
     assert_eq!((web.canonical_name.as_str(), web.canonical_revision.as_str()), ("web", "v2"));
-    match &web.waypoint.as_ref().unwrap().destination {
-        GatewayDestination::Hostname(h) => {
-            assert_eq!(h.hostname, "apps-waypoint.apps.svc.cluster.local")
+    assert!(
+        web.waypoint.is_none(),
+        "by default a waypoint takes traffic to services, not to pods (istio.io/waypoint-for)"
+    );
+    for (takes, pods_bound) in
+        [("all", true), ("workload", true), ("service", false), ("none", false)]
+    {
+        let labelled = CLUSTER.replace(
+            "metadata: {name: apps-waypoint, namespace: apps}",
+            &format!("metadata: {{name: apps-waypoint, namespace: apps, labels: {{istio.io/waypoint-for: {takes}}}}}"),
+        );
+        let m = model_of(&labelled);
+        let web = workload(&m, "web-7d4f9-abcde");
+        assert_eq!(web.waypoint.is_some(), pods_bound, "waypoint-for {takes}");
+        if let Some(w) = &web.waypoint {
+            match &w.destination {
+                GatewayDestination::Hostname(h) => {
+                    assert_eq!(h.hostname, "apps-waypoint.apps.svc.cluster.local")
+                }
+                other => panic!("{other:?}"),
+            }
         }
-        other => panic!("{other:?}"),
+        let service = m.services.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(service.waypoint.is_some(), takes == "all" || takes == "service", "{takes}");
     }
 }
 

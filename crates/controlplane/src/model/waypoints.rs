@@ -15,13 +15,25 @@ pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 /// Waypoint (`namespace/name`) → names of the WDS resources it may see.
 pub type Scopes = BTreeMap<String, BTreeSet<String>>;
 
-/// Hostnames of the waypoints that exist, warning about malformed ones.
+/// The label saying what traffic a waypoint takes: `service` (the
+/// default), `workload`, `all` or `none`.
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+
+/// What traffic a waypoint takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Takes {
+    services: bool,
+    workloads: bool,
+}
+
+/// Hostnames of the waypoints that exist and what each takes, warning
+/// about malformed ones.
 fn existing(
     state: &ClusterState,
     mesh: &MeshConfig,
     warnings: &mut Vec<Warning>,
-) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+) -> BTreeMap<String, Takes> {
+    let mut out = BTreeMap::new();
     for ((namespace, name), gw) in &state.gateways {
         if gw.spec.gateway_class_name != WAYPOINT_CLASS {
             continue;
@@ -37,13 +49,35 @@ fn existing(
                 message: "waypoint has no listener on port 15008 with protocol HBONE".into(),
             });
         }
-        out.insert(format!("{name}.{namespace}.svc.{}", mesh.cluster_domain));
+        let object = || ObjectRef {
+            kind: "Gateway".into(),
+            namespace: Some(namespace.clone()),
+            name: name.clone(),
+        };
+        let takes = match gw.labels.get(WAYPOINT_FOR).map(String::as_str).unwrap_or("service") {
+            "service" => Takes { services: true, workloads: false },
+            "workload" => Takes { services: false, workloads: true },
+            "all" => Takes { services: true, workloads: true },
+            "none" => Takes { services: false, workloads: false },
+            other => {
+                // Unknown: take everything bound to it rather than let
+                // bound traffic go around it.
+                warnings.push(Warning {
+                    object: object(),
+                    message: format!("{WAYPOINT_FOR}={other:?} is not service, workload, all or none; taken as all"),
+                });
+                Takes { services: true, workloads: true }
+            }
+        };
+        out.insert(format!("{name}.{namespace}.svc.{}", mesh.cluster_domain), takes);
     }
     out
 }
 
 /// Drops bindings to waypoints that do not exist (traffic then goes
-/// straight to the destination, as in Istio), with a warning on the object.
+/// straight to the destination, as in Istio), with a warning on the object,
+/// and bindings of a kind the waypoint does not take (`istio.io/waypoint-for`:
+/// by default a waypoint takes traffic addressed to services, not to pods).
 pub fn check_bindings(
     state: &ClusterState,
     mesh: &MeshConfig,
@@ -53,17 +87,35 @@ pub fn check_bindings(
 ) {
     let existing = existing(state, mesh, warnings);
     let mut check = |waypoint: &mut Option<mesh_core::GatewayAddress>, object: ObjectRef| {
-        if let Some(GatewayDestination::Hostname(h)) = waypoint.as_ref().map(|w| &w.destination)
-            && !existing.contains(&h.hostname)
-        {
-            warnings.push(Warning {
-                object,
-                message: format!(
-                    "bound to waypoint {}, which does not exist; binding ignored",
-                    h.hostname
-                ),
-            });
-            *waypoint = None;
+        let Some(GatewayDestination::Hostname(h)) = waypoint.as_ref().map(|w| &w.destination)
+        else {
+            return;
+        };
+        match existing.get(&h.hostname) {
+            None => {
+                warnings.push(Warning {
+                    object,
+                    message: format!(
+                        "bound to waypoint {}, which does not exist; binding ignored",
+                        h.hostname
+                    ),
+                });
+                *waypoint = None;
+            }
+            Some(takes) if object.kind == "Service" && !takes.services => {
+                warnings.push(Warning {
+                    object,
+                    message: format!(
+                        "bound to waypoint {}, which does not take service traffic ({WAYPOINT_FOR}); binding ignored",
+                        h.hostname
+                    ),
+                });
+                *waypoint = None;
+            }
+            // Pods inherit their namespace's binding; a service waypoint
+            // does not take what is addressed to them, as in Istio.
+            Some(takes) if object.kind == "Pod" && !takes.workloads => *waypoint = None,
+            Some(_) => {}
         }
     };
     for w in workloads.iter_mut() {
