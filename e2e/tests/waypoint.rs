@@ -48,6 +48,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: ratings, namespace: apps}
 spec: {clusterIP: 10.96.0.41, selector: {app: reviews}, ports: [{name: http, port: 80, targetPort: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: apps, labels: {istio.io/use-waypoint: second}}
+spec: {clusterIP: 10.96.0.42, selector: {app: reviews}, ports: [{name: http, port: 80, targetPort: 9080}]}
 "#;
 
 const ROUTES: &str = r#"
@@ -179,9 +184,42 @@ fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
         "{metrics}"
     );
 
+    // What the waypoint was sent: the routes of what it fronts.
+    let dump = localmesh::net::ztunnel_admin_json(&wp.netns, "/config_dump").unwrap();
+    let names: Vec<&str> = dump["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["service"] == "apps/reviews.apps.svc.cluster.local")
+        .flat_map(|r| r["routes"].as_array().unwrap().iter().filter_map(|x| x["name"].as_str()))
+        .collect();
+    assert_eq!(names.len(), 4, "{dump}");
+    assert!(names[0].starts_with("VirtualService apps/reviews http 0"), "{names:?}");
+
+    // A waypoint added to the running cluster takes the service bound to it.
+    let mut c = c;
+    c.add_waypoint("apps", "second", Some("service")).unwrap();
+    let second = c.pod("apps", "second-0").unwrap().clone();
+    support::eventually("details through the second waypoint", 30, || {
+        let metrics = localmesh::net::http_get(
+            &second.netns,
+            std::net::SocketAddr::new(second.ip, 15020),
+            "/metrics",
+        )
+        .map(|r| r.1)
+        .unwrap_or_default();
+        count(&request(&sleep, "http://10.96.0.42/", &[]), "statuses", "200") == 1
+            && support::sample(
+                &metrics,
+                "istio_requests_total",
+                &[("destination_service", "details.apps.svc.cluster.local")],
+            ) >= 1
+    });
+    c.remove_waypoint("apps", "second").unwrap();
+    assert!(c.pod("apps", "second-0").is_none());
+
     // The waypoint down: refused, never sent around it.
     let label = localmesh::cluster::waypoint_label("apps", "waypoint");
-    let mut c = c;
     c.stop(&label).unwrap();
     let down = request(&sleep, reviews, &["--count", "5"]);
     assert_eq!(count(&down, "statuses", "200"), 0, "{down}");

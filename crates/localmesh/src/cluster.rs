@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::environment::environment_for;
 use crate::net::{NetError, delete_netns, http_get, ip, netns_with_prefix};
-use crate::spec::ClusterSpec;
+use crate::spec::{ClusterSpec, PodSpec};
 
 /// The control plane's address in the fabric.
 pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 254);
@@ -381,40 +381,8 @@ impl Cluster {
             if *host > 250 {
                 return Err(ClusterError::Spec(format!("node {} has too many pods", node.name)));
             }
-            let address = Ipv4Addr::new(10, 244, (index + 1) as u8, *host);
-            let ns = self.netns(format!("{}{}-{}", self.prefix(), pod.namespace, pod.name))?;
-            let peer = format!("p{host}");
-            ip(&[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                &ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &peer,
-                "netns",
-                &node.netns,
-            ])?;
-            ip(&["-n", &node.netns, "link", "set", &peer, "master", "br0", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "route", "add", "default", "via", &format!("10.244.{}.1", index + 1)])?;
-            let info = PodInfo {
-                name: pod.name.clone(),
-                namespace: pod.namespace.clone(),
-                node: node.name.clone(),
-                ip: IpAddr::V4(address),
-                netns: ns,
-                containers: Vec::new(),
-            };
-            let object = running_pod(&pod.object, &info, node);
-            self.spec_pods.insert((pod.namespace.clone(), pod.name.clone()), object.clone());
+            let object = self.add_pod_network(pod, index, *host)?;
             pod_objects.push(object);
-            self.state.pods.push(info);
-            self.save()?;
         }
 
         // What the control plane and node agents read.
@@ -565,56 +533,229 @@ impl Cluster {
                     p.containers.push(pid);
                 }
             }
-            if let Some(gateway) = &pod.waypoint {
-                let token = dir.join("nodes").join(&info.node).join("token").display().to_string();
-                let label = waypoint_label(&pod.namespace, gateway);
-                let pid = self.spawn_with(
-                    &info.netns,
-                    "waypoint",
-                    &[
-                        "--name",
-                        gateway,
-                        "--namespace",
-                        &pod.namespace,
-                        "--service-account",
-                        gateway,
-                        "--instance-ip",
-                        &info.ip.to_string(),
-                        "--xds-address",
-                        &format!("{cp}:15012"),
-                        "--root-cert",
-                        &root.display().to_string(),
-                        // The node's token, naming the waypoint's identity:
-                        // the CA checks that a pod with it runs on the node.
-                        "--ca-token-file",
-                        &token,
-                        "--ca-impersonate",
-                    ],
-                    Vec::new(),
-                    None,
-                    &label,
-                )?;
-                if let Some(p) = self.state.pods.iter_mut().find(|p| p.netns == info.netns) {
-                    p.containers.push(pid);
-                }
+            if pod.waypoint.is_some() {
+                self.start_waypoint(pod, &info)?;
             }
         }
         self.save()?;
         for pod in spec.pods.iter().filter(|p| p.waypoint.is_some()) {
-            let Some(info) = self.pod(&pod.namespace, &pod.name).cloned() else { continue };
-            let label = waypoint_label(&pod.namespace, pod.waypoint.as_deref().unwrap_or_default());
-            let log = dir_s(&format!("logs/{label}.log"));
-            wait(
-                &format!("waypoint {}/{}", pod.namespace, pod.name),
-                &log,
-                Duration::from_secs(60),
-                || {
-                    http_get(&info.netns, SocketAddr::new(info.ip, 15021), "/healthz/ready")
-                        .is_ok_and(|(status, _)| status == 200)
-                },
-            )?;
+            self.wait_waypoint(pod)?;
         }
         Ok(())
+    }
+
+    /// A pod's namespace, address and link to its node (host `host` of
+    /// node `index`); returns its object as the control plane sees it.
+    fn add_pod_network(
+        &mut self,
+        pod: &PodSpec,
+        index: usize,
+        host: u8,
+    ) -> Result<Value, ClusterError> {
+        let node = self.state.nodes[index].clone();
+        let address = Ipv4Addr::new(10, 244, (index + 1) as u8, host);
+        let ns = self.netns(format!("{}{}-{}", self.prefix(), pod.namespace, pod.name))?;
+        let peer = format!("p{host}");
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &node.netns,
+        ])?;
+        ip(&["-n", &node.netns, "link", "set", &peer, "master", "br0", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", &format!("10.244.{}.1", index + 1)])?;
+        let info = PodInfo {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            node: node.name.clone(),
+            ip: IpAddr::V4(address),
+            netns: ns,
+            containers: Vec::new(),
+        };
+        let object = running_pod(&pod.object, &info, &node);
+        self.spec_pods.insert((pod.namespace.clone(), pod.name.clone()), object.clone());
+        self.state.pods.push(info);
+        self.save()?;
+        Ok(object)
+    }
+
+    /// Starts the `waypoint` binary for a waypoint's pod, with its node's
+    /// token naming the waypoint's identity (the CA checks that a pod with
+    /// it runs on the node).
+    fn start_waypoint(&mut self, pod: &PodSpec, info: &PodInfo) -> Result<(), ClusterError> {
+        let gateway = pod.waypoint.clone().unwrap_or_default();
+        let dir = self.options.state_dir.clone();
+        let token = dir.join("nodes").join(&info.node).join("token").display().to_string();
+        let root = dir.join("ca/root-cert.pem").display().to_string();
+        let label = waypoint_label(&pod.namespace, &gateway);
+        let pid = self.spawn_with(
+            &info.netns,
+            "waypoint",
+            &[
+                "--name",
+                &gateway,
+                "--namespace",
+                &pod.namespace,
+                "--service-account",
+                &gateway,
+                "--instance-ip",
+                &info.ip.to_string(),
+                "--xds-address",
+                &format!("{CONTROL_PLANE_IP}:15012"),
+                "--root-cert",
+                &root,
+                "--ca-token-file",
+                &token,
+                "--ca-impersonate",
+            ],
+            Vec::new(),
+            None,
+            &label,
+        )?;
+        if let Some(p) = self.state.pods.iter_mut().find(|p| p.netns == info.netns) {
+            p.containers.push(pid);
+        }
+        self.save()
+    }
+
+    /// Waits until a waypoint's pod answers ready.
+    fn wait_waypoint(&self, pod: &PodSpec) -> Result<(), ClusterError> {
+        let Some(info) = self.pod(&pod.namespace, &pod.name).cloned() else { return Ok(()) };
+        let label = waypoint_label(&pod.namespace, pod.waypoint.as_deref().unwrap_or_default());
+        let log = self.options.state_dir.join(format!("logs/{label}.log")).display().to_string();
+        wait(
+            &format!("waypoint {}/{}", pod.namespace, pod.name),
+            &log,
+            Duration::from_secs(60),
+            || {
+                http_get(&info.netns, SocketAddr::new(info.ip, 15021), "/healthz/ready")
+                    .is_ok_and(|(status, _)| status == 200)
+            },
+        )
+    }
+
+    /// Reopens a running cluster (for `meshctl`): its state and pods. The
+    /// handle leaves the cluster running when dropped.
+    pub fn reopen(options: Options) -> Result<Self, ClusterError> {
+        let state = Self::read_state(&options.state_dir)?;
+        let path = options.state_dir.join("config/pods.yaml");
+        let text =
+            std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?;
+        let pods = crate::spec::parse(&text, "pods.yaml")
+            .map_err(|e| ClusterError::Spec(e.to_string()))?;
+        let spec_pods = pods
+            .into_iter()
+            .map(|p| {
+                let key = (
+                    p["metadata"]["namespace"].as_str().unwrap_or("default").to_string(),
+                    p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                );
+                (key, p)
+            })
+            .collect();
+        Ok(Self { options, state, spec_pods, down_on_drop: false })
+    }
+
+    /// Adds a waypoint to a running cluster, as applying an
+    /// `istio-waypoint` Gateway does in Kubernetes: the Gateway (labelled
+    /// `istio.io/waypoint-for` when `waypoint_for` is given), its Service
+    /// and its pod, started and waited for.
+    pub fn add_waypoint(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        waypoint_for: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        if self.state.components.iter().any(|c| c.label == waypoint_label(namespace, name)) {
+            return Err(ClusterError::Spec(format!("waypoint {namespace}/{name} exists already")));
+        }
+        let mut gateway = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "gatewayClassName": "istio-waypoint",
+                "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+            },
+        });
+        if let Some(takes) = waypoint_for {
+            set_label(&mut gateway, "istio.io/waypoint-for", Some(takes));
+        }
+        let (pod, service) =
+            crate::spec::waypoint_for(&gateway).map_err(|e| ClusterError::Spec(e.to_string()))?;
+        // The node with the fewest pods, and its next free address.
+        let (index, node) = self
+            .state
+            .nodes
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| self.state.pods.iter().filter(|p| p.node == n.name).count())
+            .ok_or_else(|| ClusterError::Spec("the cluster has no nodes".into()))?;
+        let node = node.name.clone();
+        let host = self
+            .state
+            .pods
+            .iter()
+            .filter(|p| p.node == node)
+            .filter_map(|p| match p.ip {
+                IpAddr::V4(v4) => Some(v4.octets()[3]),
+                IpAddr::V6(_) => None,
+            })
+            .max()
+            .unwrap_or(1)
+            .checked_add(1)
+            .filter(|h| *h <= 250)
+            .ok_or_else(|| ClusterError::Spec(format!("node {node} has too many pods")))?;
+        self.add_pod_network(&pod, index, host)?;
+        let pods: Vec<Value> = self.spec_pods.values().cloned().collect();
+        write_yaml(&self.options.state_dir.join("config/pods.yaml"), &pods)?;
+        self.apply(&waypoint_file(namespace, name), &[gateway, service])?;
+        let Some(info) = self.pod(&pod.namespace, &pod.name).cloned() else {
+            return Err(ClusterError::Spec("the waypoint's pod vanished".into()));
+        };
+        self.start_waypoint(&pod, &info)?;
+        self.wait_waypoint(&pod)
+    }
+
+    /// Removes a waypoint: its process, pod, Service and Gateway (whether
+    /// added live or declared at `up`).
+    pub fn remove_waypoint(&mut self, namespace: &str, name: &str) -> Result<(), ClusterError> {
+        let label = waypoint_label(namespace, name);
+        let Some(index) = self.state.components.iter().position(|c| c.label == label) else {
+            return Err(ClusterError::Spec(format!("no waypoint {namespace}/{name}")));
+        };
+        self.stop(&label)?;
+        self.state.components.remove(index);
+        self.delete_pod(namespace, &format!("{name}-0"))?;
+        let _ = std::fs::remove_file(
+            self.options.state_dir.join("config").join(waypoint_file(namespace, name)),
+        );
+        // Declared at `up`: out of the objects the control plane reads.
+        let path = self.options.state_dir.join("config/objects.yaml");
+        let text = std::fs::read_to_string(&path).map_err(io("reading objects.yaml"))?;
+        let objects = crate::spec::parse(&text, "objects.yaml")
+            .map_err(|e| ClusterError::Spec(e.to_string()))?;
+        let kept: Vec<Value> = objects
+            .into_iter()
+            .filter(|o| {
+                let ours = o["metadata"]["namespace"] == namespace && o["metadata"]["name"] == name;
+                let waypoint_service = o["kind"] == "Service"
+                    && o["spec"]["selector"]["gateway.networking.k8s.io/gateway-name"] == name;
+                !(ours && (o["kind"] == "Gateway" || waypoint_service))
+            })
+            .collect();
+        write_yaml(&path, &kept)?;
+        self.save()
     }
 
     /// Our binaries by name from the bin dir; anything else as given.
@@ -956,6 +1097,11 @@ fn running_pod(object: &Value, info: &PodInfo, node: &NodeInfo) -> Value {
 /// for `stop`/`start` and its log file.
 pub fn waypoint_label(namespace: &str, gateway: &str) -> String {
     format!("waypoint-{namespace}-{gateway}")
+}
+
+/// The config file a live waypoint's Gateway and Service are written to.
+fn waypoint_file(namespace: &str, gateway: &str) -> String {
+    format!("waypoint-{namespace}-{gateway}.yaml")
 }
 
 /// Writes a file only root can read (bootstrap tokens).

@@ -196,7 +196,7 @@ fn pod_from(mut doc: Value, kind: &str) -> Result<PodSpec, SpecError> {
 /// the waypoint under a service account named after the Gateway, and a
 /// Service of the Gateway's name in front of it (what bindings resolve).
 /// Neither is captured or bound to a waypoint itself.
-fn waypoint_for(gateway: &Value) -> Result<(PodSpec, Value), SpecError> {
+pub(crate) fn waypoint_for(gateway: &Value) -> Result<(PodSpec, Value), SpecError> {
     let name = name_of(gateway, "Gateway")?;
     let namespace = gateway["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
     let labels = json!({

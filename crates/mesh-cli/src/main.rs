@@ -3,6 +3,7 @@
 mod demo;
 mod local;
 mod proxy_config;
+mod waypoint;
 
 use clap::{Parser, Subcommand};
 
@@ -21,8 +22,13 @@ enum Command {
         #[command(subcommand)]
         command: local::LocalCommand,
     },
-    /// What a node's ztunnel knows.
+    /// What a node's ztunnel (or a waypoint) knows.
     ProxyConfig(proxy_config::Args),
+    /// Waypoints of a local cluster.
+    Waypoint {
+        #[command(subcommand)]
+        command: waypoint::WaypointCommand,
+    },
     /// The article's example, narrated (needs root).
     Demo(demo::Args),
 }
@@ -31,6 +37,7 @@ fn main() {
     let result = match Cli::parse().command {
         Command::Local { command } => local::run(command),
         Command::ProxyConfig(args) => proxy_config::run(args),
+        Command::Waypoint { command } => waypoint::run(command),
         Command::Demo(args) => demo::run(args),
     };
     if let Err(e) = result {
@@ -62,7 +69,7 @@ pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
 pub(crate) fn bin_dir() -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().ok_or_else(|| anyhow::anyhow!("no directory for {}", exe.display()))?;
-    for bin in ["controlplane", "ztunnel", "mesh-cni", "mesh-sample"] {
+    for bin in ["controlplane", "ztunnel", "mesh-cni", "waypoint", "mesh-sample"] {
         if !dir.join(bin).exists() {
             anyhow::bail!(
                 "{} not found next to meshctl; build the workspace (cargo build --workspace --bins)",

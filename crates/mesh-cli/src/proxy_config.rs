@@ -1,4 +1,5 @@
-//! `meshctl proxy-config workloads|services|policies|certificates|pods|connections --node N`.
+//! `meshctl proxy-config workloads|services|policies|certificates|pods|connections --node N`
+//! and `meshctl proxy-config routes --waypoint NS/NAME`.
 
 use anyhow::Context;
 use clap::ValueEnum;
@@ -13,6 +14,8 @@ pub(crate) enum What {
     /// Pods the node's ztunnel serves, with their HBONE client pools.
     Pods,
     Connections,
+    /// A waypoint's L7 routes (`--waypoint NS/NAME`).
+    Routes,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -27,9 +30,13 @@ pub(crate) enum Output {
 pub(crate) struct Args {
     /// Which part.
     what: What,
-    /// The node.
+    /// The node whose ztunnel is asked.
+    #[arg(long, required_unless_present = "waypoint", conflicts_with = "waypoint")]
+    node: Option<String>,
+    /// The waypoint asked (`namespace/name`), for `routes`, `workloads`
+    /// and `services`.
     #[arg(long)]
-    node: String,
+    waypoint: Option<String>,
     /// The local cluster.
     #[arg(long, default_value = "mesh")]
     name: String,
@@ -41,17 +48,41 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     crate::require_root("meshctl proxy-config (local cluster)")?;
     let state = localmesh::Cluster::read_state(&crate::local::state_dir(&args.name))?;
-    let node = state
-        .nodes
-        .iter()
-        .find(|n| n.name == args.node)
-        .ok_or_else(|| anyhow::anyhow!("no node {} in cluster {}", args.node, args.name))?;
     let path = match args.what {
         What::Connections => "/debug/connections",
         _ => "/config_dump",
     };
-    let dump = localmesh::net::ztunnel_admin_json(&node.netns, path)
-        .with_context(|| format!("asking ztunnel on {}", args.node))?;
+    let dump = match (&args.node, &args.waypoint) {
+        (Some(node_name), _) => {
+            if matches!(args.what, What::Routes) {
+                anyhow::bail!("routes are a waypoint's: use --waypoint NAMESPACE/NAME");
+            }
+            let node =
+                state.nodes.iter().find(|n| &n.name == node_name).ok_or_else(|| {
+                    anyhow::anyhow!("no node {node_name} in cluster {}", args.name)
+                })?;
+            localmesh::net::ztunnel_admin_json(&node.netns, path)
+                .with_context(|| format!("asking ztunnel on {node_name}"))?
+        }
+        (None, Some(waypoint)) => {
+            if !matches!(args.what, What::Routes | What::Workloads | What::Services) {
+                anyhow::bail!("a waypoint shows routes, workloads and services");
+            }
+            let (namespace, name) = waypoint.split_once('/').ok_or_else(|| {
+                anyhow::anyhow!("--waypoint wants NAMESPACE/NAME, got {waypoint:?}")
+            })?;
+            let pod = state
+                .pods
+                .iter()
+                .find(|p| p.namespace == namespace && p.name == format!("{name}-0"))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no waypoint {waypoint} in cluster {}", args.name)
+                })?;
+            localmesh::net::ztunnel_admin_json(&pod.netns, path)
+                .with_context(|| format!("asking waypoint {waypoint}"))?
+        }
+        (None, None) => anyhow::bail!("say which proxy: --node NODE or --waypoint NAMESPACE/NAME"),
+    };
     let items = match args.what {
         What::Workloads => dump["workloads"].clone(),
         What::Services => dump["services"].clone(),
@@ -59,6 +90,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         What::Certificates => dump["certificates"].clone(),
         What::Pods => dump["pods"].clone(),
         What::Connections => dump,
+        What::Routes => route_rows(&dump["routes"]),
     };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&items)?),
@@ -66,6 +98,22 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         Output::Table => print!("{}", table(args.what, &items)),
     }
     Ok(())
+}
+
+/// A waypoint's routes, one row per route, in the order they are tried.
+fn route_rows(services: &Value) -> Value {
+    let mut rows = Vec::new();
+    for service in services.as_array().into_iter().flatten() {
+        for route in service["routes"].as_array().into_iter().flatten() {
+            rows.push(serde_json::json!({
+                "service": service["service"],
+                "name": route["name"],
+                "match": route["match"],
+                "action": route["action"].to_string(),
+            }));
+        }
+    }
+    Value::Array(rows)
 }
 
 /// Rows of the fields that matter per kind.
@@ -108,6 +156,7 @@ pub(crate) fn table(what: What, items: &Value) -> String {
             ("HBONE OPENED", "hbonePool.connectionsOpened"),
             ("TLS RESUMED", "hbonePool.tlsSessionsResumed"),
         ],
+        What::Routes => &[("SERVICE", "service"), ("ROUTE", "name"), ("ACTION", "action")],
         What::Connections => &[
             ("DIRECTION", "direction"),
             ("SOURCE", "source"),
