@@ -3,6 +3,8 @@
 //! retries, timeouts, faults, gRPC and WebSocket passing, Istio's metrics,
 //! and traffic refused (never sent around it) when the waypoint is down.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use serde_json::Value;
