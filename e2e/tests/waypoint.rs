@@ -172,6 +172,8 @@ fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
             ("reporter", "waypoint"),
             ("destination_service", "reviews.apps.svc.cluster.local"),
             ("source_principal", "spiffe://cluster.local/ns/apps/sa/sleep"),
+            // From the baggage the client's ztunnel sent.
+            ("source_workload", "sleep"),
             ("destination_principal", "spiffe://cluster.local/ns/apps/sa/reviews"),
             ("response_code", "200"),
         ],

@@ -80,6 +80,42 @@ pub struct ConnectionFacts {
     pub mtls: bool,
 }
 
+/// W3C `baggage` describing a source workload with Istio's keys, sent
+/// with a CONNECT to a waypoint so its metrics can name the client
+/// (`k8s.cluster.name`, `k8s.namespace.name`, `k8s.<kind>.name`,
+/// `service.name`, `service.version`). Values are percent-encoded where
+/// W3C baggage requires it.
+pub fn source_baggage(w: &mesh_core::Workload) -> String {
+    let kind = match w.workload_type {
+        mesh_core::WorkloadType::Deployment => "deployment",
+        mesh_core::WorkloadType::CronJob => "cronjob",
+        mesh_core::WorkloadType::Pod => "pod",
+        mesh_core::WorkloadType::Job => "job",
+    };
+    let encode = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'!' | b'#'..=b'+' | b'-'..=b':' | b'<'..=b'[' | b']'..=b'~' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect()
+    };
+    [
+        ("k8s.cluster.name", w.cluster_id.as_str()),
+        ("k8s.namespace.name", w.namespace.as_str()),
+        (&*format!("k8s.{kind}.name"), w.workload_name.as_str()),
+        ("service.name", w.canonical_name.as_str()),
+        ("service.version", w.canonical_revision.as_str()),
+    ]
+    .iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| format!("{k}={}", encode(v)))
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
 impl ConnectionFacts {
     /// Istio's label set for this connection.
     pub fn labels(&self, failure: Option<Failure>) -> TcpLabels {

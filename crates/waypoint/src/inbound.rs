@@ -79,15 +79,42 @@ pub fn client_peer(identity: &Identity, baggage: Option<&str>) -> Peer {
         let Some((key, value)) = item.split(';').next().and_then(|kv| kv.split_once('=')) else {
             continue;
         };
-        let value = value.trim().to_string();
+        let value = percent_decode(value.trim());
         match key.trim() {
-            "k8s.deployment.name" | "k8s.workload.name" => peer.workload = value,
+            "k8s.cluster.name" | "k8s.namespace.name" => {}
             "service.name" => peer.canonical_service = value,
             "service.version" => peer.canonical_revision = value,
+            // k8s.deployment.name, k8s.job.name, k8s.pod.name...
+            k if k.starts_with("k8s.") && k.ends_with(".name") => peer.workload = value,
             _ => {}
         }
     }
     peer
+}
+
+/// `%XX` sequences decoded; anything malformed kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where a CONNECT's target leads, if this waypoint fronts it.
@@ -141,5 +168,32 @@ impl ConnectHandler for WaypointHandler {
                 Verdict::Deny(why)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_client_is_named_by_its_identity_and_baggage() {
+        let id = Identity::new("cluster.local", "apps", "sleep").unwrap();
+        let peer = client_peer(
+            &id,
+            Some(
+                "k8s.cluster.name=Kubernetes,k8s.namespace.name=apps,k8s.deployment.name=sleep%20app,service.name=sleep,service.version=v1;prop=x",
+            ),
+        );
+        assert_eq!(peer.workload, "sleep app");
+        assert_eq!(
+            (peer.canonical_service.as_str(), peer.canonical_revision.as_str()),
+            ("sleep", "v1")
+        );
+        assert_eq!(peer.namespace, "apps", "from the identity, not the baggage");
+        assert_eq!(peer.principal, "spiffe://cluster.local/ns/apps/sa/sleep");
+        let bare = client_peer(&id, Some("garbage,=,%zz"));
+        assert_eq!(bare.workload, "");
     }
 }

@@ -87,7 +87,7 @@ async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                 Err(_) => fail(&ctx, &facts, Failure::UpstreamConnect, "connect timed out"),
             }
         }
-        Plan::Tunnel { hbone, authority, identities, via_waypoint: _, peer_proxy, destination } => {
+        Plan::Tunnel { hbone, authority, identities, via_waypoint, peer_proxy, destination } => {
             describe(&mut facts, &destination, hbone, true, identities.first());
             let cert = match shared.certs.get(&ctx.identity).await {
                 Ok(cert) => cert,
@@ -96,6 +96,12 @@ async fn handle(ctx: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             let request = ConnectRequest {
                 forwarded_for: Some(peer),
                 peer_proxy,
+                // A waypoint names the client in its HTTP metrics from this.
+                baggage: source
+                    .workload
+                    .as_deref()
+                    .filter(|_| via_waypoint)
+                    .map(proxy_core::telemetry::source_baggage),
                 ..ConnectRequest::new(cert, hbone, identities, authority)
             };
             tunnel(&ctx, client, &request, facts).await;
