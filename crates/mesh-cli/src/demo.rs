@@ -1,6 +1,7 @@
 //! `meshctl demo`: the article's example, narrated. A two-node cluster in
-//! network namespaces; sleep, helloworld and httpbin in an ambient
-//! namespace, a web server in a second namespace outside the mesh.
+//! network namespaces; sleep, helloworld (v1 and v2) and httpbin in an
+//! ambient namespace, a web server in a second namespace outside the mesh;
+//! then a waypoint, for L7.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,6 +28,18 @@ spec:
   selector: {matchLabels: {app: httpbin}}
   action: ALLOW
   rules: [{from: [{source: {principals: [cluster.local/ns/ambient-demo/sa/sleep]}}]}]
+"#;
+
+const SPLIT: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: helloworld-split, namespace: ambient-demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: helloworld, port: 5000}]
+  rules:
+  - backendRefs:
+    - {name: helloworld-v1, port: 5000, weight: 90}
+    - {name: helloworld-v2, port: 5000, weight: 10}
 "#;
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -111,9 +124,37 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         get(&sleep, legacy).unwrap_or_default().trim()
     ));
 
+    step("L7 without sidecars: a waypoint for the namespace (a Gateway of class istio-waypoint)");
+    cluster.add_waypoint("ambient-demo", "waypoint", None).context("deploying the waypoint")?;
+    cluster.set_namespace_label("ambient-demo", "istio.io/use-waypoint", Some("waypoint"))?;
+    say(
+        "labelled the namespace istio.io/use-waypoint=waypoint: its services' traffic now goes sleep → ztunnel → waypoint → ztunnel → helloworld, all HBONE",
+    );
+    wait_until("helloworld is served through the waypoint", || {
+        get(&sleep, hello).is_some()
+            && waypoint_requests(&cluster, "helloworld").is_some_and(|n| n > 0)
+    })?;
+    step("An HTTPRoute splits helloworld 90/10 between v1 and v2; the client is unchanged");
+    cluster.apply("demo-split.yaml", &localmesh::spec::parse(SPLIT, "split")?)?;
+    wait_until("the split is in force", || get(&sleep, hello).is_some_and(|b| b.contains("v2")))?;
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..200 {
+        match get(&sleep, hello) {
+            Some(b) if b.contains("v2") => v2 += 1,
+            Some(_) => v1 += 1,
+            None => {}
+        }
+    }
+    say(&format!("200 requests from sleep: {v1} answered by v1, {v2} by v2"));
+    if let Some(n) = waypoint_requests(&cluster, "helloworld") {
+        say(&format!(
+            "the waypoint counted {n} requests to helloworld (v1 and v2 services) in istio_requests_total{{reporter=\"waypoint\"}}, labelled with response codes and both identities"
+        ));
+    }
+
     if args.keep {
         step(
-            "Leaving the cluster running: meshctl local status --name demo; meshctl proxy-config workloads --node node-a --name demo",
+            "Leaving the cluster running: meshctl local status --name demo; meshctl proxy-config workloads --node node-a --name demo; meshctl proxy-config routes --waypoint ambient-demo/waypoint --name demo",
         );
         cluster.detach();
     } else {
@@ -161,6 +202,26 @@ fn wait_until(what: &str, check: impl Fn() -> bool) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
+}
+
+/// Requests the waypoint counted to the demo namespace's services whose
+/// names start with `service` (a split reports each backend service).
+fn waypoint_requests(c: &Cluster, service: &str) -> Option<u64> {
+    let pod = c.pod("ambient-demo", "waypoint-0")?;
+    let metrics =
+        localmesh::net::http_get(&pod.netns, SocketAddr::new(pod.ip, 15020), "/metrics").ok()?.1;
+    let wanted = format!("destination_service_name=\"{service}");
+    Some(
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains("reporter=\"waypoint\"")
+                    && l.contains(&wanted)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
 }
 
 fn ztunnel_metrics(c: &Cluster, node: &str) -> anyhow::Result<String> {
