@@ -217,6 +217,49 @@ fn next_traceparent(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static(""))
 }
 
+/// Requests of one downstream connection: answered, and cancelled by the
+/// client before their answer (their handler dropped unfinished).
+#[derive(Default)]
+struct StreamCounts {
+    finished: AtomicU64,
+    cancelled: AtomicU64,
+    flood: tokio::sync::Notify,
+}
+
+/// After this many cancelled requests on one connection, more cancelled
+/// than answered closes it (Envoy's premature-reset rule, with its
+/// threshold).
+const CANCELLED_BEFORE_JUDGING: u64 = 500;
+
+/// Counts a request's outcome when its handler ends or is dropped.
+struct Cancelled {
+    counts: Arc<StreamCounts>,
+    finished: bool,
+}
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if self.finished {
+            self.counts.finished.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let cancelled = self.counts.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        if cancelled >= CANCELLED_BEFORE_JUDGING
+            && cancelled > self.counts.finished.load(Ordering::Relaxed)
+        {
+            self.counts.flood.notify_one();
+        }
+    }
+}
+
+fn streams_source(counts: &StreamCounts) -> String {
+    format!(
+        "{} cancelled, {} answered",
+        counts.cancelled.load(Ordering::Relaxed),
+        counts.finished.load(Ordering::Relaxed)
+    )
+}
+
 /// A request body that can be sent more than once, or only once.
 enum Replay {
     Bytes(Bytes),
@@ -346,12 +389,20 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let streams_source_addr = downstream.source;
         let downstream = Arc::new(downstream);
         let engine = self.clone();
+        let streams = Arc::new(StreamCounts::default());
+        let counts = streams.clone();
         let service = service_fn(move |request| {
             let engine = engine.clone();
             let downstream = downstream.clone();
-            async move { Ok::<_, Infallible>(engine.handle(request, downstream).await) }
+            let mut guard = Cancelled { counts: counts.clone(), finished: false };
+            async move {
+                let response = engine.handle(request, downstream).await;
+                guard.finished = true;
+                Ok::<_, Infallible>(response)
+            }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -369,7 +420,21 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
         if protocol == Protocol::Http2 {
             builder = builder.http2_only();
         }
-        if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = streams.flood.notified() => {
+                // Most of this client's requests are cancelled before their
+                // answer (HTTP/2 rapid reset, CVE-2023-44487): GOAWAY, finish
+                // what is in flight, take no more.
+                self.downstream_errors.get_or_create(&ErrorLabels { kind: "reset_flood".into() }).inc();
+                info!(source = %streams_source_addr, requests = %streams_source(&streams), "client cancels most of its requests; connection closed");
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
             let kind = match e.downcast_ref::<hyper::Error>() {
                 Some(h) if h.is_timeout() => "header_timeout",
                 Some(h) if h.is_parse_too_large() => "header_too_large",

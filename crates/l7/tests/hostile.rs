@@ -126,3 +126,57 @@ async fn a_slow_head_is_cut_off() {
     assert_eq!(upstream, 0);
     assert!(metrics.contains("kind=\"header_timeout\""), "{metrics}");
 }
+
+/// An upstream that never answers: every request is still in flight when
+/// its client cancels it.
+struct Hanging;
+
+impl Connector for Hanging {
+    type Io = DuplexStream;
+
+    async fn connect(
+        &self,
+        _: &Endpoint,
+        _: std::net::SocketAddr,
+    ) -> std::io::Result<DuplexStream> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_is_cut_off() {
+    let mut registry = Registry::default();
+    let engine = Engine::new(Hanging, Nothing, EngineSettings::default(), &mut registry);
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let downstream = Downstream {
+        source: "10.0.0.9:1".parse().unwrap(),
+        peer: Peer::default(),
+        target: Target::Service { key: "apps/web".into(), port: 80 },
+    };
+    let served = tokio::spawn(engine.serve(server, downstream, Protocol::Http2));
+    let (mut h2, connection) = h2::client::handshake(client).await.unwrap();
+    let driver = tokio::spawn(connection);
+    // CVE-2023-44487: open a stream and reset it at once, over and over.
+    let mut sent = 0;
+    for _ in 0..10_000 {
+        let Ok(ready) = h2.clone().ready().await else { break };
+        h2 = ready;
+        let request = http::Request::builder().uri("http://web/").body(()).unwrap();
+        let Ok((_, mut stream)) = h2.send_request(request, false) else { break };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+        tokio::task::yield_now().await;
+    }
+    assert!(sent < 10_000, "the server never stopped the flood");
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    let _ = driver.await;
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &registry).unwrap();
+    assert!(
+        metrics.contains("mesh_l7_downstream_errors_total{kind=\"reset_flood\"} 1"),
+        "{metrics}"
+    );
+}
