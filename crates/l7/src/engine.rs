@@ -397,8 +397,12 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
         let service = service_fn(move |request| {
             let engine = engine.clone();
             let downstream = downstream.clone();
-            let mut guard = Cancelled { counts: counts.clone(), finished: false };
+            let guard = Cancelled { counts: counts.clone(), finished: false };
             async move {
+                // The whole guard moves into the future (a closure would
+                // capture only the field it writes), so it is dropped when
+                // the request ends or is cancelled, not before.
+                let mut guard = guard;
                 let response = engine.handle(request, downstream).await;
                 guard.finished = true;
                 Ok::<_, Infallible>(response)

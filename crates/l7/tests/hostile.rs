@@ -180,3 +180,29 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn many_answered_http2_requests_keep_their_connection() {
+    let upstream = Counting::default();
+    let mut registry = Registry::default();
+    let engine = Engine::new(upstream.clone(), Nothing, EngineSettings::default(), &mut registry);
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let downstream = Downstream {
+        source: "10.0.0.9:1".parse().unwrap(),
+        peer: Peer::default(),
+        target: Target::Service { key: "apps/web".into(), port: 80 },
+    };
+    tokio::spawn(engine.serve(server, downstream, Protocol::Http2));
+    let (mut h2, connection) = h2::client::handshake(client).await.unwrap();
+    tokio::spawn(connection);
+    for i in 0..2_000 {
+        h2 = h2.ready().await.unwrap_or_else(|e| panic!("request {i}: connection closed: {e}"));
+        let request = http::Request::builder().uri("http://web/").body(()).unwrap();
+        let (response, _) = h2.send_request(request, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 503, "no upstream: 503, answered");
+    }
+    assert_eq!(upstream.0.load(Ordering::Relaxed), 2_000);
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &registry).unwrap();
+    assert!(!metrics.contains("reset_flood"), "{metrics}");
+}
