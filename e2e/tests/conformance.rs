@@ -27,6 +27,7 @@ use l7::balance::Endpoint;
 use l7::clients::Connector;
 use l7::metrics::Peer;
 use l7::{Destinations, Downstream, Engine, EngineSettings, Protocol, ServiceRoutes, Target};
+use proptest::strategy::Strategy;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -330,4 +331,139 @@ async fn every_conformance_case_passes() {
     }
     assert!(cases >= 10, "only {cases} cases found in {}", dir.display());
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// One generated HTTPRoute match.
+#[derive(Debug, Clone)]
+struct GenMatch {
+    exact: bool,
+    path: String,
+    method: Option<&'static str>,
+    headers: usize,
+}
+
+/// One generated HTTPRoute: its age and its rules' single matches.
+#[derive(Debug, Clone)]
+struct GenRoute {
+    age: u8,
+    matches: Vec<GenMatch>,
+}
+
+fn gen_match() -> impl Strategy<Value = GenMatch> {
+    use proptest::prelude::any;
+    (
+        any::<bool>(),
+        proptest::sample::select(vec!["/", "/a", "/a/b", "/ab", "/a/b/c", "/b"]),
+        proptest::option::of(proptest::sample::select(vec!["GET", "POST"])),
+        0usize..3,
+    )
+        .prop_map(|(exact, path, method, headers)| GenMatch {
+            exact,
+            path: path.to_string(),
+            method,
+            headers,
+        })
+}
+
+/// The Gateway API's choice among the matches that fit, written out
+/// naively from the spec's precedence list, for comparison with the order
+/// the control plane sorts into.
+fn reference_choice(
+    routes: &[GenRoute],
+    path: &str,
+    method: &str,
+    headers: usize,
+) -> Option<String> {
+    let fits = |m: &GenMatch| {
+        let path_fits = if m.exact {
+            m.path == path
+        } else {
+            let prefix = m.path.trim_end_matches('/');
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
+        };
+        path_fits && m.method.is_none_or(|x| x == method) && m.headers <= headers
+    };
+    let mut best: Option<(usize, usize)> = None;
+    // Does (r1, m1) win over (r2, m2)?
+    let beats = |(r1, i1): (usize, usize), (r2, i2): (usize, usize)| -> bool {
+        let (a, b) = (&routes[r1].matches[i1], &routes[r2].matches[i2]);
+        if a.exact != b.exact {
+            return a.exact;
+        }
+        if a.path.len() != b.path.len() {
+            return a.path.len() > b.path.len();
+        }
+        if a.method.is_some() != b.method.is_some() {
+            return a.method.is_some();
+        }
+        if a.headers != b.headers {
+            return a.headers > b.headers;
+        }
+        if routes[r1].age != routes[r2].age {
+            return routes[r1].age < routes[r2].age;
+        }
+        (r1, i1) < (r2, i2)
+    };
+    for (r, route) in routes.iter().enumerate() {
+        for (i, m) in route.matches.iter().enumerate() {
+            if fits(m) && best.is_none_or(|b| beats((r, i), b)) {
+                best = Some((r, i));
+            }
+        }
+    }
+    best.map(|(r, i)| format!("HTTPRoute apps/r{r} rule {i} match 0"))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// For random HTTPRoutes and requests, the route the waypoint takes
+    /// (the first that fits, in the control plane's order) is the one the
+    /// Gateway API's precedence picks.
+    #[test]
+    fn precedence_agrees_with_a_naive_reading_of_the_spec(
+        routes in proptest::collection::vec(
+            (0u8..3, proptest::collection::vec(gen_match(), 1..4)).prop_map(|(age, matches)| GenRoute { age, matches }),
+            1..4,
+        ),
+        requests in proptest::collection::vec(
+            (proptest::sample::select(vec!["/", "/a", "/a/", "/a/b", "/ab", "/a/b/c", "/b/x", "/c"]),
+             proptest::sample::select(vec!["GET", "POST", "PUT"]), 0usize..3),
+            1..8,
+        ),
+    ) {
+        use proptest::prelude::*;
+        let mut yaml = String::new();
+        for (r, route) in routes.iter().enumerate() {
+            yaml += &format!(
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r{r}, namespace: apps, creationTimestamp: \"2026-01-0{}T00:00:00Z\"}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: reviews}}]\n  rules:\n",
+                route.age + 1
+            );
+            for m in &route.matches {
+                let kind = if m.exact { "Exact" } else { "PathPrefix" };
+                let method = m.method.map(|x| format!(", method: {x}")).unwrap_or_default();
+                let headers: Vec<String> = (0..m.headers).map(|h| format!("{{name: h{h}, value: v}}")).collect();
+                yaml += &format!(
+                    "  - matches: [{{path: {{type: {kind}, value: \"{}\"}}{method}, headers: [{}]}}]\n    backendRefs: [{{name: reviews, port: 80}}]\n",
+                    m.path,
+                    headers.join(", ")
+                );
+            }
+        }
+        let (objects, bad) = parse_documents(&format!("{BASE}\n{yaml}"), "generated");
+        prop_assert!(bad.is_empty(), "{bad:?}");
+        let (state, _) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
+        let model = Model::compute(&state, &MeshConfig::default());
+        let routes_sent = ServiceRoutes::try_from(&model.routes.by_service["apps/reviews.apps.svc.cluster.local"]).unwrap();
+        for (path, method, headers) in requests {
+            let mut builder = http::Request::builder().method(method).uri(path);
+            for h in 0..headers {
+                builder = builder.header(format!("h{h}"), "v");
+            }
+            let parts = builder.body(()).unwrap().into_parts().0;
+            let taken = routes_sent.route(&l7::matching::RequestFacts { parts: &parts, port: 80 }).map(|r| r.name.clone());
+            prop_assert_eq!(taken, reference_choice(&routes, path, method, headers), "{} {} with {} headers", method, path, headers);
+        }
+    }
 }
