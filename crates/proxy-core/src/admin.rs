@@ -13,11 +13,61 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 use crate::http::{Body, Route, text};
-use crate::readiness::Readiness;
+use crate::readiness::{Readiness, ReadinessBlock};
 
 /// Changes the log filter (e.g. `info,ztunnel=debug`); given by the binary,
 /// which owns the subscriber.
 pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The listeners of a proxy's three HTTP endpoints.
+#[derive(Debug)]
+pub struct Endpoints {
+    /// Admin (localhost).
+    pub admin: tokio::net::TcpListener,
+    /// Prometheus.
+    pub metrics: tokio::net::TcpListener,
+    /// Readiness.
+    pub readiness: tokio::net::TcpListener,
+}
+
+/// Serves a proxy's admin route, its metrics and its readiness on
+/// `endpoints` until `shutdown`.
+pub fn serve_endpoints<R: Route>(
+    endpoints: Endpoints,
+    admin: Arc<R>,
+    registry: Registry,
+    readiness: Arc<Readiness>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(crate::http::serve(endpoints.admin, admin, shutdown.clone().cancelled_owned()));
+    tokio::spawn(crate::http::serve(
+        endpoints.metrics,
+        MetricsRoute::new(registry),
+        shutdown.clone().cancelled_owned(),
+    ));
+    tokio::spawn(crate::http::serve(
+        endpoints.readiness,
+        Arc::new(ReadinessRoute(readiness)),
+        shutdown.clone().cancelled_owned(),
+    ));
+}
+
+/// Runs an xDS client until `shutdown`; `ready` is released once the
+/// client holds its first complete configuration.
+pub fn run_xds(
+    client: xds::XdsClient,
+    ready: ReadinessBlock,
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    let mut synced = client.synced();
+    tokio::spawn(async move {
+        if synced.wait_for(|s| *s).await.is_ok() {
+            tracing::info!("configuration received from the control plane");
+            drop(ready);
+        }
+    });
+    tokio::spawn(client.run(shutdown.clone().cancelled_owned()));
+}
 
 /// `POST /logging?level=<filter>`.
 pub fn set_log_level(request: &Request<Incoming>, set: Option<&SetLogLevel>) -> Response<Body> {

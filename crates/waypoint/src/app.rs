@@ -16,9 +16,7 @@ use mesh_proto::core::Node;
 use mesh_proto::node_metadata;
 use prometheus_client::registry::Registry;
 use prost_types::{Struct, Value, value::Kind};
-use proxy_core::admin::{
-    MetricsRoute, ReadinessRoute, SetLogLevel, service_json, set_log_level, workload_json,
-};
+use proxy_core::admin::{SetLogLevel, service_json, set_log_level, workload_json};
 use proxy_core::certificates::{CertificateSettings, GrpcCa, WorkloadCertificates};
 use proxy_core::http::{Body, Route, json, text};
 use proxy_core::readiness::Readiness;
@@ -26,7 +24,6 @@ use proxy_core::store::{AddressHandler, WorkloadStore};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 use xds::{XdsClient, XdsClientConfig};
 
 use crate::inbound::WaypointName;
@@ -126,14 +123,7 @@ pub async fn run(
         XdsClientConfig { node, ..Default::default() },
         vec![Box::new(AddressHandler(store.clone())), Box::new(RoutesHandler(routes.clone()))],
     );
-    let mut synced = xds_client.synced();
-    tokio::spawn(async move {
-        if synced.wait_for(|s| *s).await.is_ok() {
-            info!("configuration received");
-            drop(xds_ready);
-        }
-    });
-    tokio::spawn(xds_client.run(shutdown.clone().cancelled_owned()));
+    proxy_core::admin::run_xds(xds_client, xds_ready, &shutdown);
 
     let provider = GrpcCa::new(
         xds::tls_channel(cp.ca, tls),
@@ -169,21 +159,13 @@ pub async fn run(
             }
         }
     });
-    tokio::spawn(proxy_core::http::serve(
-        listeners.admin,
-        Arc::new(AdminRoute { waypoint: waypoint.clone(), routes, set_log_level }),
-        shutdown.clone().cancelled_owned(),
-    ));
-    tokio::spawn(proxy_core::http::serve(
-        listeners.metrics,
-        MetricsRoute::new(registry),
-        shutdown.clone().cancelled_owned(),
-    ));
-    tokio::spawn(proxy_core::http::serve(
-        listeners.readiness,
-        Arc::new(ReadinessRoute(readiness)),
-        shutdown.clone().cancelled_owned(),
-    ));
+    let endpoints = proxy_core::admin::Endpoints {
+        admin: listeners.admin,
+        metrics: listeners.metrics,
+        readiness: listeners.readiness,
+    };
+    let admin = Arc::new(AdminRoute { waypoint: waypoint.clone(), routes, set_log_level });
+    proxy_core::admin::serve_endpoints(endpoints, admin, registry, readiness, &shutdown);
     waypoint.serve_hbone(listeners.hbone, shutdown.clone()).await;
     shutdown.cancelled().await;
     Ok(())

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use xds::{XdsClient, XdsClientConfig};
 
-use crate::admin::{AdminRoute, MetricsRoute, ReadinessRoute, SetLogLevel};
+use crate::admin::{AdminRoute, SetLogLevel};
 use crate::inpod::netns::HostNetns;
 use crate::inpod::{self, InpodConfig};
 use crate::{ProxyConfig, Shared, Ztunnel};
@@ -119,14 +119,7 @@ pub async fn run(
             Box::new(AuthorizationHandler(store.clone())),
         ],
     );
-    let mut synced = xds_client.synced();
-    tokio::spawn(async move {
-        if synced.wait_for(|s| *s).await.is_ok() {
-            info!("workload configuration received");
-            drop(xds_ready);
-        }
-    });
-    tokio::spawn(xds_client.run(shutdown.clone().cancelled_owned()));
+    proxy_core::admin::run_xds(xds_client, xds_ready, &shutdown);
 
     let provider = GrpcCa::new(
         xds::tls_channel(cp.ca, tls),
@@ -157,22 +150,13 @@ pub async fn run(
         }
     });
 
+    let endpoints = proxy_core::admin::Endpoints {
+        admin: listeners.admin,
+        metrics: listeners.metrics,
+        readiness: listeners.readiness,
+    };
     let admin = AdminRoute::new(ztunnel.clone(), set_log_level);
-    tokio::spawn(proxy_core::http::serve(
-        listeners.admin,
-        admin,
-        shutdown.clone().cancelled_owned(),
-    ));
-    tokio::spawn(proxy_core::http::serve(
-        listeners.metrics,
-        MetricsRoute::new(registry),
-        shutdown.clone().cancelled_owned(),
-    ));
-    tokio::spawn(proxy_core::http::serve(
-        listeners.readiness,
-        Arc::new(ReadinessRoute(readiness)),
-        shutdown.clone().cancelled_owned(),
-    ));
+    proxy_core::admin::serve_endpoints(endpoints, admin, registry, readiness, &shutdown);
     tokio::spawn(inpod::run(
         ztunnel.clone(),
         config.inpod,
