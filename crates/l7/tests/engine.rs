@@ -50,8 +50,23 @@ async fn backend(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// Every request each backend saw: (pod, host, path).
+static SEEN: Mutex<Vec<(String, String, String)>> = Mutex::new(Vec::new());
+
+fn seen_by(pod: &str) -> Vec<(String, String)> {
+    SEEN.lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _, _)| p == pod)
+        .map(|(_, h, p)| (h.clone(), p.clone()))
+        .collect()
+}
+
 async fn echo(name: &str, mut req: Request<Incoming>, flaky: &AtomicU32) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    let host =
+        req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+    SEEN.lock().unwrap().push((name.to_string(), host, path.clone()));
     if req.headers().contains_key("upgrade") {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -534,4 +549,73 @@ fn futures_stream(
     frames: Vec<hyper::body::Frame<Bytes>>,
 ) -> impl futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, Infallible>> {
     futures_util::stream::iter(frames.into_iter().map(Ok))
+}
+
+#[tokio::test]
+async fn mirrors_get_a_copy_and_delays_are_injected() {
+    let f = Fixture::new().await;
+    f.service("reviews", &["primary"]).await;
+    f.service("shadow", &["mirror-pod"]).await;
+    f.routes(
+        "reviews",
+        vec![
+            proto::Route {
+                name: "slow".into(),
+                r#match: Some(proto::Match {
+                    path: Some(proto::StringMatch {
+                        kind: Some(proto::string_match::Kind::Exact("/slow".into())),
+                    }),
+                    ..Default::default()
+                }),
+                action: forward(vec![to("reviews", 1)]),
+                fault: Some(proto::Fault {
+                    delay: Some(proto::Delay {
+                        delay: Some(mesh_proto::prost_types::Duration {
+                            seconds: 0,
+                            nanos: 200_000_000,
+                        }),
+                        percent: 100.0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            proto::Route {
+                name: "mirrored".into(),
+                action: forward(vec![to("reviews", 1)]),
+                mirrors: vec![proto::Mirror { backend: Some(to("shadow", 1)), percent: 100.0 }],
+                ..Default::default()
+            },
+        ],
+        |_| {},
+    );
+    let mut c = f.client("reviews").await;
+    let (status, _, body) = send(&mut c, get("/copied")).await;
+    assert_eq!((status.as_u16(), body["pod"].as_str()), (200, Some("primary")));
+    // The copy is sent beside the request, its answer dropped: wait for it.
+    for _ in 0..100 {
+        if !seen_by("mirror-pod").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen_by("mirror-pod"),
+        [("reviews.apps.svc.cluster.local-shadow".to_string(), "/copied".to_string())],
+        "Envoy's shadow host"
+    );
+
+    let started = std::time::Instant::now();
+    let (status, _, _) = send(&mut c, get("/slow")).await;
+    assert_eq!(status, 200);
+    // A lower bound only: a slow machine makes it longer, never shorter.
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &f.registry).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{") && l.contains("response_flags=\"DI\"")),
+        "{metrics}"
+    );
 }
