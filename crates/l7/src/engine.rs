@@ -545,7 +545,8 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
             }
         };
         let facts = RequestFacts { parts: &parts, port };
-        let route = routes.as_ref().and_then(|r| r.route(&facts)).cloned();
+        // Borrowed from `routes`, which this request holds: no copy.
+        let route = routes.as_deref().and_then(|r| r.route(&facts));
         let service_routes_exist = routes.as_ref().is_some_and(|r| !r.routes.is_empty());
         let Some(route) = route else {
             if service_routes_exist {
@@ -587,16 +588,16 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
                 *r.status_mut() = *status;
                 r
             }
-            Action::Redirect(redirect) => filters::redirect(&route, redirect, &parts),
+            Action::Redirect(redirect) => filters::redirect(route, redirect, &parts),
             Action::Forward(forward) => {
-                if !filters::apply_rewrite(&route, &forward.rewrite, &mut parts) {
+                if !filters::apply_rewrite(route, &forward.rewrite, &mut parts) {
                     return direct(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "the route's rewrite made an invalid request",
                     );
                 }
                 self.clone()
-                    .forward(Some(&route), forward, parts, body, down, upgrade, exchange)
+                    .forward(Some(route), forward, parts, body, down, upgrade, exchange)
                     .await
             }
         };
