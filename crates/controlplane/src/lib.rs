@@ -8,7 +8,9 @@
 //!   [`scopes`]: what each kind of proxy is sent;
 //! - [`ca`]: the mesh CA, over Istio's `IstioCertificateService`;
 //! - [`tls`]: gRPC over the mesh's mTLS, with the caller's identity;
-//! - [`admin`]: the debug endpoint (connected proxies, rejected objects).
+//! - [`admin`]: the debug endpoint (connected proxies, rejected objects);
+//! - [`status`]: in Kubernetes mode, what was made of each routing object,
+//!   written to its `status`.
 //!
 //! - [`server`]: the process, wiring them together (the binary's flags are
 //!   read in `src/bin/controlplane/config.rs`).
@@ -23,4 +25,5 @@ pub mod model;
 pub mod push;
 pub mod scopes;
 pub mod server;
+pub mod status;
 pub mod tls;

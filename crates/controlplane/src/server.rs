@@ -157,17 +157,44 @@ pub async fn run(
     let ca_service = CaService::new(ca, authenticator, registry.clone());
 
     let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+    let mut status_writer = None;
     match settings.source {
         Source::Directory { dir, poll } => {
             tokio::spawn(files::watch_dir(dir, poll, snapshots_tx));
         }
         Source::Kubernetes(client) => {
             let debounce = Duration::from_millis(100);
+            status_writer = Some(crate::status::StatusWriter::new(client.clone()));
             tokio::spawn(crate::config::kubernetes::watch_cluster(client, debounce, snapshots_tx));
         }
     }
+    // Statuses are written beside publishing, never in its way: the
+    // writer takes the latest wanted statuses whenever it is free.
+    let (statuses_tx, mut statuses) = watch::channel(std::collections::BTreeMap::<
+        crate::status::StatusKey,
+        serde_json::Value,
+    >::new());
+    match status_writer {
+        Some(mut writer) => {
+            tokio::spawn(async move {
+                while statuses.changed().await.is_ok() {
+                    let wanted = statuses.borrow_and_update().clone();
+                    writer.write(wanted).await;
+                }
+            });
+        }
+        // No API server to write to: nobody listens, nothing is computed.
+        None => drop(statuses),
+    }
     let admin = crate::admin::AdminState::default();
-    let publisher = Publisher { store, registry, scopes, ads: ads.clone(), admin: admin.clone() };
+    let publisher = Publisher {
+        store,
+        registry,
+        scopes,
+        ads: ads.clone(),
+        admin: admin.clone(),
+        statuses: statuses_tx,
+    };
     tokio::spawn(apply_snapshots(snapshots, publisher, settings.mesh.clone()));
     if let Some(listener) = settings.admin {
         tokio::spawn(crate::admin::serve(listener, admin, ads.clone()));
@@ -230,6 +257,9 @@ struct Publisher {
     scopes: Arc<crate::scopes::ProxyScopes>,
     ads: DeltaAdsServer,
     admin: crate::admin::AdminState,
+    /// What each routing object's status should say (Kubernetes mode).
+    statuses:
+        watch::Sender<std::collections::BTreeMap<crate::status::StatusKey, serde_json::Value>>,
 }
 
 async fn apply_snapshots(
@@ -237,7 +267,7 @@ async fn apply_snapshots(
     p: Publisher,
     mesh: MeshConfig,
 ) {
-    let Publisher { store, registry, scopes, ads, admin } = p;
+    let Publisher { store, registry, scopes, ads, admin, statuses } = p;
     let mut previous: Option<(Arc<Snapshot>, Model)> = None;
     // Publish nothing until the source has loaded once: an empty model
     // would tell connecting proxies that the mesh is empty.
@@ -269,6 +299,9 @@ async fn apply_snapshots(
         }
         crate::push::publish(&store, &model, previous.as_ref().map(|(_, m)| m));
         admin.update(&snapshot, model.warnings.clone(), store.generation());
+        if statuses.receiver_count() > 0 {
+            statuses.send_replace(crate::status::statuses(&snapshot.state, &model.warnings));
+        }
         for type_url in [
             mesh_proto::type_url::ADDRESS,
             mesh_proto::type_url::AUTHORIZATION,

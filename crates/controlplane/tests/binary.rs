@@ -294,6 +294,55 @@ async fn the_kubernetes_source_follows_list_watch_including_410_gone() {
 }
 
 #[tokio::test]
+async fn routing_objects_get_a_status_saying_what_was_not_applied() {
+    let api = testkit::FakeApiServer::start(Duration::from_secs(30)).await;
+    let json = |yaml: &str| -> serde_json::Value { serde_saphyr::from_str(yaml).unwrap() };
+    api.apply(json("apiVersion: v1\nkind: Namespace\nmetadata: {name: apps, labels: {istio.io/use-waypoint: waypoint}}\n"));
+    api.apply(json(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint, namespace: apps}\nspec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n",
+    ));
+    api.apply(json("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: apps}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n"));
+    api.apply(json(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec: {parentRefs: [{group: '', kind: Service, name: web}], rules: [{backendRefs: [{name: ghost, port: 80}]}]}\n",
+    ));
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kubeconfig.path(), api.kubeconfig()).unwrap();
+    let cp =
+        start_with(&["--kubernetes"], &[("KUBECONFIG", kubeconfig.path().to_str().unwrap())]).await;
+    let condition = |kind: &str| {
+        api.get("httproutes", "apps", "r").and_then(|r| {
+            r["status"]["parents"][0]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == kind)
+                .cloned()
+        })
+    };
+    eventually("the route's status", || condition("ResolvedRefs").is_some()).await;
+    let resolved = condition("ResolvedRefs").unwrap();
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "BackendNotFound");
+    assert!(resolved["message"].as_str().unwrap().contains("ghost"), "{resolved}");
+    let accepted = condition("Accepted").unwrap();
+    let config = admin_get(cp.admin, "/debug/config").await;
+    assert_eq!(accepted["status"], "True", "{accepted} {config}");
+    let route = api.get("httproutes", "apps", "r").unwrap();
+    assert_eq!(route["status"]["parents"][0]["controllerName"], "istio.io/gateway-controller");
+
+    // Written once: the status change comes back as a watch event and the
+    // same status is not written again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(api.status_patches(), 1);
+
+    // Fixed: the backend exists now, and the status says so.
+    api.apply(json("apiVersion: v1\nkind: Service\nmetadata: {name: ghost, namespace: apps}\nspec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}\n"));
+    eventually("the route resolves", || {
+        condition("ResolvedRefs").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_fake_api_server_filters_by_label() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let api = testkit::FakeApiServer::start(Duration::from_secs(1)).await;

@@ -45,6 +45,8 @@ struct State {
     floor: u64,
     /// plural → how many of its next lists fail with 500.
     failing_lists: BTreeMap<String, u32>,
+    /// Status patches received.
+    status_patches: usize,
 }
 
 /// The fake API server. Cheap to clone.
@@ -60,7 +62,10 @@ pub struct FakeApiServer {
 
 fn plural_of(kind: &str) -> String {
     let lower = kind.to_lowercase();
-    if lower.ends_with('y') {
+    // policy → policies, but gateway → gateways.
+    let consonant_y = lower.ends_with('y')
+        && !lower[..lower.len() - 1].ends_with(['a', 'e', 'i', 'o', 'u']);
+    if consonant_y {
         format!("{}ies", &lower[..lower.len() - 1])
     } else if lower.ends_with('s') {
         format!("{lower}es")
@@ -166,6 +171,11 @@ impl FakeApiServer {
         self.state.lock().unwrap().failing_lists.insert(plural_of(kind), count);
     }
 
+    /// Status patches received so far.
+    pub fn status_patches(&self) -> usize {
+        self.state.lock().unwrap().status_patches
+    }
+
     /// Forgets history: watches resuming from before now get `410 Gone`.
     pub fn compact(&self) {
         let mut state = self.state.lock().unwrap();
@@ -175,6 +185,37 @@ impl FakeApiServer {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let path = req.uri().path().to_string();
+        // A status subresource (`.../<name>/status`): a merge patch of the
+        // object's `status`, as controllers write it.
+        if req.method() == http::Method::PATCH {
+            let Some(object_path) = path.strip_suffix("/status") else {
+                return json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    status(405, "MethodNotAllowed", &path),
+                );
+            };
+            let Some(Route { namespace, plural, name: Some(name) }) = Route::parse(object_path)
+            else {
+                return json_response(StatusCode::NOT_FOUND, status(404, "NotFound", &path));
+            };
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    status(400, "BadRequest", "invalid JSON"),
+                );
+            };
+            let key = (namespace.unwrap_or_default(), name.clone());
+            let current =
+                self.state.lock().unwrap().objects.get(&plural).and_then(|m| m.get(&key)).cloned();
+            let Some(mut object) = current else {
+                return json_response(StatusCode::NOT_FOUND, status(404, "NotFound", &name));
+            };
+            object["status"] = patch["status"].clone();
+            self.state.lock().unwrap().status_patches += 1;
+            self.apply(object.clone());
+            return json_response(StatusCode::OK, object);
+        }
         let route = Route::parse(&path);
         if req.method() == http::Method::POST {
             let Some(Route { namespace, plural, name: None }) = route else {
