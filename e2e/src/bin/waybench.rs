@@ -3,6 +3,7 @@
 //! direct path, in one run (root; a local cluster of network namespaces).
 //!
 //! `cargo run --release -p e2e --bin waybench -- [--seconds 5] [--concurrency 32] [--repeat 3]`
+//! (figures and how to read them: `docs/performance.md`)
 //!
 //! Hops: a client pod on one node, the proxy's pod on a node, the backend
 //! (`mesh-sample http-echo`) on the other node.
@@ -110,6 +111,21 @@ struct Figures {
     cpu_seconds: f64,
 }
 
+/// The first failed request, for the message when a path is left out.
+static FIRST_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The reference proxies, stopped however `main` ends.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn find(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
@@ -156,7 +172,7 @@ fn nginx_config(dir: &Path, backend: SocketAddr) -> anyhow::Result<PathBuf> {
         format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+             http {{\n  access_log off;\n  keepalive_requests 100000000;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
              fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
              upstream backend {{ server {backend}; keepalive 256; }}\n\
              server {{\n    listen 18080;\n    listen 18082 http2;\n    location / {{\n      proxy_pass http://backend;\n\
@@ -172,7 +188,7 @@ fn haproxy_config(dir: &Path, backend: SocketAddr) -> anyhow::Result<PathBuf> {
     std::fs::write(
         &path,
         format!(
-            "global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
+            "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
              frontend h1\n  bind :18081\n  default_backend b\nfrontend h2\n  bind :18083 proto h2\n  default_backend b\n\
              backend b\n  server s1 {backend}\n"
         ),
@@ -232,7 +248,10 @@ async fn run_load(
                         .unwrap_or_default();
                     match sender.send_request(request).await {
                         Ok(r) => r.into_body().collect().await.is_ok(),
-                        Err(_) => false,
+                        Err(e) => {
+                            FIRST_ERROR.get_or_init(|| format!("h2 {addr}: {e:?}"));
+                            false
+                        }
                     }
                 } else {
                     if h1.is_none() {
@@ -259,10 +278,15 @@ async fn run_load(
                                 Err(e) => Err(e),
                             };
                             match sent {
-                                Ok(r) => {
-                                    r.status().is_success() && r.into_body().collect().await.is_ok()
+                                Ok(r) if !r.status().is_success() => {
+                                    FIRST_ERROR.get_or_init(|| {
+                                        format!("h1 {addr}: status {}", r.status())
+                                    });
+                                    false
                                 }
-                                Err(_) => {
+                                Ok(r) => r.into_body().collect().await.is_ok(),
+                                Err(e) => {
+                                    FIRST_ERROR.get_or_init(|| format!("h1 {addr}: {e:?}"));
                                     h1 = None;
                                     false
                                 }
@@ -339,7 +363,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let backend = SocketAddr::new(plain_backend.ip, 8080);
     let at = |port: u16| SocketAddr::new(waypoint.ip, port);
-    let mut children: Vec<Child> = Vec::new();
+    let mut children = Children(Vec::new());
     let mut paths = vec![
         Subject {
             name: "direct",
@@ -372,7 +396,7 @@ fn main() -> anyhow::Result<()> {
             // `ip netns exec` execs the program: the same pid.
             pids: vec![child.id()],
         });
-        children.push(child);
+        children.0.push(child);
     }
     if let Some(haproxy) = &haproxy {
         let config = haproxy_config(&state, backend)?;
@@ -390,20 +414,48 @@ fn main() -> anyhow::Result<()> {
             // `ip netns exec` execs the program: the same pid.
             pids: vec![child.id()],
         });
-        children.push(child);
+        children.0.push(child);
     }
     std::thread::sleep(Duration::from_secs(1));
-    // Everything answers before anything is measured.
-    for path in &paths {
-        let (_, _, errors) = load(&path.client_netns, path.http1, false, 1, 0.3)?;
-        if errors > 0 {
-            eprintln!(
-                "waybench: {} answered with errors before the run; see {}/",
-                path.name,
-                state.display()
-            );
+    // Everything answers before anything is measured; what never does is
+    // left out, and said so.
+    let mut usable = Vec::new();
+    for path in paths {
+        let began = Instant::now();
+        let deadline = began + Duration::from_secs(60);
+        let ready = loop {
+            let h1 = load(&path.client_netns, path.http1, false, 1, 0.2);
+            let h2 = load(&path.client_netns, path.http2, true, 1, 0.2);
+            if matches!((&h1, &h2), (Ok((r1, _, 0)), Ok((r2, _, 0))) if *r1 > 0.0 && *r2 > 0.0) {
+                eprintln!(
+                    "waybench: {} answers after {:.1} s",
+                    path.name,
+                    began.elapsed().as_secs_f64()
+                );
+                break true;
+            }
+            if Instant::now() > deadline {
+                let logs: String = ["nginx.log", "nginx-error.log", "haproxy.log"]
+                    .iter()
+                    .filter(|f| f.starts_with(path.name))
+                    .filter_map(|f| std::fs::read_to_string(state.join(f)).ok())
+                    .collect();
+                eprintln!(
+                    "waybench: {} does not answer (h1: {:?}, h2: {:?}; first failure: {:?}); left out. Its log:\n{logs}",
+                    path.name,
+                    h1.map(|r| r.2),
+                    h2.map(|r| r.2),
+                    FIRST_ERROR.get()
+                );
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if ready {
+            usable.push(path);
         }
     }
+    let paths = usable;
     let waypoint_idle_kib = process_stats(waypoint_pid).rss_kib;
 
     let mut rounds: Vec<Vec<[Figures; 2]>> = paths.iter().map(|_| Vec::new()).collect();
@@ -475,10 +527,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "\n(the mesh path's two ztunnels used {ztunnel_cpu_note:.2} CPU-s in all, not counted above)"
     );
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(children);
     drop(cluster);
     let _ = std::fs::remove_dir_all(&state);
     Ok(())
