@@ -63,8 +63,8 @@ pub struct FakeApiServer {
 fn plural_of(kind: &str) -> String {
     let lower = kind.to_lowercase();
     // policy → policies, but gateway → gateways.
-    let consonant_y = lower.ends_with('y')
-        && !lower[..lower.len() - 1].ends_with(['a', 'e', 'i', 'o', 'u']);
+    let consonant_y =
+        lower.ends_with('y') && !lower[..lower.len() - 1].ends_with(['a', 'e', 'i', 'o', 'u']);
     if consonant_y {
         format!("{}ies", &lower[..lower.len() - 1])
     } else if lower.ends_with('s') {
