@@ -45,6 +45,9 @@ struct Group {
     in_flight: Arc<AtomicU32>,
     next: AtomicUsize,
     endpoints: HashMap<Endpoint, EndpointState>,
+    /// The candidates of the last pick: state is reconciled only when they
+    /// change, not on every request.
+    known: Vec<Endpoint>,
 }
 
 /// Balancing state of every service (or subset) the proxy sends to.
@@ -97,9 +100,13 @@ impl Balancer {
         if policy.max_requests > 0 && g.in_flight.load(Ordering::Relaxed) >= policy.max_requests {
             return Err(PickError::Overflow);
         }
-        g.endpoints.retain(|e, _| candidates.contains(e));
-        for c in candidates {
-            g.endpoints.entry(c.clone()).or_default();
+        if g.known != candidates {
+            let now: std::collections::HashSet<&Endpoint> = candidates.iter().collect();
+            g.endpoints.retain(|e, _| now.contains(e));
+            for c in candidates {
+                g.endpoints.entry(c.clone()).or_default();
+            }
+            g.known = candidates.to_vec();
         }
         let healthy: Vec<&Endpoint> = candidates
             .iter()

@@ -3,6 +3,7 @@
 //! over pooled upstream connections, with faults, timeouts, retries,
 //! mirrors, upgrades, telemetry and an access-log line.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use crate::config::{
 };
 use crate::filters;
 use crate::matching::RequestFacts;
-use crate::metrics::{HttpLabels, HttpMetrics, Peer};
+use crate::metrics::{HttpLabels, HttpMetrics, Peer, Series};
 
 /// What the engine asks of the proxy around it.
 pub trait Destinations: Send + Sync + 'static {
@@ -217,6 +218,25 @@ fn next_traceparent(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static(""))
 }
 
+/// What identifies a request's metric series on one connection (the
+/// client's labels are the connection's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    service: Option<String>,
+    endpoint: Option<Arc<str>>,
+    code: u16,
+    flags: Vec<&'static str>,
+    grpc: bool,
+}
+
+/// A connection's metric series by key, so a request records into its
+/// series without rebuilding and hashing eighteen labels. Bounded: past
+/// this many distinct series the cache is cleared.
+#[derive(Default)]
+struct SeriesCache(std::sync::Mutex<HashMap<SeriesKey, Series>>);
+
+const SERIES_PER_CONNECTION: usize = 64;
+
 /// Requests of one downstream connection: answered, and cancelled by the
 /// client before their answer (their handler dropped unfinished).
 #[derive(Default)]
@@ -394,16 +414,18 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
         let engine = self.clone();
         let streams = Arc::new(StreamCounts::default());
         let counts = streams.clone();
+        let series = Arc::new(SeriesCache::default());
         let service = service_fn(move |request| {
             let engine = engine.clone();
             let downstream = downstream.clone();
+            let series = series.clone();
             let guard = Cancelled { counts: counts.clone(), finished: false };
             async move {
                 // The whole guard moves into the future (a closure would
                 // capture only the field it writes), so it is dropped when
                 // the request ends or is cancelled, not before.
                 let mut guard = guard;
-                let response = engine.handle(request, downstream).await;
+                let response = engine.handle(request, downstream, series).await;
                 guard.finished = true;
                 Ok::<_, Infallible>(response)
             }
@@ -455,6 +477,7 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
         self: Arc<Self>,
         mut request: Request<Incoming>,
         down: Arc<Downstream>,
+        series: Arc<SeriesCache>,
     ) -> Response<Body> {
         let start = Instant::now();
         let mut exchange = Exchange::default();
@@ -480,44 +503,47 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
             .await;
 
         // Metrics and the log line when the answer's body is over.
-        let engine = self.clone();
-        let destination = exchange
-            .endpoint
-            .as_ref()
-            .map(|e| self.destinations.describe(&e.uid))
-            .unwrap_or_default();
-        let mut labels = HttpLabels::new(&self.settings.reporter, &down.peer, &destination);
         let service = exchange.service.clone().or_else(|| match &down.target {
             Target::Service { key, .. } => Some(key.clone()),
             Target::Workload { .. } => None,
         });
-        if let Some((namespace, hostname)) = service.as_deref().and_then(|s| s.split_once('/')) {
-            labels.destination_service = hostname.to_string();
-            labels.destination_service_name =
-                hostname.split('.').next().unwrap_or(hostname).to_string();
-            labels.destination_service_namespace = namespace.to_string();
-        } else {
-            labels.destination_service = "unknown".into();
-            labels.destination_service_name = "unknown".into();
-            labels.destination_service_namespace = "unknown".into();
-        }
-        labels.request_protocol = protocol.into();
-        labels.response_code = response.status().as_u16().to_string();
-        labels.response_flags =
-            if exchange.flags.is_empty() { "-".into() } else { exchange.flags.join(",") };
+        let key = SeriesKey {
+            service,
+            endpoint: exchange.endpoint.as_ref().map(|e| e.uid.clone()),
+            code: response.status().as_u16(),
+            flags: exchange.flags.clone(),
+            grpc: protocol == "grpc",
+        };
+        let cached = series.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let metric_series = match cached {
+            Some(s) => s,
+            None => {
+                let s = self.metrics.series(&self.labels(&key, &down, protocol));
+                let mut cache = series.0.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= SERIES_PER_CONNECTION {
+                    cache.clear();
+                }
+                cache.insert(key.clone(), s.clone());
+                s
+            }
+        };
         let source = down.source;
-        let upstream =
-            exchange.endpoint.as_ref().map(|e| e.address.to_string()).unwrap_or_else(|| "-".into());
+        let upstream = exchange.endpoint.as_ref().map(|e| e.address);
         let route = std::mem::take(&mut exchange.route);
         let attempts = exchange.attempts;
         let on_end = Box::new(move |response_bytes: u64| {
             let millis = start.elapsed().as_secs_f64() * 1000.0;
             let sent = request_bytes.load(Ordering::Relaxed);
-            engine.metrics.record(&labels, millis, sent, response_bytes);
-            info!(target: "access", %source, %method, %path, status = %labels.response_code,
-                flags = %labels.response_flags, route = %route, %upstream, attempts,
-                duration_ms = format!("{millis:.1}"), request_bytes = sent, response_bytes,
-                "request");
+            metric_series.record(millis, sent, response_bytes);
+            if tracing::enabled!(target: "access", tracing::Level::INFO) {
+                let flags =
+                    if key.flags.is_empty() { "-".to_string() } else { key.flags.join(",") };
+                let upstream = upstream.map_or_else(|| "-".to_string(), |u| u.to_string());
+                info!(target: "access", %source, %method, %path, status = key.code,
+                    %flags, route = %route, %upstream, attempts,
+                    duration_ms = format!("{millis:.1}"), request_bytes = sent, response_bytes,
+                    "request");
+            }
         });
         let (parts, body) = response.into_parts();
         response = Response::from_parts(
@@ -525,6 +551,31 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
             BodyExt::boxed(Counted::new(body, Arc::default(), Some(on_end))),
         );
         response
+    }
+
+    /// The labels of a series: the connection's client, and what the
+    /// request reached.
+    fn labels(&self, key: &SeriesKey, down: &Downstream, protocol: &str) -> HttpLabels {
+        let destination =
+            key.endpoint.as_ref().map(|uid| self.destinations.describe(uid)).unwrap_or_default();
+        let mut labels = HttpLabels::new(&self.settings.reporter, &down.peer, &destination);
+        match key.service.as_deref().and_then(|s| s.split_once('/')) {
+            Some((namespace, hostname)) => {
+                labels.destination_service = hostname.to_string();
+                labels.destination_service_name =
+                    hostname.split('.').next().unwrap_or(hostname).to_string();
+                labels.destination_service_namespace = namespace.to_string();
+            }
+            None => {
+                labels.destination_service = "unknown".into();
+                labels.destination_service_name = "unknown".into();
+                labels.destination_service_namespace = "unknown".into();
+            }
+        }
+        labels.request_protocol = protocol.into();
+        labels.response_code = key.code.to_string();
+        labels.response_flags = if key.flags.is_empty() { "-".into() } else { key.flags.join(",") };
+        labels
     }
 
     /// Picks the route and carries it out.

@@ -132,6 +132,17 @@ impl HttpMetrics {
         m
     }
 
+    /// The four series of one label set, to record into without looking
+    /// them up again (a connection keeps those of its recent requests).
+    pub fn series(&self, labels: &HttpLabels) -> Series {
+        Series {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
+    }
+
     /// Records one finished request.
     pub fn record(
         &self,
@@ -140,9 +151,25 @@ impl HttpMetrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        self.requests.get_or_create(labels).inc();
-        self.duration.get_or_create(labels).observe(millis);
-        self.request_bytes.get_or_create(labels).observe(request_bytes as f64);
-        self.response_bytes.get_or_create(labels).observe(response_bytes as f64);
+        self.series(labels).record(millis, request_bytes, response_bytes);
+    }
+}
+
+/// One label set's four series (shared handles into the families).
+#[derive(Debug, Clone)]
+pub struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl Series {
+    /// Records one finished request.
+    pub fn record(&self, millis: f64, request_bytes: u64, response_bytes: u64) {
+        self.requests.inc();
+        self.duration.observe(millis);
+        self.request_bytes.observe(request_bytes as f64);
+        self.response_bytes.observe(response_bytes as f64);
     }
 }

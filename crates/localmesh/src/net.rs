@@ -83,10 +83,28 @@ pub fn connect_from(name: &str, addr: SocketAddr, timeout: Duration) -> std::io:
 
 /// `GET path` over HTTP/1.1 from inside a namespace: (status, body).
 pub fn http_get(name: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(name, addr, "GET", path)
+}
+
+/// `POST path` (no body) over HTTP/1.1 from inside a namespace, e.g. a
+/// proxy's `POST /logging?level=...`: (status, body).
+pub fn http_post(name: &str, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(name, addr, "POST", path)
+}
+
+fn http_request(
+    name: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = connect_from(name, addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: local\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -50,6 +50,10 @@ struct Args {
     /// Streams for the memory-under-load figure.
     #[arg(long, default_value = "1000")]
     many_streams: usize,
+    /// Keep the waypoint's per-request access log on (nginx and haproxy
+    /// run without one; off by default so the figures compare like work).
+    #[arg(long)]
+    access_log: bool,
 }
 
 const CLUSTER: &str = r#"
@@ -456,6 +460,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let paths = usable;
+    if !args.access_log {
+        let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
+        let (status, body) =
+            localmesh::net::http_post(&waypoint.netns, admin, "/logging?level=info,access=off")?;
+        anyhow::ensure!(status == 200, "turning the waypoint's access log off: {status} {body}");
+    }
     let waypoint_idle_kib = process_stats(waypoint_pid).rss_kib;
 
     let mut rounds: Vec<Vec<[Figures; 2]>> = paths.iter().map(|_| Vec::new()).collect();
@@ -477,8 +487,11 @@ fn main() -> anyhow::Result<()> {
     let ztunnel_cpu_note = cpu_of(&ztunnel_pids);
 
     println!(
-        "\n{} in flight, {} s per figure, median of {} round(s). CPU is the proxy's own process.\n",
-        args.concurrency, args.seconds, args.repeat
+        "\n{} in flight, {} s per figure, median of {} round(s). CPU is the proxy's own process. Waypoint access log {}.\n",
+        args.concurrency,
+        args.seconds,
+        args.repeat,
+        if args.access_log { "on" } else { "off (as nginx's and haproxy's)" }
     );
     println!(
         "{:<9} {:<6} {:>9} {:>9} {:>9} {:>8} {:>12} {:>7}",
