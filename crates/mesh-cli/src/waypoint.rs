@@ -54,8 +54,9 @@ pub(crate) enum WaypointCommand {
         #[arg(long, default_value = "mesh")]
         cluster: String,
     },
-    /// Removes a waypoint (traffic bound to it is then refused, never sent
-    /// around it, until the binding is removed too).
+    /// Removes a waypoint. Bindings to a waypoint that no longer exists are
+    /// dropped with a warning and their traffic goes direct, as in Istio;
+    /// remove the bindings first when that is not wanted.
     Delete {
         /// The waypoint's name.
         name: String,
