@@ -45,6 +45,8 @@ pub struct Options {
     pub ztunnels: BTreeMap<String, NodeZtunnel>,
     /// Environment for every node agent (`REDIRECT_BACKEND=nftables`...).
     pub agent_env: Vec<(String, String)>,
+    /// Environment for every waypoint (`WORKER_THREADS=1`...).
+    pub waypoint_env: Vec<(String, String)>,
 }
 
 /// A ztunnel binary for one node, and how it is configured.
@@ -618,7 +620,7 @@ impl Cluster {
                 &token,
                 "--ca-impersonate",
             ],
-            Vec::new(),
+            self.options.waypoint_env.clone(),
             None,
             &label,
         )?;
@@ -1182,6 +1184,7 @@ mod tests {
             bin_dir: PathBuf::new(),
             ztunnels: [("node-z".to_string(), z)].into(),
             agent_env: Vec::new(),
+            waypoint_env: Vec::new(),
         };
         let Err(ClusterError::Spec(message)) = Cluster::up(&spec, options) else {
             panic!("an unknown node must be refused before anything is built");

@@ -57,6 +57,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bin_dir: crate::bin_dir()?,
         ztunnels: Default::default(),
         agent_env: Vec::new(),
+        waypoint_env: Vec::new(),
     };
     let mut cluster = Cluster::up(&spec, options).context("bringing the demo cluster up")?;
     for pod in &cluster.state().pods {

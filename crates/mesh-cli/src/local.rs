@@ -86,6 +86,7 @@ pub(crate) fn run(command: LocalCommand) -> anyhow::Result<()> {
                 bin_dir: crate::bin_dir()?,
                 ztunnels: ztunnels.into_iter().collect(),
                 agent_env: Vec::new(),
+                waypoint_env: Vec::new(),
             };
             let cluster = Cluster::up(&spec, options).context("bringing the cluster up")?;
             print_status(cluster.state());

@@ -76,6 +76,7 @@ fn reopen(cluster: &str) -> anyhow::Result<Cluster> {
         bin_dir: crate::bin_dir()?,
         ztunnels: Default::default(),
         agent_env: Vec::new(),
+        waypoint_env: Vec::new(),
     };
     Cluster::reopen(options).with_context(|| format!("opening local cluster {cluster} (is it up?)"))
 }

@@ -50,6 +50,10 @@ struct Args {
     /// Streams for the memory-under-load figure.
     #[arg(long, default_value = "1000")]
     many_streams: usize,
+    /// The waypoint's worker threads (nginx runs one worker, haproxy one
+    /// thread).
+    #[arg(long, default_value = "1")]
+    waypoint_threads: usize,
     /// Keep the waypoint's per-request access log on (nginx and haproxy
     /// run without one; off by default so the figures compare like work).
     #[arg(long)]
@@ -341,6 +345,8 @@ fn main() -> anyhow::Result<()> {
         bin_dir,
         ztunnels: Default::default(),
         agent_env: Vec::new(),
+        // One worker, like the one nginx worker and haproxy thread.
+        waypoint_env: vec![("WORKER_THREADS".into(), args.waypoint_threads.to_string())],
     };
     let cluster = Cluster::up(&spec, options).context("bringing the cluster up")?;
     let pod =
@@ -487,10 +493,11 @@ fn main() -> anyhow::Result<()> {
     let ztunnel_cpu_note = cpu_of(&ztunnel_pids);
 
     println!(
-        "\n{} in flight, {} s per figure, median of {} round(s). CPU is the proxy's own process. Waypoint access log {}.\n",
+        "\n{} in flight, {} s per figure, median of {} round(s). CPU is the proxy's own process. Waypoint: {} worker thread(s), access log {}.\n",
         args.concurrency,
         args.seconds,
         args.repeat,
+        args.waypoint_threads,
         if args.access_log { "on" } else { "off (as nginx's and haproxy's)" }
     );
     println!(

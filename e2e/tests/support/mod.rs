@@ -67,6 +67,7 @@ pub fn cluster_with(
         bin_dir: bin_dir(),
         ztunnels: Default::default(),
         agent_env: Vec::new(),
+        waypoint_env: Vec::new(),
     };
     tweak(&mut options);
     match Cluster::up(&spec, options) {

@@ -262,6 +262,7 @@ fn main() -> anyhow::Result<()> {
             .flat_map(|z| ["node-c", "node-d"].map(|n| (n.to_string(), z.clone())))
             .collect(),
         agent_env: Vec::new(),
+        waypoint_env: Vec::new(),
     };
     let mut cluster = Cluster::up(&spec, options).context("building the cluster (root needed)")?;
     let pod = |ns: &str, name: &str| cluster.pod(ns, name).cloned().context(format!("{ns}/{name}"));
