@@ -345,7 +345,8 @@ fn main() -> anyhow::Result<()> {
         bin_dir,
         ztunnels: Default::default(),
         agent_env: Vec::new(),
-        // One worker, like the one nginx worker and haproxy thread.
+        // One worker by default (the waypoint's own default), like the
+        // one nginx worker and haproxy thread.
         waypoint_env: vec![("WORKER_THREADS".into(), args.waypoint_threads.to_string())],
     };
     let cluster = Cluster::up(&spec, options).context("bringing the cluster up")?;
