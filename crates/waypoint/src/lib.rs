@@ -21,7 +21,7 @@ pub mod view;
 
 use std::sync::Arc;
 
-use hbone::{H2Settings, HboneServer, Pool, PoolConfig, TcpDialer};
+use hbone::{H2Settings, Pool, PoolConfig, TcpDialer};
 use l7::EngineSettings;
 use mesh_core::Identity;
 use prometheus_client::registry::Registry;
@@ -29,7 +29,6 @@ use proxy_core::certificates::{CertificateLease, WorkloadCertificates};
 use proxy_core::store::WorkloadStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use crate::inbound::{WaypointEngine, WaypointHandler, WaypointName};
 use crate::routes::RoutesStore;
@@ -96,54 +95,21 @@ impl Waypoint {
     /// Serves HBONE on `listener` once the certificate is there, swapping
     /// it on every rotation, until `stop`.
     pub async fn serve_hbone(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
-        let Some(mut certs) = self.certs.watch(&self.identity) else { return };
-        let first = tokio::select! {
-            _ = stop.cancelled() => return,
-            state = certs.wait_for(|s| s.current.is_some()) => match state {
-                Ok(state) => state.current.clone(),
-                Err(_) => return,
-            },
-        };
-        let Some(first) = first else { return };
-        let configs = hbone::tls::ServerConfigs::new(None);
-        let tls = match configs.get(&first, &[]) {
-            Ok(tls) => tls,
-            Err(e) => {
-                warn!(error = %e, "cannot build the HBONE TLS configuration");
-                return;
-            }
-        };
+        let Some(certs) = self.certs.watch(&self.identity) else { return };
         let handler = Arc::new(WaypointHandler {
             engine: self.engine.clone(),
             me: self.me.clone(),
             network: self.network.clone(),
         });
-        let server = Arc::new(HboneServer::new(tls, handler, H2Settings::default()));
-        let rotation = {
-            let server = server.clone();
-            async move {
-                while certs.changed().await.is_ok() {
-                    let current = certs.borrow_and_update().current.clone();
-                    if let Some(cert) = current {
-                        match configs.get(&cert, &[]) {
-                            Ok(tls) => {
-                                server.set_tls_config(tls);
-                                info!(serial = %cert.info().serial, "HBONE certificate rotated");
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "rotated certificate unusable; keeping the old one")
-                            }
-                        }
-                    }
-                }
-                // The certificate is no longer tracked: keep serving with
-                // the last one until stopped.
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            _ = server.run(listener, stop.cancelled()) => {}
-            _ = rotation => {}
-        }
+        let configs = hbone::tls::ServerConfigs::new(None);
+        proxy_core::certificates::serve_hbone(
+            certs,
+            &configs,
+            handler,
+            H2Settings::default(),
+            listener,
+            stop,
+        )
+        .await;
     }
 }

@@ -252,5 +252,60 @@ async fn keep_fresh(
     }
 }
 
+/// Serves HBONE on `listener` with the certificate `certs` holds: waits
+/// for the first, swaps the TLS configuration on every rotation (open
+/// connections keep theirs; `configs` shares one configuration per
+/// certificate), and stops at `stop` or when the certificate is no longer
+/// tracked. Every proxy that terminates HBONE serves it this way.
+pub async fn serve_hbone<H: hbone::ConnectHandler>(
+    mut certs: watch::Receiver<CertificateState>,
+    configs: &hbone::tls::ServerConfigs,
+    handler: Arc<H>,
+    settings: hbone::H2Settings,
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    // The listener is bound, so peers' connections queue until then.
+    let first = tokio::select! {
+        _ = stop.cancelled() => return,
+        cert = certs.wait_for(|s| s.current.is_some()) => match cert {
+            Ok(state) => state.current.clone(),
+            Err(_) => return,
+        },
+    };
+    let Some(first) = first else { return };
+    let tls = match configs.get(&first, &[]) {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the HBONE TLS configuration");
+            return;
+        }
+    };
+    let server = Arc::new(hbone::HboneServer::new(tls, handler, settings));
+    let rotation = {
+        let server = server.clone();
+        async move {
+            while certs.changed().await.is_ok() {
+                let current = certs.borrow_and_update().current.clone();
+                if let Some(cert) = current {
+                    match configs.get(&cert, &[]) {
+                        Ok(tls) => {
+                            server.set_tls_config(tls);
+                            tracing::info!(serial = %cert.info().serial, "HBONE certificate rotated");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "rotated certificate unusable; keeping the old one")
+                        }
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = server.run(listener, stop.cancelled()) => {}
+        _ = rotation => {}
+    }
+}
+
 #[cfg(test)]
 mod tests;

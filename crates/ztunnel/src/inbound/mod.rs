@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use hbone::{ConnectHandler, H2Settings, HboneServer, InboundConnect, Verdict};
+use hbone::{ConnectHandler, H2Settings, InboundConnect, Verdict};
 use l4::authorize::{Refusal, authorize, trusted_source};
 use l4::service;
 use mesh_core::Workload;
@@ -12,7 +12,7 @@ use proxy_core::connections::Direction;
 use proxy_core::sockets;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::pod::PodContext;
 use crate::telemetry::{ConnectionFacts, Failure, Reporter};
@@ -29,51 +29,20 @@ pub(crate) async fn serve_hbone(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    let Some(mut certs) = ctx.shared.certs.watch(&ctx.identity) else {
+    let Some(certs) = ctx.shared.certs.watch(&ctx.identity) else {
         warn!(identity = %ctx.identity, "no certificate tracked for the pod; HBONE not served");
         return;
     };
-    // The listener is bound, so peers' connections queue until then.
-    let first = tokio::select! {
-        _ = stop.cancelled() => return,
-        cert = certs.wait_for(|s| s.current.is_some()) => match cert {
-            Ok(state) => state.current.clone(),
-            Err(_) => return,
-        },
-    };
-    let Some(first) = first else { return };
-    let tls = match ctx.shared.server_tls.get(&first, &[]) {
-        Ok(tls) => tls,
-        Err(e) => {
-            warn!(error = %e, "cannot build the HBONE TLS configuration");
-            return;
-        }
-    };
     let handler = Arc::new(InboundHandler { ctx: ctx.clone() });
-    let server = Arc::new(HboneServer::new(tls, handler, H2Settings::default()));
-    let rotation = {
-        let server = server.clone();
-        async move {
-            while certs.changed().await.is_ok() {
-                let current = certs.borrow_and_update().current.clone();
-                if let Some(cert) = current {
-                    match ctx.shared.server_tls.get(&cert, &[]) {
-                        Ok(tls) => {
-                            server.set_tls_config(tls);
-                            info!(serial = %cert.info().serial, "HBONE certificate rotated");
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "rotated certificate unusable; keeping the old one")
-                        }
-                    }
-                }
-            }
-        }
-    };
-    tokio::select! {
-        _ = server.run(listener, stop.cancelled()) => {}
-        _ = rotation => {}
-    }
+    proxy_core::certificates::serve_hbone(
+        certs,
+        &ctx.shared.server_tls,
+        handler,
+        H2Settings::default(),
+        listener,
+        stop,
+    )
+    .await;
 }
 
 /// Decides on each CONNECT for one pod.
