@@ -30,7 +30,8 @@ pub trait Connector: Send + Sync + 'static {
 
     /// Connects to `endpoint` on behalf of the client at `source` (an HBONE
     /// connector sends it on as `Forwarded`, so the destination knows the
-    /// real client).
+    /// real client). The port is 0: connections are shared by a client's
+    /// connections.
     fn connect(
         &self,
         endpoint: &Endpoint,
@@ -38,10 +39,20 @@ pub trait Connector: Send + Sync + 'static {
     ) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
-/// Connections are pooled per endpoint and per client: a connection
-/// carries one client's requests, so what the destination learns about
-/// the client (its address, through the connector) stays true.
+/// Connections are pooled per endpoint and per client address: a
+/// connection carries one client's requests, so what the destination
+/// learns about the client (its address, through the connector) stays
+/// true. The client's port is left out (0), or every client connection
+/// would open its own upstream connections and leave them behind.
 type Key = (Endpoint, SocketAddr);
+
+/// An idle connection kept longer than this is closed rather than reused,
+/// and one not used for this long is dropped at the next sweep: a pool
+/// never holds what no client uses any more.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Past this many keys a pool is swept of idle and closed entries.
+const SWEEP_AT: usize = 256;
 
 /// Why an attempt got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -86,16 +97,35 @@ impl SendError {
 struct Idle {
     sender: http1::SendRequest<Body>,
     used: u32,
+    since: std::time::Instant,
 }
 
-/// At most this many idle HTTP/1.1 connections are kept per endpoint.
+/// An HTTP/2 connection shared by a key's requests.
+struct Shared2 {
+    sender: http2::SendRequest<Body>,
+    used: u32,
+    last: std::time::Instant,
+}
+
+/// At most this many idle HTTP/1.1 connections are kept per endpoint and
+/// client address.
 const IDLE_PER_ENDPOINT: usize = 16;
 
 /// Pooled upstream connections.
 pub struct Clients<C> {
     connector: C,
     http1: Arc<Mutex<HashMap<Key, Vec<Idle>>>>,
-    http2: Mutex<HashMap<Key, (http2::SendRequest<Body>, u32)>>,
+    http2: Mutex<HashMap<Key, Shared2>>,
+}
+
+impl<C> Clients<C> {
+    /// Pooled keys (HTTP/1.1, HTTP/2), for tests and debugging.
+    pub fn pooled(&self) -> (usize, usize) {
+        (
+            self.http1.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            self.http2.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        )
+    }
 }
 
 impl<C: Connector> Clients<C> {
@@ -119,9 +149,8 @@ impl<C: Connector> Clients<C> {
     }
 
     /// Sends `request` from the client at `source` to `endpoint` over
-    /// HTTP/2 when `version` is
-    /// HTTP/2, else HTTP/1.1. `max_per_connection` (0: none) retires a
-    /// connection after that many requests.
+    /// HTTP/2 when `version` is HTTP/2, else HTTP/1.1. `max_per_connection`
+    /// (0: none) retires a connection after that many requests.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
@@ -130,7 +159,7 @@ impl<C: Connector> Clients<C> {
         request: Request<Body>,
         max_per_connection: u32,
     ) -> Result<Response<Incoming>, SendError> {
-        let key = (endpoint.clone(), source);
+        let key = (endpoint.clone(), SocketAddr::new(source.ip(), 0));
         if version == Version::HTTP_2 {
             self.send_http2(key, request, max_per_connection).await
         } else {
@@ -146,13 +175,15 @@ impl<C: Connector> Clients<C> {
     ) -> Result<Response<Incoming>, SendError> {
         let reusable = {
             let mut pool = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
             match pool.get_mut(&key) {
-                Some((sender, used))
-                    if !sender.is_closed()
-                        && (max_per_connection == 0 || *used < max_per_connection) =>
+                Some(shared)
+                    if !shared.sender.is_closed()
+                        && (max_per_connection == 0 || shared.used < max_per_connection) =>
                 {
-                    *used += 1;
-                    Some(sender.clone())
+                    shared.used += 1;
+                    shared.last = now;
+                    Some(shared.sender.clone())
                 }
                 Some(_) => {
                     pool.remove(&key);
@@ -174,10 +205,16 @@ impl<C: Connector> Clients<C> {
                         tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                     }
                 });
-                self.http2
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone(), (sender.clone(), 1));
+                let mut pool = self.http2.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() >= SWEEP_AT {
+                    let now = std::time::Instant::now();
+                    pool.retain(|_, s| !s.sender.is_closed() && now - s.last < IDLE_TIMEOUT);
+                }
+                pool.insert(
+                    key.clone(),
+                    Shared2 { sender: sender.clone(), used: 1, last: std::time::Instant::now() },
+                );
+                drop(pool);
                 sender
             }
         };
@@ -196,9 +233,16 @@ impl<C: Connector> Clients<C> {
     ) -> Result<Response<Incoming>, SendError> {
         let idle = {
             let mut pool = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-            let list = pool.entry(key.clone()).or_default();
-            list.retain(|i| !i.sender.is_closed());
-            list.pop()
+            let now = std::time::Instant::now();
+            let fresh = |i: &Idle| !i.sender.is_closed() && now - i.since < IDLE_TIMEOUT;
+            let taken = pool.get_mut(&key).and_then(|list| {
+                list.retain(fresh);
+                list.pop()
+            });
+            if pool.get(&key).is_some_and(Vec::is_empty) {
+                pool.remove(&key);
+            }
+            taken
         };
         let (mut sender, used) = match idle {
             Some(i) if i.sender.is_ready() => (i.sender, i.used),
@@ -231,9 +275,16 @@ impl<C: Connector> Clients<C> {
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
                     let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = std::time::Instant::now();
+                    if pool.len() >= SWEEP_AT {
+                        pool.retain(|_, list| {
+                            list.retain(|i| !i.sender.is_closed() && now - i.since < IDLE_TIMEOUT);
+                            !list.is_empty()
+                        });
+                    }
                     let list = pool.entry(key).or_default();
                     if list.len() < IDLE_PER_ENDPOINT {
-                        list.push(Idle { sender, used });
+                        list.push(Idle { sender, used, since: now });
                     }
                 }
             });

@@ -339,6 +339,12 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
         &self.destinations
     }
 
+    /// Upstream pool keys (HTTP/1.1, HTTP/2): one per endpoint and client
+    /// address in use.
+    pub fn pooled_upstreams(&self) -> (usize, usize) {
+        self.clients.pooled()
+    }
+
     /// Serves a tunnel by the protocol of the port it was opened to:
     /// TCP is proxied as bytes, HTTP served, an undeclared port detected.
     pub async fn serve_tunnel<I>(self: Arc<Self>, io: I, downstream: Downstream)

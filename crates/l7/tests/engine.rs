@@ -619,3 +619,28 @@ async fn mirrors_get_a_copy_and_delays_are_injected() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn upstream_pools_do_not_grow_with_client_connections() {
+    let f = Fixture::new().await;
+    f.service("reviews", &["only"]).await;
+    // Fifty client connections from one client address, each from its own
+    // port (the fixture gives every connection source port 40000; vary it).
+    for port in 0..50u16 {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let downstream = Downstream {
+            source: SocketAddr::new("10.0.0.9".parse().unwrap(), 40000 + port),
+            peer: Peer::default(),
+            target: Target::Service { key: key("reviews"), port: 80 },
+        };
+        tokio::spawn(f.engine.clone().serve(server, downstream, Protocol::Undeclared));
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(client)).await.unwrap();
+        tokio::spawn(conn);
+        let (status, _, _) = send(&mut sender, get("/")).await;
+        assert_eq!(status, 200);
+    }
+    // Answers are read, so connections are back in the pool: one key.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(f.engine.pooled_upstreams(), (1, 0));
+}
