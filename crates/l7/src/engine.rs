@@ -121,7 +121,17 @@ pub struct Engine<C: Connector, D: Destinations> {
     metrics: HttpMetrics,
     downstream_errors: Family<ErrorLabels, Counter>,
     settings: EngineSettings,
+    /// Mirrored requests in flight: copies past the limit are not sent.
+    mirrors: Arc<tokio::sync::Semaphore>,
+    mirrors_skipped: Counter,
 }
+
+/// Mirrored copies in flight at once; a mirror that stops answering can
+/// hold no more than this many requests.
+const MIRRORS_IN_FLIGHT: usize = 256;
+
+/// A mirrored copy gets this long for its whole exchange.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What happened to one request, for its metrics and log line.
 #[derive(Debug, Default)]
@@ -324,7 +334,15 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
             "Downstream connections ended by a protocol error, an oversized or slow request head, or a reset flood",
             downstream_errors.clone(),
         );
+        let mirrors_skipped = Counter::default();
+        registry.register(
+            "mesh_l7_mirrors_skipped",
+            "Mirrored copies not sent because too many were in flight",
+            mirrors_skipped.clone(),
+        );
         Arc::new(Self {
+            mirrors: Arc::new(tokio::sync::Semaphore::new(MIRRORS_IN_FLIGHT)),
+            mirrors_skipped,
             clients: Clients::new(connector),
             balancer: Balancer::default(),
             destinations,
@@ -1004,6 +1022,10 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
         source: SocketAddr,
     ) {
         let Ok((group, endpoints, policy)) = self.resolve(backend, port) else { return };
+        let Ok(permit) = self.mirrors.clone().try_acquire_owned() else {
+            self.mirrors_skipped.inc();
+            return;
+        };
         let mut parts = parts.clone();
         if let Some((host, port)) = filters::request_host(&parts) {
             let shadow = match port {
@@ -1016,6 +1038,7 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
             let _ = set_upstream_uri(&mut parts, version);
         }
         tokio::spawn(async move {
+            let _permit = permit;
             let Ok(picked) = self.balancer.pick(
                 &group,
                 &endpoints,
@@ -1025,20 +1048,23 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
                 return;
             };
             let request = Request::from_parts(parts, body::full(body));
-            if let Ok(response) = self
-                .clients
-                .send(
-                    &picked.endpoint,
-                    source,
-                    version,
-                    request,
-                    policy.max_requests_per_connection,
-                )
-                .await
-            {
-                // Read and drop the answer so the connection can be reused.
-                let _ = response.into_body().collect().await;
-            }
+            let exchange = async {
+                if let Ok(response) = self
+                    .clients
+                    .send(
+                        &picked.endpoint,
+                        source,
+                        version,
+                        request,
+                        policy.max_requests_per_connection,
+                    )
+                    .await
+                {
+                    // Read and drop the answer so the connection can be reused.
+                    let _ = response.into_body().collect().await;
+                }
+            };
+            let _ = tokio::time::timeout(MIRROR_TIMEOUT, exchange).await;
         });
     }
 }

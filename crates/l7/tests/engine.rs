@@ -644,3 +644,46 @@ async fn upstream_pools_do_not_grow_with_client_connections() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(f.engine.pooled_upstreams(), (1, 0));
 }
+
+#[tokio::test]
+async fn a_silent_mirror_holds_a_bounded_number_of_copies() {
+    let f = Fixture::new().await;
+    f.service("reviews", &["primary"]).await;
+    // The mirror accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    f.mesh
+        .endpoints
+        .lock()
+        .unwrap()
+        .insert(key("shadow"), vec![Endpoint { uid: "silent".into(), address: silent_addr }]);
+    f.routes(
+        "reviews",
+        vec![proto::Route {
+            name: "mirrored".into(),
+            action: forward(vec![to("reviews", 1)]),
+            mirrors: vec![proto::Mirror { backend: Some(to("shadow", 1)), percent: 100.0 }],
+            ..Default::default()
+        }],
+        |_| {},
+    );
+    let mut c = f.client("reviews").await;
+    for _ in 0..300 {
+        let (status, _, _) = send(&mut c, get("/")).await;
+        assert_eq!(status, 200, "the primary answers whatever the mirror does");
+    }
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &f.registry).unwrap();
+    let skipped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh_l7_mirrors_skipped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(skipped >= 300 - 256, "copies past the limit are skipped: {skipped}\n{metrics}");
+}
