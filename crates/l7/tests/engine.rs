@@ -193,11 +193,12 @@ impl Fixture {
         self.mesh.routes.lock().unwrap().insert(key(name), Arc::new(parsed));
     }
 
-    /// An HTTP/1.1 client on a tunnel to `service`.
-    async fn client(&self, service: &str) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    /// A tunnel from `source` to `service`, served by the engine: the
+    /// client's end.
+    fn tunnel(&self, service: &str, source: SocketAddr) -> tokio::io::DuplexStream {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let downstream = Downstream {
-            source: "10.0.0.9:40000".parse().unwrap(),
+            source,
             peer: Peer {
                 workload: "client".into(),
                 namespace: "apps".into(),
@@ -206,6 +207,21 @@ impl Fixture {
             target: Target::Service { key: key(service), port: 80 },
         };
         tokio::spawn(self.engine.clone().serve(server, downstream, Protocol::Undeclared));
+        client
+    }
+
+    /// An HTTP/1.1 client on a tunnel to `service`.
+    async fn client(&self, service: &str) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        self.client_from(service, "10.0.0.9:40000".parse().unwrap()).await
+    }
+
+    /// An HTTP/1.1 client at `source` on a tunnel to `service`.
+    async fn client_from(
+        &self,
+        service: &str,
+        source: SocketAddr,
+    ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        let client = self.tunnel(service, source);
         let (sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(client)).await.unwrap();
         tokio::spawn(conn.with_upgrades());
@@ -520,13 +536,7 @@ async fn http2_clients_reach_http2_backends_with_trailers_intact() {
         .lock()
         .unwrap()
         .insert(key("grpc"), vec![Endpoint { uid: "g".into(), address: addr }]);
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    let downstream = Downstream {
-        source: "10.0.0.9:40000".parse().unwrap(),
-        peer: Peer::default(),
-        target: Target::Service { key: key("grpc"), port: 80 },
-    };
-    tokio::spawn(f.engine.clone().serve(server, downstream, Protocol::Undeclared));
+    let client = f.tunnel("grpc", "10.0.0.9:40000".parse().unwrap());
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
             .await
@@ -627,16 +637,8 @@ async fn upstream_pools_do_not_grow_with_client_connections() {
     // Fifty client connections from one client address, each from its own
     // port (the fixture gives every connection source port 40000; vary it).
     for port in 0..50u16 {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let downstream = Downstream {
-            source: SocketAddr::new("10.0.0.9".parse().unwrap(), 40000 + port),
-            peer: Peer::default(),
-            target: Target::Service { key: key("reviews"), port: 80 },
-        };
-        tokio::spawn(f.engine.clone().serve(server, downstream, Protocol::Undeclared));
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(client)).await.unwrap();
-        tokio::spawn(conn);
+        let source = SocketAddr::new("10.0.0.9".parse().unwrap(), 40000 + port);
+        let mut sender = f.client_from("reviews", source).await;
         let (status, _, _) = send(&mut sender, get("/")).await;
         assert_eq!(status, 200);
     }

@@ -15,6 +15,8 @@
 //! - [`http`]: a tiny HTTP/1 server for admin, metrics and readiness.
 //! - [`admin`]: what those endpoints share (metrics, readiness, the log
 //!   level, the store's JSON in config dumps).
+//! - [`process`]: what every proxy binary does around its application
+//!   (addresses from flags, logging with a switchable filter, the stop signal).
 //! - [`readiness`]: what a proxy still waits for before it is ready.
 //! - [`errors`]: one-line error chains for logs and protocol answers.
 //!
@@ -26,6 +28,7 @@ pub mod certificates;
 pub mod connections;
 pub mod errors;
 pub mod http;
+pub mod process;
 pub mod readiness;
 pub mod sockets;
 pub mod store;

@@ -1,7 +1,6 @@
 //! The `waypoint` binary: flags, logging, runtime, then `waypoint::app::run`.
 
-use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,9 +8,9 @@ use anyhow::Context;
 use clap::Parser;
 use hbone::TrustBundle;
 use mesh_core::Identity;
+use proxy_core::process::{init_logging, parse_log_filter, resolve_addr, wait_for_signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::{prelude::*, reload};
 use waypoint::app::{AppConfig, AppListeners, ControlPlaneConfig};
 use waypoint::inbound::WaypointName;
 
@@ -90,14 +89,6 @@ struct Flags {
     log: String,
 }
 
-fn resolve(value: &str) -> Result<SocketAddr, String> {
-    value
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or_else(|| "resolves to no address".to_string())
-}
-
 struct Process {
     hbone: SocketAddr,
     admin: SocketAddr,
@@ -111,7 +102,7 @@ impl Flags {
     /// Checks every value; every problem at once.
     fn validate(self) -> Result<(AppConfig, Process), String> {
         let mut problems = Vec::new();
-        let mut addr = |value: &str, name: &str| match resolve(value) {
+        let mut addr = |value: &str, name: &str| match resolve_addr(value) {
             Ok(a) => Some(a),
             Err(e) => {
                 problems.push(format!("  {name}={value:?}: {e}"));
@@ -164,9 +155,7 @@ impl Flags {
         if self.worker_threads == 0 {
             problems.push("  WORKER_THREADS: must be at least 1".into());
         }
-        let log = self
-            .log
-            .parse::<Targets>()
+        let log = parse_log_filter(&self.log)
             .map_err(|e| problems.push(format!("  RUST_LOG={:?}: {e}", self.log)))
             .ok();
         match (xds, ca, hbone, admin, metrics, readiness, cp_identity, identity, roots, log) {
@@ -224,19 +213,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let (filter, reload_handle) = reload::Layer::new(process.log);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .init();
-    let set_log_level: proxy_core::admin::SetLogLevel = Box::new(move |level: &str| {
-        let filter = level.parse::<Targets>().map_err(|e| e.to_string())?;
-        reload_handle.reload(filter).map_err(|e| e.to_string())
-    });
+    let set_log_level = init_logging(process.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(process.worker_threads)
         .enable_all()
@@ -264,15 +241,7 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                if let Ok(mut term) = signal(SignalKind::terminate()) {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                } else {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+                wait_for_signal().await;
                 shutdown.cancel();
             }
         });

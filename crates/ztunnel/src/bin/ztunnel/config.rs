@@ -1,13 +1,14 @@
 //! Flags and environment: the only place the binary reads them. Every bad
 //! value is reported at once, naming the variable and what was expected.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use hbone::TrustBundle;
 use mesh_core::Identity;
+use proxy_core::process::{parse_log_filter, resolve_addr};
 use tracing_subscriber::filter::Targets;
 use ztunnel::app::{AppConfig, ControlPlaneConfig};
 use ztunnel::inpod::InpodConfig;
@@ -132,7 +133,7 @@ impl Flags {
     /// Checks every value; all problems at once.
     pub(crate) fn validate(self) -> Result<(AppConfig, Process), String> {
         let mut problems = Vec::new();
-        let mut addr = |value: &str, name: &str| match resolve(value) {
+        let mut addr = |value: &str, name: &str| match resolve_addr(value) {
             Ok(a) => Some(a),
             Err(e) => {
                 problems.push(format!("  {name}={value:?}: {e}"));
@@ -281,44 +282,10 @@ impl Flags {
     }
 }
 
-fn resolve(value: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = value.parse() {
-        return Ok(addr);
-    }
-    value
-        .to_socket_addrs()
-        .map_err(|e| format!("not an address or resolvable host:port ({e})"))?
-        .next()
-        .ok_or_else(|| "resolves to no address".into())
-}
-
-/// The log filter: `level` and `target=level` directives (tracing's
-/// `Targets`; no span or field filters, which would link a regex engine —
-/// ~0.3 MB of code, all resident in a node proxy).
-pub(crate) fn parse_log_filter(value: &str) -> Result<Targets, String> {
-    value.parse::<Targets>().map_err(|e| {
-        format!("{e} (expected a level or target=level, comma-separated, e.g. info,hbone=debug)")
-    })
-}
-
 fn resolv_conf_nameserver() -> Option<SocketAddr> {
     let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
     text.lines().find_map(|line| {
         let ip = line.trim().strip_prefix("nameserver")?.trim();
         ip.parse().ok().map(|ip| SocketAddr::new(ip, 53))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_filters_take_levels_and_targets_and_name_what_is_wrong() {
-        for good in ["info", "warn,hbone=debug", "ztunnel::outbound=trace,h2=off"] {
-            assert!(parse_log_filter(good).is_ok(), "{good}");
-        }
-        let err = parse_log_filter("info,hbone=loud").unwrap_err();
-        assert!(err.contains("target=level"), "{err}");
-    }
 }

@@ -4,12 +4,9 @@ mod config;
 mod pow;
 mod trim;
 
-use std::io::IsTerminal;
-
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::{prelude::*, reload};
 
 fn main() -> anyhow::Result<()> {
     let flags = config::Flags::parse();
@@ -20,19 +17,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let (filter, reload_handle) = reload::Layer::new(addrs.log);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .init();
-    let set_log_level: ztunnel::admin::SetLogLevel = Box::new(move |level: &str| {
-        let filter = config::parse_log_filter(level)?;
-        reload_handle.reload(filter).map_err(|e| e.to_string())
-    });
+    let set_log_level = proxy_core::process::init_logging(addrs.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(addrs.worker_threads)
         .enable_all()
@@ -59,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                wait_for_signal().await;
+                proxy_core::process::wait_for_signal().await;
                 shutdown.cancel();
             }
         });
@@ -67,19 +52,4 @@ fn main() -> anyhow::Result<()> {
             .await
             .context("ztunnel failed")
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
