@@ -22,6 +22,7 @@ pub mod accept;
 pub mod authority;
 pub mod cert;
 pub mod client;
+mod coalesce;
 mod keepalive;
 pub mod server;
 pub mod settings;

@@ -17,13 +17,16 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::accept::Refusals;
 use crate::authority::{ForwardedFor, RequestError, parse_authority, parse_forwarded_for};
+use crate::coalesce::Coalesce;
 use crate::settings::{H2Settings, TLS_READ_BUFFER};
 use crate::splice::ChunkIo;
 use crate::stream::H2Stream;
 use crate::tls::{self, TlsError};
 
 /// An accepted connection after TLS.
-type TlsConn = tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>;
+/// An accepted connection's transport under HTTP/2: TLS, with writes
+/// coalesced (`coalesce.rs`).
+type TlsConn = Coalesce<tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>>;
 
 /// What the handler is asked about: one CONNECT from a verified peer.
 #[derive(Debug, Clone)]
@@ -247,7 +250,7 @@ impl<H: ConnectHandler> HboneServer<H> {
             .map_err(|source| ServeError::Tls { peer, source })?;
             let h2 = self
                 .h2_builder()
-                .handshake::<_, Bytes>(tls)
+                .handshake::<_, Bytes>(Coalesce::new(tls))
                 .await
                 .map_err(|source| ServeError::H2 { peer, source })?;
             Ok::<_, ServeError>((peer_identity, h2))

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -158,10 +158,11 @@ impl<C: Connector> Clients<C> {
         version: Version,
         request: Request<Body>,
         max_per_connection: u32,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<Body>, SendError> {
         let key = (endpoint.clone(), SocketAddr::new(source.ip(), 0));
         if version == Version::HTTP_2 {
-            self.send_http2(key, request, max_per_connection).await
+            let response = self.send_http2(key, request, max_per_connection).await?;
+            Ok(response.map(crate::body::from_hyper))
         } else {
             self.send_http1(key, request, max_per_connection).await
         }
@@ -230,7 +231,7 @@ impl<C: Connector> Clients<C> {
         key: Key,
         mut request: Request<Body>,
         max_per_connection: u32,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<Body>, SendError> {
         let idle = {
             let mut pool = self.http1.lock().unwrap_or_else(|p| p.into_inner());
             let now = std::time::Instant::now();
@@ -244,9 +245,15 @@ impl<C: Connector> Clients<C> {
             }
             taken
         };
-        let (mut sender, used) = match idle {
-            Some(i) if i.sender.is_ready() => (i.sender, i.used),
-            _ => {
+        // A connection comes back when its last answer has been read; its
+        // task may not have seen the end yet, so it is awaited (briefly).
+        let reused = match idle {
+            Some(mut i) => i.sender.ready().await.is_ok().then_some((i.sender, i.used)),
+            None => None,
+        };
+        let (mut sender, used) = match reused {
+            Some(r) => r,
+            None => {
                 let io = self.connect(&key).await?;
                 let (sender, connection) = http1::Builder::new()
                     .handshake(io)
@@ -267,28 +274,87 @@ impl<C: Connector> Clients<C> {
             .await
             .map_err(|source| SendError::Reset { endpoint: key.0.address, source })?;
         let used = used + 1;
-        // Back to the pool once the answer has been read, unless it was an
-        // upgrade (the connection is the caller's now) or it is used up.
-        if !upgrade && (max_per_connection == 0 || used < max_per_connection) {
-            let pool = self.http1.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-                    let now = std::time::Instant::now();
-                    if pool.len() >= SWEEP_AT {
-                        pool.retain(|_, list| {
-                            list.retain(|i| !i.sender.is_closed() && now - i.since < IDLE_TIMEOUT);
-                            !list.is_empty()
-                        });
-                    }
-                    let list = pool.entry(key).or_default();
-                    if list.len() < IDLE_PER_ENDPOINT {
-                        list.push(Idle { sender, used, since: now });
-                    }
-                }
+        // Back to the pool once the answer has been read to its end, unless
+        // it was an upgrade (the connection is the caller's now) or it is
+        // used up. An answer dropped before its end takes the connection
+        // with it.
+        let give_back = (!upgrade && (max_per_connection == 0 || used < max_per_connection))
+            .then(|| GiveBack { pool: self.http1.clone(), key, sender, used });
+        Ok(response
+            .map(|incoming| crate::body::from_hyper(Returning { inner: incoming, give_back })))
+    }
+}
+
+/// What goes back to the pool when an answer ends.
+struct GiveBack {
+    pool: Arc<Mutex<HashMap<Key, Vec<Idle>>>>,
+    key: Key,
+    sender: http1::SendRequest<Body>,
+    used: u32,
+}
+
+impl GiveBack {
+    fn put(self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if pool.len() >= SWEEP_AT {
+            pool.retain(|_, list| {
+                list.retain(|i| !i.sender.is_closed() && now - i.since < IDLE_TIMEOUT);
+                !list.is_empty()
             });
         }
-        Ok(response)
+        let list = pool.entry(self.key).or_default();
+        if list.len() < IDLE_PER_ENDPOINT {
+            list.push(Idle { sender: self.sender, used: self.used, since: now });
+        }
+    }
+}
+
+/// An HTTP/1.1 answer's body that returns its connection to the pool when
+/// read to the end (no task per request to wait for that).
+struct Returning {
+    inner: Incoming,
+    give_back: Option<GiveBack>,
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        // An answer with no body left to read (`Content-Length: 0`, a
+        // `HEAD`) may never be polled to its end.
+        if self.inner.is_end_stream()
+            && let Some(g) = self.give_back.take()
+        {
+            g.put();
+        }
+    }
+}
+
+impl hyper::body::Body for Returning {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => {
+                if let Some(g) = self.give_back.take() {
+                    g.put();
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => self.give_back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -314,7 +314,7 @@ type Refusal = (&'static str, StatusCode, &'static str);
 
 /// How an attempt ended.
 enum Attempt {
-    Answered(Response<Incoming>),
+    Answered(Response<Body>),
     Failed(SendError),
     TimedOut,
 }
@@ -873,7 +873,7 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
         let source = down.source;
         let work = async {
             let mut backoff = retry.backoff;
-            let mut last: Option<Result<Response<Incoming>, Refusal>> = None;
+            let mut last: Option<Result<Response<Body>, Refusal>> = None;
             for attempt in 0..attempts_allowed {
                 if attempt > 0 {
                     tokio::time::sleep(backoff).await;
@@ -998,7 +998,7 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
                 }
             });
         }
-        let (mut head, incoming) = response.into_parts();
+        let (mut head, answer) = response.into_parts();
         strip_hop_by_hop(
             &mut head.headers,
             upgrade_request && head.status == StatusCode::SWITCHING_PROTOCOLS,
@@ -1007,7 +1007,7 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
             b.response_headers.apply(&mut head.headers);
         }
         head.version = downstream_version;
-        Response::from_parts(head, body::from_hyper(incoming))
+        Response::from_parts(head, answer)
     }
 
     /// Sends a copy of a request to `backend`, answer discarded. Envoy

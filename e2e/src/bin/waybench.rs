@@ -5,21 +5,27 @@
 //! `cargo run --release -p e2e --bin waybench -- [--seconds 5] [--concurrency 32] [--repeat 3]`
 //! (figures and how to read them: `docs/performance.md`)
 //!
-//! Hops: a client pod on one node, the proxy's pod on a node, the backend
-//! (`mesh-sample http-echo`) on the other node.
-//! - waypoint: client ztunnel → waypoint → destination ztunnel, all
-//!   HBONE (mTLS), the way the mesh carries it;
-//! - nginx (one worker) and haproxy (one thread): plain HTTP, run inside
-//!   the waypoint's own pod (same node, same address), proxying to a backend
-//!   outside the mesh;
-//! - direct: the client to that backend, no proxy.
+//! Hops: a client pod on node-a, the proxy's pod on node-c, the backend
+//! (`mesh-sample http-echo`) on node-b.
+//! - waypoint: client ztunnel → waypoint → backend's ztunnel, all HBONE
+//!   (mTLS), the way the mesh carries it;
+//! - nginx (one worker) and haproxy (one thread) on the same hops: run in
+//!   an ambient pod beside the waypoint, reached by the client's pod over
+//!   the mesh and proxying to the backend's pod over it. They speak plain
+//!   HTTP; node-c's ztunnel carries their mTLS both ways;
+//! - nginx-plain and haproxy-plain: the same proxies off the mesh (in the
+//!   waypoint's pod, plain TCP from a client and to a backend outside the
+//!   mesh), for the proxies' own cost with no TLS anywhere;
+//! - direct: the plain client to the plain backend, no proxy.
 //!
-//! The reference proxies do no TLS here, the waypoint terminates and
-//! originates mTLS; each proxy's CPU is its own process's, so requests per
-//! proxy CPU-second compare the work of each. Figures are medians of
-//! `--repeat` rounds, the paths interleaved. nginx and haproxy are found on
-//! `PATH` or `/usr/sbin`, or installed with apt (Debian's `nginx-light`,
-//! `haproxy`); a proxy that cannot be found is left out and said so.
+//! Two CPU figures per path: the proxy's own process, and the hop's (the
+//! proxy plus node-c's ztunnel): what serving on the mesh's hops costs, the
+//! waypoint's own TLS and HTTP/2 included, nginx's and haproxy's TLS done
+//! for them by the ztunnel. Figures are medians of `--repeat` rounds, the
+//! paths interleaved. nginx and haproxy are found on `PATH` or `/usr/sbin`,
+//! or installed with apt (Debian's `nginx-light`, `haproxy`); a proxy that
+//! cannot be found is left out and said so. `--only NAME` measures some
+//! paths alone (for a profiler: the waypoint's pid is printed).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,9 +64,37 @@ struct Args {
     /// run without one; off by default so the figures compare like work).
     #[arg(long)]
     access_log: bool,
+    /// Measure only these paths (direct, waypoint, nginx, haproxy;
+    /// repeatable), for profiling one of them.
+    #[arg(long)]
+    only: Vec<String>,
+    /// More environment for the waypoint (`NAME=VALUE`, repeatable), for
+    /// trying a setting (an allocator's, say) without a rebuild.
+    #[arg(long, value_parser = parse_env)]
+    waypoint_env: Vec<(String, String)>,
 }
 
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))
+}
+
+/// node-c comes first: the waypoint's pod, the one pod without a
+/// `nodeName`, goes to the first node, beside the reference proxies.
 const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-c}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-b}
+---
 apiVersion: v1
 kind: Namespace
 metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
@@ -79,6 +113,11 @@ apiVersion: v1
 kind: Pod
 metadata: {name: backend, namespace: mesh, labels: {app: backend}}
 spec: {nodeName: node-b, containers: [{name: c, image: none, command: [mesh-sample, http-echo, --port, "8080"]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: proxies, namespace: mesh}
+spec: {nodeName: node-c, containers: [{name: c, image: none}]}
 ---
 apiVersion: v1
 kind: Service
@@ -109,6 +148,9 @@ struct Subject {
     http2: SocketAddr,
     /// The proxy's processes (none for direct).
     pids: Vec<u32>,
+    /// What serving on the mesh's hops costs: the proxy and the ztunnel
+    /// of its node (none off the mesh).
+    hop_pids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -117,6 +159,7 @@ struct Figures {
     latency: Percentiles,
     errors: u64,
     cpu_seconds: f64,
+    hop_cpu_seconds: f64,
 }
 
 /// The first failed request, for the message when a path is left out.
@@ -347,41 +390,57 @@ fn main() -> anyhow::Result<()> {
         agent_env: Vec::new(),
         // One worker by default (the waypoint's own default), like the
         // one nginx worker and haproxy thread.
-        waypoint_env: vec![("WORKER_THREADS".into(), args.waypoint_threads.to_string())],
+        waypoint_env: [("WORKER_THREADS".to_string(), args.waypoint_threads.to_string())]
+            .into_iter()
+            .chain(args.waypoint_env.iter().cloned())
+            .collect(),
     };
     let cluster = Cluster::up(&spec, options).context("bringing the cluster up")?;
     let pod =
         |ns: &str, name: &str| cluster.pod(ns, name).cloned().context(format!("pod {ns}/{name}"));
-    let (mesh_client, plain_client, plain_backend, waypoint) = (
+    let (mesh_client, mesh_backend, proxies, plain_client, plain_backend, waypoint) = (
         pod("mesh", "client")?,
+        pod("mesh", "backend")?,
+        pod("mesh", "proxies")?,
         pod("plain", "client")?,
         pod("plain", "backend")?,
         pod("mesh", "waypoint-0")?,
     );
-    let waypoint_pid = cluster
-        .state()
-        .components
-        .iter()
-        .find(|c| c.label == localmesh::cluster::waypoint_label("mesh", "waypoint"))
-        .map(|c| c.pid)
-        .context("the waypoint's process")?;
-    let ztunnel_pids: Vec<u32> = cluster
-        .state()
-        .components
-        .iter()
-        .filter(|c| c.label.starts_with("ztunnel-"))
-        .map(|c| c.pid)
-        .collect();
-    let backend = SocketAddr::new(plain_backend.ip, 8080);
-    let at = |port: u16| SocketAddr::new(waypoint.ip, port);
+    let component = |label: &str| {
+        cluster
+            .state()
+            .components
+            .iter()
+            .find(|c| c.label == label)
+            .map(|c| c.pid)
+            .context(format!("no process {label}"))
+    };
+    let waypoint_pid = component(&localmesh::cluster::waypoint_label("mesh", "waypoint"))?;
+    anyhow::ensure!(
+        waypoint.node == proxies.node,
+        "the waypoint landed on {}, not beside the reference proxies on {}",
+        waypoint.node,
+        proxies.node
+    );
+    // The ztunnel of the proxies' node: the mTLS nginx and haproxy lean on
+    // there, and (a check) nothing for the waypoint, which does its own.
+    let hop_ztunnel = component(&format!("ztunnel-{}", proxies.node))?;
+    let end_ztunnels = vec![
+        component(&format!("ztunnel-{}", mesh_client.node))?,
+        component(&format!("ztunnel-{}", mesh_backend.node))?,
+    ];
+    eprintln!("waybench: the waypoint is process {waypoint_pid}");
+    let plain_target = SocketAddr::new(plain_backend.ip, 8080);
+    let mesh_target = SocketAddr::new(mesh_backend.ip, 8080);
     let mut children = Children(Vec::new());
     let mut paths = vec![
         Subject {
             name: "direct",
             client_netns: plain_client.netns.clone(),
-            http1: backend,
-            http2: backend,
+            http1: plain_target,
+            http2: plain_target,
             pids: vec![],
+            hop_pids: vec![],
         },
         Subject {
             name: "waypoint",
@@ -389,44 +448,49 @@ fn main() -> anyhow::Result<()> {
             http1: "10.96.0.50:80".parse()?,
             http2: "10.96.0.50:80".parse()?,
             pids: vec![waypoint_pid],
+            hop_pids: vec![waypoint_pid, hop_ztunnel],
         },
     ];
-    if let Some(nginx) = &nginx {
-        let config = nginx_config(&state, backend)?;
-        let child = start_in(
-            &waypoint.netns,
-            nginx,
-            &["-c", &config.display().to_string(), "-e", "stderr"],
-            &state.join("nginx.log"),
-        )?;
-        paths.push(Subject {
-            name: "nginx",
-            client_netns: plain_client.netns.clone(),
-            http1: at(18080),
-            http2: at(18082),
+    // Each reference proxy twice: on the mesh's hops (an ambient pod beside
+    // the waypoint, its node's ztunnel carrying the mTLS both ways), and off
+    // the mesh (plain TCP from a client outside it, the waypoint's pod).
+    let placements = [
+        ("mesh", &proxies, &mesh_client, mesh_target, Some(hop_ztunnel)),
+        ("plain", &waypoint, &plain_client, plain_target, None),
+    ];
+    for (placement, pod, client, target, ztunnel) in placements {
+        let dir = state.join(placement);
+        std::fs::create_dir_all(&dir)?;
+        let at = |port: u16| SocketAddr::new(pod.ip, port);
+        let mut reference = |name: &'static str, child: Child, ports: (u16, u16)| {
             // `ip netns exec` execs the program: the same pid.
-            pids: vec![child.id()],
-        });
-        children.0.push(child);
+            let pid = child.id();
+            children.0.push(child);
+            paths.push(Subject {
+                name,
+                client_netns: client.netns.clone(),
+                http1: at(ports.0),
+                http2: at(ports.1),
+                pids: vec![pid],
+                hop_pids: ztunnel.map_or_else(Vec::new, |z| vec![pid, z]),
+            });
+        };
+        if let Some(nginx) = &nginx {
+            let config = nginx_config(&dir, target)?;
+            let args = ["-c", &config.display().to_string(), "-e", "stderr"];
+            let child = start_in(&pod.netns, nginx, &args, &dir.join("nginx.log"))?;
+            let name = if placement == "mesh" { "nginx" } else { "nginx-plain" };
+            reference(name, child, (18080, 18082));
+        }
+        if let Some(haproxy) = &haproxy {
+            let config = haproxy_config(&dir, target)?;
+            let args = ["-db", "-f", &config.display().to_string()];
+            let child = start_in(&pod.netns, haproxy, &args, &dir.join("haproxy.log"))?;
+            let name = if placement == "mesh" { "haproxy" } else { "haproxy-plain" };
+            reference(name, child, (18081, 18083));
+        }
     }
-    if let Some(haproxy) = &haproxy {
-        let config = haproxy_config(&state, backend)?;
-        let child = start_in(
-            &waypoint.netns,
-            haproxy,
-            &["-db", "-f", &config.display().to_string()],
-            &state.join("haproxy.log"),
-        )?;
-        paths.push(Subject {
-            name: "haproxy",
-            client_netns: plain_client.netns.clone(),
-            http1: at(18081),
-            http2: at(18083),
-            // `ip netns exec` execs the program: the same pid.
-            pids: vec![child.id()],
-        });
-        children.0.push(child);
-    }
+    paths.retain(|p| args.only.is_empty() || args.only.iter().any(|o| o == p.name));
     std::thread::sleep(Duration::from_secs(1));
     // Everything answers before anything is measured; what never does is
     // left out, and said so.
@@ -446,10 +510,14 @@ fn main() -> anyhow::Result<()> {
                 break true;
             }
             if Instant::now() > deadline {
+                let (program, placement) = match path.name.split_once('-') {
+                    Some((program, _)) => (program, "plain"),
+                    None => (path.name, "mesh"),
+                };
                 let logs: String = ["nginx.log", "nginx-error.log", "haproxy.log"]
                     .iter()
-                    .filter(|f| f.starts_with(path.name))
-                    .filter_map(|f| std::fs::read_to_string(state.join(f)).ok())
+                    .filter(|f| f.starts_with(program))
+                    .filter_map(|f| std::fs::read_to_string(state.join(placement).join(f)).ok())
                     .collect();
                 eprintln!(
                     "waybench: {} does not answer (h1: {:?}, h2: {:?}; first failure: {:?}); left out. Its log:\n{logs}",
@@ -481,20 +549,28 @@ fn main() -> anyhow::Result<()> {
             let mut pair = [Figures::default(); 2];
             for (j, http2) in [false, true].into_iter().enumerate() {
                 let addr = if http2 { path.http2 } else { path.http1 };
-                let before = cpu_of(&path.pids);
+                let (before, hop_before) = (cpu_of(&path.pids), cpu_of(&path.hop_pids));
                 let (rps, latency, errors) =
                     load(&path.client_netns, addr, http2, args.concurrency, args.seconds)?;
-                pair[j] =
-                    Figures { rps, latency, errors, cpu_seconds: cpu_of(&path.pids) - before };
+                pair[j] = Figures {
+                    rps,
+                    latency,
+                    errors,
+                    cpu_seconds: cpu_of(&path.pids) - before,
+                    hop_cpu_seconds: cpu_of(&path.hop_pids) - hop_before,
+                };
             }
             rounds[i].push(pair);
             eprintln!("round {} {}: done", round + 1, path.name);
         }
     }
-    let ztunnel_cpu_note = cpu_of(&ztunnel_pids);
+    let ztunnel_cpu_note = cpu_of(&end_ztunnels);
 
     println!(
-        "\n{} in flight, {} s per figure, median of {} round(s). CPU is the proxy's own process. Waypoint: {} worker thread(s), access log {}.\n",
+        "\n{} in flight, {} s per figure, median of {} round(s). Waypoint: {} worker thread(s), access log {}.\n\
+         proxy CPU: the proxy's own process. hop CPU: the proxy and the ztunnel of its node, what serving\n\
+         on the mesh's hops costs (the waypoint does its own mTLS; nginx and haproxy lean on that ztunnel).\n\
+         -plain: the same proxy off the mesh, plain TCP from a client outside it (no hop figure).\n",
         args.concurrency,
         args.seconds,
         args.repeat,
@@ -502,25 +578,53 @@ fn main() -> anyhow::Result<()> {
         if args.access_log { "on" } else { "off (as nginx's and haproxy's)" }
     );
     println!(
-        "{:<9} {:<6} {:>9} {:>9} {:>9} {:>8} {:>12} {:>7}",
-        "path", "proto", "req/s", "p50 µs", "p99 µs", "CPU-s", "req/CPU-s", "errors"
+        "{:<13} {:<5} {:>7} {:>7} {:>7} {:>10} {:>10} {:>8} {:>10} {:>6}",
+        "path",
+        "proto",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "proxy CPU",
+        "req/CPU-s",
+        "hop CPU",
+        "req/CPU-s",
+        "errors"
     );
     for (path, rounds) in paths.iter().zip(&rounds) {
         for (j, proto) in ["h1", "h2"].iter().enumerate() {
             let pick =
                 |f: &dyn Fn(&Figures) -> f64| median(rounds.iter().map(|r| f(&r[j])).collect());
-            let (rps, p50, p99, cpu) = (
+            let (rps, p50, p99, cpu, hop_cpu) = (
                 pick(&|f| f.rps),
                 pick(&|f| f.latency.p50),
                 pick(&|f| f.latency.p99),
                 pick(&|f| f.cpu_seconds),
+                pick(&|f| f.hop_cpu_seconds),
             );
             let errors: u64 = rounds.iter().map(|r| r[j].errors).sum();
-            let per_cpu =
-                if cpu > 0.0 { format!("{:.0}", rps * args.seconds / cpu) } else { "-".into() };
+            let seconds = |cpu: f64, known: bool| {
+                if known { format!("{cpu:.2}") } else { "-".into() }
+            };
+            let per_cpu = |cpu: f64, known: bool| {
+                if known && cpu > 0.0 {
+                    format!("{:.0}", rps * args.seconds / cpu)
+                } else {
+                    "-".into()
+                }
+            };
+            let (own, hop) = (!path.pids.is_empty(), !path.hop_pids.is_empty());
             println!(
-                "{:<9} {:<6} {:>9.0} {:>9.0} {:>9.0} {:>8.2} {:>12} {:>7}",
-                path.name, proto, rps, p50, p99, cpu, per_cpu, errors
+                "{:<13} {:<5} {:>7.0} {:>7.0} {:>7.0} {:>10} {:>10} {:>8} {:>10} {:>6}",
+                path.name,
+                proto,
+                rps,
+                p50,
+                p99,
+                seconds(cpu, own),
+                per_cpu(cpu, own),
+                seconds(hop_cpu, hop),
+                per_cpu(hop_cpu, hop),
+                errors
             );
         }
     }
@@ -541,12 +645,12 @@ fn main() -> anyhow::Result<()> {
     for (name, idle, peak, errors) in memory {
         let peak = peak.map_or("-".into(), |p| format!("{:.1} MiB", p as f64 / 1024.0));
         println!(
-            "{name:<9} idle {:.1} MiB   peak {peak}   ({errors} errors)",
+            "{name:<13} idle {:.1} MiB   peak {peak}   ({errors} errors)",
             idle as f64 / 1024.0
         );
     }
     println!(
-        "\n(the mesh path's two ztunnels used {ztunnel_cpu_note:.2} CPU-s in all, not counted above)"
+        "\n(the client's and the backend's ztunnels used {ztunnel_cpu_note:.2} CPU-s in all, the same work on every mesh path; not counted above)"
     );
     drop(children);
     drop(cluster);

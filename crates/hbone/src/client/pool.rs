@@ -20,6 +20,7 @@ use super::capture::{CaptureErrors, ErrorSlot};
 use super::configs::ClientConfigs;
 use super::open::{OpenError, connection_error, open_stream};
 use super::{ConnectError, ConnectRequest, Dialer};
+use crate::coalesce::Coalesce;
 use crate::settings::{H2Settings, TLS_READ_BUFFER};
 use crate::stream::H2Stream;
 use crate::sync::lock;
@@ -250,6 +251,7 @@ impl Pool {
                 .map_err(|source| ConnectError::Tls { addr, source })?
                 .is_some();
             let (io, io_error) = CaptureErrors::new(tls);
+            let io = Coalesce::new(io);
             h2::client::Builder::new()
                 .initial_window_size(settings.stream_window)
                 .initial_connection_window_size(settings.connection_window)

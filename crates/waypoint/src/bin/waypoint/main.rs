@@ -1,5 +1,7 @@
 //! The `waypoint` binary: flags, logging, runtime, then `waypoint::app::run`.
 
+mod alloc;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -214,10 +216,14 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let set_log_level = init_logging(process.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(process.worker_threads)
-        .enable_all()
-        .build()?;
+    let runtime = if process.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(process.worker_threads)
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async move {
         let bind = |addr, what: &'static str| async move {
             tokio::net::TcpListener::bind(addr)
