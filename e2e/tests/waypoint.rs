@@ -1,7 +1,8 @@
 //! The waypoint in a local cluster: a namespace bound to a waypoint, its
 //! HTTP routed by VirtualService, DestinationRule and HTTPRoute, with
 //! retries, timeouts, faults, gRPC and WebSocket passing, Istio's metrics,
-//! and traffic refused (never sent around it) when the waypoint is down.
+//! and traffic refused (never sent around it) when the waypoint is down or
+//! missing, or when a client dials a pod behind it directly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -123,6 +124,19 @@ fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
     support::eventually("HTTP through the waypoint", 30, || {
         count(&request(&sleep, reviews, &[]), "statuses", "200") == 1
     });
+    // Around the waypoint: the pod dialled directly is refused at its
+    // ztunnel, which says why.
+    let pod_ip = c.pod("apps", "reviews-v1").unwrap().ip;
+    let around = request(&sleep, &format!("http://{pod_ip}:9080/"), &["--count", "2"]);
+    assert_eq!(count(&around, "statuses", "200"), 0, "{around}");
+    assert_eq!(around["errors"].as_array().map_or(0, Vec::len), 2, "{around}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // reviews-v1 backs services bound to two waypoints: either may reach it.
+    while !state.logged("denied by policy apps/waypoint-only~apps.second+apps.waypoint") {
+        assert!(std::time::Instant::now() < deadline, "no refusal logged:\n{}", state.logs());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
     let first = request(&sleep, reviews, &[]);
     let headers = &first["last"]["headers"];
     assert!(headers["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")), "{first}");
@@ -200,6 +214,11 @@ fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
     assert_eq!(names.len(), 4, "{dump}");
     assert!(names[0].starts_with("VirtualService apps/reviews http 0"), "{names:?}");
 
+    // Bound to a waypoint that does not exist yet: refused, never direct.
+    let missing = request(&sleep, "http://10.96.0.42/", &["--count", "3"]);
+    assert_eq!(count(&missing, "statuses", "200"), 0, "{missing}");
+    assert_eq!(missing["errors"].as_array().map_or(0, Vec::len), 3, "{missing}");
+
     // A waypoint added to the running cluster takes the service bound to it.
     let mut c = c;
     c.add_waypoint("apps", "second", Some("service")).unwrap();
@@ -221,6 +240,11 @@ fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
     });
     c.remove_waypoint("apps", "second").unwrap();
     assert!(c.pod("apps", "second-0").is_none());
+    // Deleted again: refused again, once the proxies have heard.
+    support::eventually("details refused without its waypoint", 30, || {
+        let gone = request(&sleep, "http://10.96.0.42/", &[]);
+        count(&gone, "statuses", "200") == 0 && gone["errors"].as_array().map_or(0, Vec::len) == 1
+    });
 
     // The waypoint down: refused, never sent around it.
     let label = localmesh::cluster::waypoint_label("apps", "waypoint");

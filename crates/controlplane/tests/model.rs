@@ -279,7 +279,7 @@ fn a_waypoint_sees_only_what_it_fronts() {
 }
 
 #[test]
-fn bindings_to_missing_waypoints_are_dropped_with_a_warning() {
+fn bindings_to_missing_waypoints_are_kept_so_traffic_is_refused_with_a_warning() {
     let without_gateway: String = CLUSTER
         .split("---")
         .filter(|d| !d.contains("kind: Gateway"))
@@ -289,11 +289,19 @@ fn bindings_to_missing_waypoints_are_dropped_with_a_warning() {
     assert!(bad.is_empty(), "{bad:?}");
     let (state, _) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
     let m = Model::compute(&state, &MeshConfig::default());
-    assert!(workload(&m, "web-7d4f9-abcde").waypoint.is_none());
+    // Kept: proxies cannot resolve it and refuse, rather than go direct.
+    let kept = workload(&m, "web-7d4f9-abcde").waypoint.clone();
+    assert!(
+        matches!(&kept.as_ref().map(|w| &w.destination), Some(GatewayDestination::Hostname(h)) if h.hostname.starts_with("apps-waypoint.apps.")),
+        "{kept:?}"
+    );
+    let web = m.services.iter().find(|s| s.name == "web").map(|s| s.waypoint.clone());
+    assert!(matches!(web, Some(Some(_))), "{web:?}");
     let warned: Vec<String> = m.warnings.iter().map(|w| w.object.to_string()).collect();
     assert!(warned.contains(&"Pod apps/web-7d4f9-abcde".to_string()), "{warned:?}");
     assert!(warned.contains(&"Service apps/web".to_string()), "{warned:?}");
     assert!(m.warnings[0].message.contains("does not exist"));
+    assert!(m.warnings[0].message.contains("refused"), "{}", m.warnings[0].message);
 }
 
 #[test]
@@ -411,4 +419,45 @@ fn updating_after_a_change_equals_computing_afresh() {
     let updated_again = updated.update(&after, &relabeled, &mesh);
     same(&updated_again, &Model::compute(&relabeled, &mesh));
     assert_eq!(workload(&updated_again, "web-7d4f9-abcde").protocol, TunnelProtocol::None);
+}
+
+#[test]
+fn workloads_behind_a_waypoint_refuse_every_caller_but_the_waypoint_unless_the_namespace_opts_out()
+{
+    use mesh_core::Identity;
+    use mesh_core::policy::{Connection, evaluate};
+    let m = model();
+    let web = workload(&m, "web-7d4f9-abcde");
+    let guard_key = "apps/waypoint-only~apps.apps-waypoint";
+    assert!(web.authorization_policies.iter().any(|p| p == guard_key), "{web:?}");
+    let guard = m.policies.iter().find(|p| p.key() == guard_key).expect("the guard");
+    let decide = |caller: Option<Identity>| {
+        evaluate(
+            [guard],
+            &Connection {
+                source_identity: caller,
+                source_ip: "10.0.9.9".parse().unwrap(),
+                destination_ip: "10.0.1.9".parse().unwrap(),
+                destination_port: 8080,
+            },
+        )
+        .allowed()
+    };
+    let id = |sa: &str| Some(Identity::new("cluster.local", "apps", sa).unwrap());
+    assert!(decide(id("apps-waypoint")), "the waypoint itself");
+    assert!(!decide(id("web")), "another mesh workload, around the waypoint");
+    assert!(!decide(None), "plaintext");
+    // Not enforced by a ztunnel: no guard.
+    assert!(workload(&m, "batch").authorization_policies.iter().all(|p| !p.contains('~')));
+
+    // The namespace opts out for a migration: no guard.
+    let opted = CLUSTER.replace(
+        "istio.io/use-waypoint: apps-waypoint}}",
+        "istio.io/use-waypoint: apps-waypoint, mesh.dev/waypoint-bypass: allow}}",
+    );
+    let m = model_of(&opted);
+    assert!(
+        workload(&m, "web-7d4f9-abcde").authorization_policies.iter().all(|p| !p.contains('~'))
+    );
+    assert!(m.policies.iter().all(|p| !p.name.starts_with("waypoint-only~")));
 }

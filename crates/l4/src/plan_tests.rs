@@ -264,3 +264,40 @@ fn routing_preferences_strict_and_failover() {
         Err(PlanError::NoHealthyEndpoint(_))
     ));
 }
+
+#[test]
+fn a_waypoint_by_name_that_is_missing_or_not_ready_is_refused_never_skipped() {
+    let by_name = |name: &str| {
+        let mut b = service("web", "apps", ip("10.96.0.10"), &[(80, 8080)]).build();
+        b.waypoint = Some(mesh_core::GatewayAddress {
+            destination: mesh_core::GatewayDestination::Hostname(mesh_core::NamespacedHostname {
+                namespace: "apps".into(),
+                hostname: format!("{name}.apps.svc.cluster.local"),
+            }),
+            hbone_port: 15008,
+        });
+        Address::Service(Box::new(b))
+    };
+    const WAYPOINT: &str = "apps/waypoint.apps.svc.cluster.local";
+    let endpoint = || w(workload("web-0", "apps", ip("10.0.1.5")).endpoint_of(SVC, &[(80, 8080)]));
+    // Named, and no such service: refused.
+    let missing = store(vec![by_name("ghost"), endpoint()]);
+    assert_eq!(
+        run(&missing, "10.96.0.10:80").unwrap_err(),
+        PlanError::WaypointNotFound("apps/ghost.apps.svc.cluster.local".into())
+    );
+    // The waypoint's service exists, its only pod is not ready: refused.
+    let not_ready = store(vec![
+        by_name("waypoint"),
+        s(service("waypoint", "apps", ip("10.96.0.99"), &[(15008, 15008)])),
+        endpoint(),
+        w(workload("waypoint-0", "apps", ip("10.0.3.3"))
+            .service_account("waypoint")
+            .endpoint_of(WAYPOINT, &[(15008, 15008)])
+            .unhealthy()),
+    ]);
+    assert!(matches!(
+        run(&not_ready, "10.96.0.10:80").unwrap_err(),
+        PlanError::WaypointNotFound(_)
+    ));
+}

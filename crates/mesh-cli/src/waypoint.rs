@@ -54,9 +54,10 @@ pub(crate) enum WaypointCommand {
         #[arg(long, default_value = "mesh")]
         cluster: String,
     },
-    /// Removes a waypoint. Bindings to a waypoint that no longer exists are
-    /// dropped with a warning and their traffic goes direct, as in Istio;
-    /// remove the bindings first when that is not wanted.
+    /// Removes a waypoint. Traffic bound to a waypoint that no longer
+    /// exists is refused (fail closed, unlike Istio, which sends it direct),
+    /// with a warning; set `istio.io/use-waypoint: none` on the bindings
+    /// first to send it direct instead.
     Delete {
         /// The waypoint's name.
         name: String,

@@ -115,9 +115,18 @@ metadata: {name: backend, namespace: mesh, labels: {app: backend}}
 spec: {nodeName: node-b, containers: [{name: c, image: none, command: [mesh-sample, http-echo, --port, "8080"]}]}
 ---
 apiVersion: v1
+kind: Namespace
+metadata: {name: ambient, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
 kind: Pod
-metadata: {name: proxies, namespace: mesh}
+metadata: {name: proxies, namespace: ambient}
 spec: {nodeName: node-c, containers: [{name: c, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: ambient}
+spec: {nodeName: node-b, containers: [{name: c, image: none, command: [mesh-sample, http-echo, --port, "8080"]}]}
 ---
 apiVersion: v1
 kind: Service
@@ -400,8 +409,10 @@ fn main() -> anyhow::Result<()> {
         |ns: &str, name: &str| cluster.pod(ns, name).cloned().context(format!("pod {ns}/{name}"));
     let (mesh_client, mesh_backend, proxies, plain_client, plain_backend, waypoint) = (
         pod("mesh", "client")?,
-        pod("mesh", "backend")?,
-        pod("mesh", "proxies")?,
+        // The same backend in a namespace with no waypoint: pods behind a
+        // waypoint take traffic only from it.
+        pod("ambient", "backend")?,
+        pod("ambient", "proxies")?,
         pod("plain", "client")?,
         pod("plain", "backend")?,
         pod("mesh", "waypoint-0")?,

@@ -141,7 +141,8 @@ impl Model {
         waypoints::check_bindings(state, mesh, &mut workloads, &mut services, &mut warnings);
         let routes = routes::translate(state, mesh, &services, &workloads, &mut warnings);
         let waypoint_scopes = waypoints::scopes(&workloads, &services, &routes.backends);
-        let policies = policies::authorizations(state, mesh, &mut warnings);
+        let mut policies = policies::authorizations(state, mesh, &mut warnings);
+        policies.extend(waypoints::bypass_guards(state, mesh, &mut workloads, &services));
         // Selector policies no workload lists select nothing: say so.
         let listed: std::collections::HashSet<&str> = workloads
             .iter()

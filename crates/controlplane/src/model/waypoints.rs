@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mesh_core::{GatewayDestination, NamespacedHostname, Service, Workload};
+use mesh_core::policy::{Action, Authorization, Clause, Match, PolicyScope, Rule, StringMatch};
+use mesh_core::{GatewayDestination, NamespacedHostname, Service, TunnelProtocol, Workload};
 
 use super::{MeshConfig, Warning};
 use crate::config::{ClusterState, ObjectRef};
@@ -74,10 +75,19 @@ fn existing(
     out
 }
 
-/// Drops bindings to waypoints that do not exist (traffic then goes
-/// straight to the destination, as in Istio), with a warning on the object,
-/// and bindings of a kind the waypoint does not take (`istio.io/waypoint-for`:
-/// by default a waypoint takes traffic addressed to services, not to pods).
+/// Checks bindings against the waypoints that exist.
+///
+/// A binding to a waypoint that does not exist is **kept**, with a warning
+/// on the object: proxies cannot resolve the waypoint and refuse the
+/// traffic (fail closed; Istio sends it straight to the destination, which
+/// skips every L7 policy the waypoint would have applied). A missing
+/// waypoint's `istio.io/waypoint-for` is unknown, so pods keep their
+/// binding too. Only `istio.io/use-waypoint: none` (or no label) sends
+/// traffic direct.
+///
+/// Bindings of a kind an existing waypoint does not take are dropped
+/// (`istio.io/waypoint-for`: by default a waypoint takes traffic addressed
+/// to services, not to pods).
 pub fn check_bindings(
     state: &ClusterState,
     mesh: &MeshConfig,
@@ -96,11 +106,10 @@ pub fn check_bindings(
                 warnings.push(Warning {
                     object,
                     message: format!(
-                        "bound to waypoint {}, which does not exist; binding ignored",
+                        "bound to waypoint {}, which does not exist; connections to it are refused until it does (fail closed; istio.io/use-waypoint=none sends them direct)",
                         h.hostname
                     ),
                 });
-                *waypoint = None;
             }
             Some(takes) if object.kind == "Service" && !takes.services => {
                 warnings.push(Warning {
@@ -183,4 +192,112 @@ pub fn scopes(
         }
     }
     scopes
+}
+
+/// A namespace label: `allow` lets the namespace's workloads take traffic
+/// that did not come through their waypoint (for a migration; off by
+/// default).
+pub const WAYPOINT_BYPASS: &str = "mesh.dev/waypoint-bypass";
+
+/// The name of every bypass guard starts with this. `~` cannot appear in
+/// a Kubernetes name, so a guard never collides with a user's policy.
+pub const GUARD_PREFIX: &str = "waypoint-only~";
+
+/// The bypass guards: for every workload behind a waypoint (bound itself,
+/// or backing a service bound to one) and enforced by a ztunnel, one L4
+/// DENY of every caller that is not one of its waypoints, plaintext
+/// included, listed on the workload. So a client that dials the pod
+/// directly, around the waypoint and its L7 policies, is refused at the
+/// destination's ztunnel (Istio lets it through: istio#51445).
+///
+/// A waypoint's principals: `<td>/ns/<ns>/sa/<gateway>` (the account a
+/// waypoint runs as, as istiod deploys it) and those of the pods that back
+/// its Service. A missing waypoint still has the first, so its workloads
+/// stay guarded. Workloads in a namespace labelled
+/// `mesh.dev/waypoint-bypass: allow` get no guard.
+pub fn bypass_guards(
+    state: &ClusterState,
+    mesh: &MeshConfig,
+    workloads: &mut [Workload],
+    services: &[Service],
+) -> Vec<Authorization> {
+    let waypoint_of = |w: &Option<mesh_core::GatewayAddress>| match w.as_ref()?.destination {
+        GatewayDestination::Hostname(ref h) => Some(h.clone()),
+        GatewayDestination::Address(_) => None,
+    };
+    let service_waypoints: BTreeMap<NamespacedHostname, NamespacedHostname> =
+        services.iter().filter_map(|s| Some((s.key(), waypoint_of(&s.waypoint)?))).collect();
+    // Principals of each waypoint: by convention, and of its pods.
+    let mut principals: BTreeMap<NamespacedHostname, BTreeSet<String>> = BTreeMap::new();
+    for h in service_waypoints
+        .values()
+        .cloned()
+        .chain(workloads.iter().filter_map(|w| waypoint_of(&w.waypoint)))
+    {
+        let gateway = h.hostname.split('.').next().unwrap_or_default();
+        let conventional = format!("{}/ns/{}/sa/{gateway}", mesh.trust_domain, h.namespace);
+        principals.entry(h).or_default().insert(conventional);
+    }
+    for w in workloads.iter() {
+        for key in w.services.keys() {
+            if let Some(set) = principals.get_mut(key) {
+                let id = &w.identity;
+                set.insert(format!(
+                    "{}/ns/{}/sa/{}",
+                    id.trust_domain(),
+                    id.namespace(),
+                    id.service_account()
+                ));
+            }
+        }
+    }
+    let mut guards: BTreeMap<String, Authorization> = BTreeMap::new();
+    let mut bypass_allowed: BTreeMap<String, bool> = BTreeMap::new();
+    for w in workloads.iter_mut() {
+        let allowed = *bypass_allowed.entry(w.namespace.clone()).or_insert_with(|| {
+            state.namespace_labels(&w.namespace).get(WAYPOINT_BYPASS).is_some_and(|v| v == "allow")
+        });
+        if w.protocol != TunnelProtocol::Hbone || allowed {
+            continue;
+        }
+        let fronting: BTreeSet<NamespacedHostname> = waypoint_of(&w.waypoint)
+            .into_iter()
+            .chain(w.services.keys().filter_map(|k| service_waypoints.get(k).cloned()))
+            .collect();
+        if fronting.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = fronting
+            .iter()
+            .map(|h| {
+                format!("{}.{}", h.namespace, h.hostname.split('.').next().unwrap_or_default())
+            })
+            .collect();
+        let name = format!("{GUARD_PREFIX}{}", names.join("+"));
+        let key = format!("{}/{name}", w.namespace);
+        guards.entry(key.clone()).or_insert_with(|| {
+            let allowed: BTreeSet<&String> =
+                fronting.iter().flat_map(|h| principals.get(h).into_iter().flatten()).collect();
+            Authorization {
+                name,
+                namespace: w.namespace.clone(),
+                scope: PolicyScope::WorkloadSelector,
+                action: Action::Deny,
+                rules: vec![Rule {
+                    clauses: vec![Clause {
+                        matches: vec![Match {
+                            not_principals: allowed
+                                .into_iter()
+                                .map(|p| StringMatch::Exact(p.clone()))
+                                .collect(),
+                            ..Match::default()
+                        }],
+                    }],
+                }],
+                dry_run: false,
+            }
+        });
+        w.authorization_policies.push(key);
+    }
+    guards.into_values().collect()
 }
