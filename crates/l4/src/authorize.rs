@@ -77,8 +77,9 @@ pub fn authorize(
 
 /// The source address policy and telemetry see for an HBONE connection
 /// from `peer` at `peer_addr`: the `Forwarded: for=` address only when the
-/// peer is the destination's own waypoint (which proxies for the real
-/// client); from anyone else, the connection's own source. Any
+/// peer is one of the destination's waypoints (its own, or one of a service
+/// it backs: each proxies for the real client); from anyone else, the
+/// connection's own source. Any
 /// authenticated peer can write any address into that header, so trusting
 /// it from everyone would let any identity pass an `ipBlocks` rule.
 pub fn trusted_source(
@@ -88,9 +89,11 @@ pub fn trusted_source(
     peer_addr: SocketAddr,
     forwarded: Option<&hbone::authority::ForwardedFor>,
 ) -> SocketAddr {
-    let from_waypoint = destination
-        .and_then(|w| w.waypoint.as_ref())
-        .is_some_and(|waypoint| waypoint_identities(store, &waypoint.destination).contains(peer));
+    let from_waypoint = destination.is_some_and(|w| {
+        fronting_waypoints(store, w)
+            .iter()
+            .any(|waypoint| waypoint_identities(store, waypoint).contains(peer))
+    });
     match forwarded {
         Some(f) if from_waypoint => SocketAddr::new(f.ip, f.port.unwrap_or(0)),
         _ => peer_addr,
@@ -105,6 +108,17 @@ fn describe(reason: &DecisionReason) -> String {
         DecisionReason::NoAllowPolicyMatched => "no ALLOW policy matched".into(),
         DecisionReason::AllowedByPolicy(_) | DecisionReason::NoPolicies => "allowed".into(),
     }
+}
+
+/// The waypoints in front of a workload: its own binding, and those of the
+/// services it backs.
+fn fronting_waypoints(store: &WorkloadStore, workload: &Workload) -> Vec<GatewayDestination> {
+    let own = workload.waypoint.as_ref().map(|w| w.destination.clone());
+    let of_services = workload
+        .services
+        .keys()
+        .filter_map(|key| store.service(key)?.waypoint.as_ref().map(|w| w.destination.clone()));
+    own.into_iter().chain(of_services).collect()
 }
 
 /// Identities of the workloads behind a waypoint address.
@@ -132,7 +146,7 @@ mod tests {
 
     use mesh_core::Address;
     use mesh_core::policy::{Action, IpNet, Match, StringMatch};
-    use testkit::model::{policy, workload};
+    use testkit::model::{policy, service, workload};
 
     use super::*;
 
@@ -245,6 +259,18 @@ mod tests {
         assert_eq!(source(&db, id("apps", "waypoint")), "10.9.9.9:1234".parse().unwrap());
         assert_eq!(source(&db, id("apps", "api")), peer_addr, "not the waypoint: header ignored");
         assert_eq!(source(&web, id("apps", "waypoint")), peer_addr, "web has no waypoint");
+        // A pod that backs a service behind the waypoint trusts it too.
+        store.insert(Address::Service(Box::new(
+            service("api", "apps", ip("10.96.0.7"), &[(80, 8080)]).waypoint(ip("10.0.3.3")).build(),
+        )));
+        store.insert(Address::Workload(Box::new(
+            workload("api", "apps", ip("10.0.1.7"))
+                .endpoint_of("apps/api.apps.svc.cluster.local", &[(80, 8080)])
+                .build(),
+        )));
+        let api = store.workload("Kubernetes//Pod/apps/api").unwrap();
+        assert_eq!(source(&api, id("apps", "waypoint")), "10.9.9.9:1234".parse().unwrap());
+        assert_eq!(source(&api, id("apps", "web")), peer_addr, "not its waypoint");
         assert_eq!(
             trusted_source(&store, None, &id("apps", "waypoint"), peer_addr, Some(&spoofed)),
             peer_addr
