@@ -10,12 +10,16 @@
 //! - [`engine`]: serving HTTP on an accepted tunnel and forwarding it, with
 //!   faults, timeouts, retries, mirrors and upgrades;
 //! - [`detect`]: telling HTTP from other bytes on an undeclared port;
-//! - [`metrics`]: Istio's HTTP metrics.
+//! - [`metrics`]: Istio's HTTP metrics;
+//! - [`authz`]: `AuthorizationPolicy` for HTTP (Istio's attributes and
+//!   order) and path normalisation, pure and property-tested; not yet fed
+//!   by the control plane nor called by the engine.
 //!
 //! It does not decide who may connect (the proxy's HBONE handler does),
 //! open tunnels (a [`clients::Connector`] does) or read xDS (the proxy
 //! hands it [`config::ServiceRoutes`] through [`engine::Destinations`]).
 
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod clients;

@@ -1,0 +1,605 @@
+//! HTTP authorization as Istio's `AuthorizationPolicy` decides it, for the
+//! waypoint: pure code, one request's facts in, a decision out.
+//!
+//! Semantics (Istio's):
+//! - a policy matches when any of its rules does; a policy without rules
+//!   matches nothing (so an ALLOW policy with no rules allows nothing);
+//! - a rule matches when its `from` (any source), its `to` (any operation)
+//!   and every one of its `when` conditions match; a part left out does
+//!   not constrain;
+//! - a source, operation or condition matches when every field it sets
+//!   does: values within a field are OR-ed, `not*` fields match when none
+//!   of their values does;
+//! - order: CUSTOM, then DENY, then ALLOW. A request matched by a CUSTOM
+//!   policy is denied (no external authorizer is supported: failing closed
+//!   for what it selects). Any matching DENY denies. When ALLOW policies
+//!   exist, one must match, or the request is denied (`RBAC: access
+//!   denied`). AUDIT policies never decide; matching ones are reported.
+//!
+//! Paths are matched only after [`normalize_path`]; a path that cannot be
+//! normalised safely is refused before any policy is read. Methods are
+//! compared upper-cased (a server may well take `post` for `POST`); hosts
+//! case-insensitively, with and without the port.
+
+use std::net::IpAddr;
+
+/// What a matching policy does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Allow; when any ALLOW policy applies, what none allows is denied.
+    Allow,
+    /// Deny.
+    Deny,
+    /// Report, never decide.
+    Audit,
+    /// An external authorizer: not supported, so what it matches is denied.
+    Custom,
+}
+
+/// One policy, as the control plane sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// `namespace/name`, for the reason and the log.
+    pub name: String,
+    /// What a match does.
+    pub action: Action,
+    /// OR-ed.
+    pub rules: Vec<Rule>,
+}
+
+/// `from`, `to` and `when`, AND-ed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rule {
+    /// Any must match (none: no constraint).
+    pub from: Vec<Source>,
+    /// Any must match (none: no constraint).
+    pub to: Vec<Operation>,
+    /// All must match.
+    pub when: Vec<Condition>,
+}
+
+/// Who sent the request. Unset fields do not constrain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Source {
+    /// Peer principals (`<td>/ns/<ns>/sa/<sa>`).
+    pub principals: Vec<StringMatch>,
+    /// Not these peer principals.
+    pub not_principals: Vec<StringMatch>,
+    /// JWT principals (`<iss>/<sub>`).
+    pub request_principals: Vec<StringMatch>,
+    /// Not these JWT principals.
+    pub not_request_principals: Vec<StringMatch>,
+    /// Peer namespaces.
+    pub namespaces: Vec<StringMatch>,
+    /// Not these peer namespaces.
+    pub not_namespaces: Vec<StringMatch>,
+    /// The peer's address is in one of these.
+    pub ip_blocks: Vec<IpBlock>,
+    /// ... in none of these.
+    pub not_ip_blocks: Vec<IpBlock>,
+    /// The original client's address is in one of these.
+    pub remote_ip_blocks: Vec<IpBlock>,
+    /// ... in none of these.
+    pub not_remote_ip_blocks: Vec<IpBlock>,
+}
+
+/// What the request asks for. Unset fields do not constrain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Operation {
+    /// `Host`, case-insensitive.
+    pub hosts: Vec<StringMatch>,
+    /// Not these hosts.
+    pub not_hosts: Vec<StringMatch>,
+    /// Destination ports.
+    pub ports: Vec<u16>,
+    /// Not these ports.
+    pub not_ports: Vec<u16>,
+    /// Methods (upper case).
+    pub methods: Vec<String>,
+    /// Not these methods.
+    pub not_methods: Vec<String>,
+    /// Normalised paths.
+    pub paths: Vec<PathMatch>,
+    /// Not these paths.
+    pub not_paths: Vec<PathMatch>,
+}
+
+/// A `when` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// What is compared.
+    pub key: ConditionKey,
+    /// Any must match (none: no constraint).
+    pub values: Vec<StringMatch>,
+    /// None may match.
+    pub not_values: Vec<StringMatch>,
+}
+
+/// The attributes a `when` condition can name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConditionKey {
+    /// `request.headers[<name>]` (lower case).
+    RequestHeader(String),
+    /// `source.ip`.
+    SourceIp,
+    /// `remote.ip`.
+    RemoteIp,
+    /// `source.namespace`.
+    SourceNamespace,
+    /// `source.principal`.
+    SourcePrincipal,
+    /// `request.auth.principal`.
+    AuthPrincipal,
+    /// `request.auth.audiences`.
+    AuthAudiences,
+    /// `request.auth.presenter`.
+    AuthPresenter,
+    /// `request.auth.claims[a][b]...`: the path into the claims.
+    AuthClaim(Vec<String>),
+    /// `destination.ip`.
+    DestinationIp,
+    /// `destination.port`.
+    DestinationPort,
+    /// `connection.sni`.
+    ConnectionSni,
+}
+
+/// How a string is matched (Istio's forms: `abc`, `abc*`, `*abc`, `*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StringMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Ends with.
+    Suffix(String),
+    /// Present and not empty.
+    Presence,
+}
+
+/// How a normalised path is matched: Istio's string forms plus its path
+/// templates (`/api/{*}/items`: one segment; `/static/{**}`: any number, at
+/// the end only).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// A plain string form.
+    String(StringMatch),
+    /// Segments: literal, `{*}` or, last, `{**}`.
+    Template(Vec<Segment>),
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Segment {
+    /// This text.
+    Literal(String),
+    /// `{*}`: one non-empty segment.
+    One,
+    /// `{**}`: the rest, any number of segments (zero included, after
+    /// its `/`).
+    Rest,
+}
+
+/// An address block (`10.0.0.0/8`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpBlock {
+    address: IpAddr,
+    prefix: u8,
+}
+
+/// A request's JWT, once validated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthFacts {
+    /// `<iss>/<sub>`.
+    pub principal: String,
+    /// `aud`.
+    pub audiences: Vec<String>,
+    /// `azp`.
+    pub presenter: Option<String>,
+    /// Every claim.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a request is judged on.
+#[derive(Debug, Clone)]
+pub struct RequestFacts<'a> {
+    /// The peer's principal (`<td>/ns/<ns>/sa/<sa>`), if it proved one.
+    pub source_principal: Option<&'a str>,
+    /// The peer's namespace ("" without an identity).
+    pub source_namespace: &'a str,
+    /// The peer's address.
+    pub source_ip: IpAddr,
+    /// The original client's address (the peer's, unless a trusted hop said
+    /// otherwise).
+    pub remote_ip: IpAddr,
+    /// `Host` / `:authority`.
+    pub host: &'a str,
+    /// The method, as sent.
+    pub method: &'a str,
+    /// The path, normalised ([`normalize_path`]), without the query.
+    pub path: &'a str,
+    /// Headers.
+    pub headers: &'a http::HeaderMap,
+    /// The destination's address and port.
+    pub destination_ip: IpAddr,
+    /// The destination port.
+    pub destination_port: u16,
+    /// The TLS server name the client asked for, if any.
+    pub sni: Option<&'a str>,
+    /// The validated JWT, if the request carried one.
+    pub auth: Option<&'a AuthFacts>,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Let through.
+    pub allowed: bool,
+    /// Why: the deciding policy, or the rule that applied.
+    pub reason: String,
+    /// AUDIT policies that matched.
+    pub audited: Vec<String>,
+}
+
+/// Decides on one request.
+pub fn evaluate(policies: &[Policy], request: &RequestFacts<'_>) -> Decision {
+    let matching = |action: Action| {
+        policies.iter().filter(move |p| p.action == action).filter(|p| policy_matches(p, request))
+    };
+    let audited = matching(Action::Audit).map(|p| p.name.clone()).collect();
+    let deny = |reason: String, audited| Decision { allowed: false, reason, audited };
+    if let Some(p) = matching(Action::Custom).next() {
+        return deny(
+            format!("RBAC: access denied by {} (CUSTOM is not supported; denied)", p.name),
+            audited,
+        );
+    }
+    if let Some(p) = matching(Action::Deny).next() {
+        return deny(format!("RBAC: access denied by {}", p.name), audited);
+    }
+    let mut allows = policies.iter().filter(|p| p.action == Action::Allow).peekable();
+    if allows.peek().is_none() {
+        return Decision { allowed: true, reason: "no ALLOW policy".into(), audited };
+    }
+    match allows.find(|p| policy_matches(p, request)) {
+        Some(p) => Decision { allowed: true, reason: format!("allowed by {}", p.name), audited },
+        None => deny("RBAC: access denied".into(), audited),
+    }
+}
+
+fn policy_matches(policy: &Policy, r: &RequestFacts<'_>) -> bool {
+    policy.rules.iter().any(|rule| {
+        (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, r)))
+            && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, r)))
+            && rule.when.iter().all(|c| condition_matches(c, r))
+    })
+}
+
+/// Positive values: unset or any matches. Negative values: none matches.
+fn field<T>(positive: &[T], negative: &[T], test: impl Fn(&T) -> bool) -> bool {
+    (positive.is_empty() || positive.iter().any(&test)) && !negative.iter().any(&test)
+}
+
+fn source_matches(s: &Source, r: &RequestFacts<'_>) -> bool {
+    let principal = |m: &StringMatch| r.source_principal.is_some_and(|p| m.matches(p));
+    let request_principal = |m: &StringMatch| r.auth.is_some_and(|a| m.matches(&a.principal));
+    field(&s.principals, &s.not_principals, principal)
+        && field(&s.request_principals, &s.not_request_principals, request_principal)
+        && field(&s.namespaces, &s.not_namespaces, |m| m.matches(r.source_namespace))
+        && field(&s.ip_blocks, &s.not_ip_blocks, |b| b.contains(r.source_ip))
+        && field(&s.remote_ip_blocks, &s.not_remote_ip_blocks, |b| b.contains(r.remote_ip))
+}
+
+fn operation_matches(o: &Operation, r: &RequestFacts<'_>) -> bool {
+    let host = r.host.to_ascii_lowercase();
+    let bare = strip_port(&host);
+    let host_matches = |m: &StringMatch| {
+        let m = m.lowercased();
+        m.matches(&host) || m.matches(bare)
+    };
+    let method = r.method.to_ascii_uppercase();
+    let method_matches = |m: &String| m.eq_ignore_ascii_case(&method);
+    field(&o.hosts, &o.not_hosts, host_matches)
+        && field(&o.ports, &o.not_ports, |p| *p == r.destination_port)
+        && field(&o.methods, &o.not_methods, method_matches)
+        && field(&o.paths, &o.not_paths, |p| p.matches(r.path))
+}
+
+fn condition_matches(c: &Condition, r: &RequestFacts<'_>) -> bool {
+    let candidates = condition_values(&c.key, r);
+    let any = |m: &StringMatch| candidates.iter().any(|v| m.matches(v));
+    field(&c.values, &c.not_values, any)
+}
+
+/// The strings a condition compares: every value of a header (and their
+/// comma-joined form, as a proxy that joins them would see it), every
+/// element of a list claim.
+fn condition_values(key: &ConditionKey, r: &RequestFacts<'_>) -> Vec<String> {
+    match key {
+        ConditionKey::RequestHeader(name) => {
+            let values: Vec<String> = r
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            let mut out = values.clone();
+            if values.len() > 1 {
+                out.push(values.join(","));
+            }
+            out
+        }
+        ConditionKey::SourceIp => vec![r.source_ip.to_string()],
+        ConditionKey::RemoteIp => vec![r.remote_ip.to_string()],
+        ConditionKey::SourceNamespace => vec![r.source_namespace.to_string()],
+        ConditionKey::SourcePrincipal => {
+            r.source_principal.map(str::to_string).into_iter().collect()
+        }
+        ConditionKey::AuthPrincipal => r.auth.map(|a| a.principal.clone()).into_iter().collect(),
+        ConditionKey::AuthAudiences => r.auth.map(|a| a.audiences.clone()).unwrap_or_default(),
+        ConditionKey::AuthPresenter => {
+            r.auth.and_then(|a| a.presenter.clone()).into_iter().collect()
+        }
+        ConditionKey::AuthClaim(path) => {
+            let Some(auth) = r.auth else { return Vec::new() };
+            let mut value: Option<&serde_json::Value> = None;
+            for (i, part) in path.iter().enumerate() {
+                value = if i == 0 {
+                    auth.claims.get(part)
+                } else {
+                    value.and_then(|v| v.as_object()).and_then(|o| o.get(part))
+                };
+            }
+            match value {
+                Some(serde_json::Value::String(s)) => vec![s.clone()],
+                Some(serde_json::Value::Array(items)) => {
+                    items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect()
+                }
+                Some(serde_json::Value::Bool(b)) => vec![b.to_string()],
+                Some(serde_json::Value::Number(n)) => vec![n.to_string()],
+                _ => Vec::new(),
+            }
+        }
+        ConditionKey::DestinationIp => vec![r.destination_ip.to_string()],
+        ConditionKey::DestinationPort => vec![r.destination_port.to_string()],
+        ConditionKey::ConnectionSni => r.sni.map(str::to_string).into_iter().collect(),
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split_once("]:").map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+// === impl StringMatch ===
+
+impl StringMatch {
+    /// Istio's forms: `*` presence, `abc*` prefix, `*abc` suffix, else exact.
+    pub fn parse(s: &str) -> Self {
+        if s == "*" {
+            StringMatch::Presence
+        } else if let Some(rest) = s.strip_prefix('*') {
+            StringMatch::Suffix(rest.to_string())
+        } else if let Some(rest) = s.strip_suffix('*') {
+            StringMatch::Prefix(rest.to_string())
+        } else {
+            StringMatch::Exact(s.to_string())
+        }
+    }
+
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(s) => value == s,
+            StringMatch::Prefix(s) => value.starts_with(s.as_str()),
+            StringMatch::Suffix(s) => value.ends_with(s.as_str()),
+            StringMatch::Presence => !value.is_empty(),
+        }
+    }
+
+    fn lowercased(&self) -> StringMatch {
+        match self {
+            StringMatch::Exact(s) => StringMatch::Exact(s.to_ascii_lowercase()),
+            StringMatch::Prefix(s) => StringMatch::Prefix(s.to_ascii_lowercase()),
+            StringMatch::Suffix(s) => StringMatch::Suffix(s.to_ascii_lowercase()),
+            StringMatch::Presence => StringMatch::Presence,
+        }
+    }
+}
+
+// === impl PathMatch ===
+
+/// Why a path pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("path {pattern:?}: {why}")]
+pub struct PatternError {
+    /// The pattern.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
+impl PathMatch {
+    /// A `paths` entry: a template when it holds `{`, else a string form.
+    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
+        if !pattern.contains('{') && !pattern.contains('}') {
+            return Ok(PathMatch::String(StringMatch::parse(pattern)));
+        }
+        let error = |why| PatternError { pattern: pattern.to_string(), why };
+        let Some(rest) = pattern.strip_prefix('/') else {
+            return Err(error("a path template starts with /"));
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            segments.push(match *part {
+                "{*}" => Segment::One,
+                "{**}" if i + 1 == parts.len() => Segment::Rest,
+                "{**}" => return Err(error("{**} may only end a path template")),
+                p if p.contains('{') || p.contains('}') || p.contains('*') => {
+                    return Err(error("an operator must be a whole segment: {*} or {**}"));
+                }
+                p => Segment::Literal(p.to_string()),
+            });
+        }
+        Ok(PathMatch::Template(segments))
+    }
+
+    /// Whether the normalised `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::String(m) => m.matches(path),
+            PathMatch::Template(segments) => {
+                let Some(rest) = path.strip_prefix('/') else { return false };
+                let parts: Vec<&str> = rest.split('/').collect();
+                template_matches(segments, &parts)
+            }
+        }
+    }
+}
+
+fn template_matches(segments: &[Segment], parts: &[&str]) -> bool {
+    match segments.split_first() {
+        None => parts.is_empty(),
+        // `{**}` follows a `/`, which must be there: `/a/{**}` takes `/a/`
+        // and `/a/b/c`, not `/a` (as Envoy's URI templates).
+        Some((Segment::Rest, _)) => !parts.is_empty(),
+        Some((first, others)) => {
+            let Some((part, rest)) = parts.split_first() else { return false };
+            let ok = match first {
+                Segment::Literal(l) => l == part,
+                Segment::One => !part.is_empty(),
+                Segment::Rest => true,
+            };
+            ok && template_matches(others, rest)
+        }
+    }
+}
+
+// === impl IpBlock ===
+
+impl IpBlock {
+    /// `10.0.0.0/8`, `fd00::/8` or one address.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (address, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a = s.parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Self { address, prefix })
+    }
+
+    /// Whether `ip` is inside.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (a, b, bits) = match (self.address, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(a.to_bits()), u128::from(b.to_bits()), 32)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => (a.to_bits(), b.to_bits(), 128),
+            _ => return false,
+        };
+        let host_bits = bits - u32::from(self.prefix);
+        host_bits >= bits || (a >> host_bits) == (b >> host_bits)
+    }
+}
+
+// === path normalisation ===
+
+/// Why a path cannot be judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// It does not start with `/`.
+    #[error("the path does not start with /")]
+    NotAbsolute,
+    /// `%` not followed by two hex digits.
+    #[error("the path has a malformed percent-encoding")]
+    BadEscape,
+    /// `%2F`, `%5C` or a raw `\`: a slash the policy and the application
+    /// may read differently.
+    #[error("the path has an encoded slash or a backslash")]
+    AmbiguousSlash,
+    /// A NUL or another control character.
+    #[error("the path has a control character")]
+    ControlCharacter,
+}
+
+/// The path a policy is matched against, as Istio normalises it: the query
+/// cut off, percent-encoded unreserved characters decoded (other encodings
+/// kept, upper-cased), `.` and `..` segments resolved (never above the
+/// root), runs of `/` merged. A path that could reach the application in a
+/// form the policy did not see (an encoded slash or backslash, a raw
+/// backslash, a control character, a broken escape) is an error: the
+/// request is refused, not matched raw.
+pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+    let path = raw.split_once('?').map_or(raw, |(p, _)| p);
+    let path = path.split_once('#').map_or(path, |(p, _)| p);
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // Decode what is safe to decode; refuse what is ambiguous.
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut chars = path.char_indices();
+    while let Some((i, ch)) = chars.next() {
+        match ch {
+            '%' => {
+                let hex = |at: usize| bytes.get(at).and_then(|c| (*c as char).to_digit(16));
+                let (Some(h), Some(l)) = (hex(i + 1), hex(i + 2)) else {
+                    return Err(PathError::BadEscape);
+                };
+                // Both are ASCII hex digits: skip them.
+                chars.next();
+                chars.next();
+                let c = (h * 16 + l) as u8;
+                if c == b'/' || c == b'\\' {
+                    return Err(PathError::AmbiguousSlash);
+                }
+                if c < 0x20 || c == 0x7f {
+                    return Err(PathError::ControlCharacter);
+                }
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    decoded.push(c as char);
+                } else {
+                    decoded.push_str(&format!("%{c:02X}"));
+                }
+            }
+            '\\' => return Err(PathError::AmbiguousSlash),
+            c if c.is_control() => return Err(PathError::ControlCharacter),
+            c => decoded.push(c),
+        }
+    }
+    // Merge slashes and resolve dot segments (RFC 3986 §5.2.4).
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut out: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normalised = String::with_capacity(decoded.len());
+    for s in &out {
+        normalised.push('/');
+        normalised.push_str(s);
+    }
+    if normalised.is_empty() || trailing {
+        normalised.push('/');
+    }
+    Ok(normalised)
+}
+
+#[cfg(test)]
+#[path = "authz_tests.rs"]
+mod tests;
