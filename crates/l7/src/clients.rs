@@ -51,6 +51,10 @@ type Key = (Endpoint, SocketAddr);
 /// never holds what no client uses any more.
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long a pooled HTTP/1.1 connection may take to be ready for its
+/// next request before a new one is opened instead.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Past this many keys a pool is swept of idle and closed entries.
 const SWEEP_AT: usize = 256;
 
@@ -246,9 +250,15 @@ impl<C: Connector> Clients<C> {
             taken
         };
         // A connection comes back when its last answer has been read; its
-        // task may not have seen the end yet, so it is awaited (briefly).
+        // task may not have seen the end yet, so it is awaited, briefly: one
+        // still sending a request body the server answered early could wait
+        // on its client forever. Past the wait it is dropped (closed).
         let reused = match idle {
-            Some(mut i) => i.sender.ready().await.is_ok().then_some((i.sender, i.used)),
+            Some(i) if i.sender.is_ready() => Some((i.sender, i.used)),
+            Some(mut i) => tokio::time::timeout(READY_WAIT, i.sender.ready())
+                .await
+                .is_ok_and(|r| r.is_ok())
+                .then_some((i.sender, i.used)),
             None => None,
         };
         let (mut sender, used) = match reused {
