@@ -38,9 +38,11 @@ pub(crate) const CAPACITY: usize = 16 * 1024;
 /// Writes of at least this many bytes are not copied.
 pub(crate) const PASS_THROUGH: usize = 8 * 1024;
 
-/// A transport whose small writes wait for the end of the task's turn.
+/// A transport whose small writes wait for the end of the task's turn
+/// (when `enabled`; otherwise every call goes straight through).
 pub(crate) struct Coalesce<T> {
     inner: T,
+    enabled: bool,
     buf: Vec<u8>,
     /// How much of `buf` the transport has taken.
     written: usize,
@@ -51,8 +53,8 @@ pub(crate) struct Coalesce<T> {
 }
 
 impl<T> Coalesce<T> {
-    pub(crate) fn new(inner: T) -> Self {
-        Self { inner, buf: Vec::new(), written: 0, unflushed: false, armed: false }
+    pub(crate) fn new(inner: T, enabled: bool) -> Self {
+        Self { inner, enabled, buf: Vec::new(), written: 0, unflushed: false, armed: false }
     }
 
     fn waiting(&self) -> bool {
@@ -93,7 +95,7 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total >= PASS_THROUGH {
+        if total >= PASS_THROUGH || !self.enabled {
             ready!(self.poll_write_buffer(cx))?;
             let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
             self.unflushed = true;
@@ -153,6 +155,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.enabled {
+            ready!(this.poll_drain(cx))?;
+            return Pin::new(&mut this.inner).poll_flush(cx);
+        }
         if this.waiting() {
             if !this.armed {
                 this.armed = true;
@@ -196,7 +202,7 @@ mod tests {
     #[tokio::test]
     async fn small_writes_wait_for_the_next_read_then_leave_together() {
         let (near, mut far) = duplex(1 << 20);
-        let mut io = Coalesce::new(near);
+        let mut io = Coalesce::new(near, true);
         io.write_all(b"one ").await.unwrap();
         io.flush().await.unwrap();
         io.write_all(b"two").await.unwrap();
@@ -217,9 +223,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn disabled_it_writes_at_once() {
+        let (near, mut far) = duplex(1 << 20);
+        let mut io = Coalesce::new(near, false);
+        io.write_all(b"now").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(readable_now(&mut far).await, b"now");
+    }
+
+    #[tokio::test]
     async fn flush_with_bytes_waiting_wakes_the_task() {
         let (near, _far) = duplex(1 << 20);
-        let mut io = Coalesce::new(near);
+        let mut io = Coalesce::new(near, true);
         io.write_all(b"x").await.unwrap();
         let woken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
@@ -237,7 +252,7 @@ mod tests {
     #[tokio::test]
     async fn large_writes_go_through_after_what_was_waiting() {
         let (near, mut far) = duplex(1 << 20);
-        let mut io = Coalesce::new(near);
+        let mut io = Coalesce::new(near, true);
         io.write_all(b"head").await.unwrap();
         let big = vec![7u8; PASS_THROUGH];
         io.write_all(&big).await.unwrap();
@@ -249,7 +264,7 @@ mod tests {
     #[tokio::test]
     async fn overflow_writes_the_buffer_first_and_shutdown_writes_the_rest() {
         let (near, mut far) = duplex(1 << 20);
-        let mut io = Coalesce::new(near);
+        let mut io = Coalesce::new(near, true);
         let piece = vec![1u8; PASS_THROUGH - 1];
         for _ in 0..3 {
             io.write_all(&piece).await.unwrap();

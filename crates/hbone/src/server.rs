@@ -250,7 +250,7 @@ impl<H: ConnectHandler> HboneServer<H> {
             .map_err(|source| ServeError::Tls { peer, source })?;
             let h2 = self
                 .h2_builder()
-                .handshake::<_, Bytes>(Coalesce::new(tls))
+                .handshake::<_, Bytes>(Coalesce::new(tls, self.settings.coalesce_writes))
                 .await
                 .map_err(|source| ServeError::H2 { peer, source })?;
             Ok::<_, ServeError>((peer_identity, h2))

@@ -65,6 +65,8 @@ pub struct AppConfig {
     pub control_plane: ControlPlaneConfig,
     /// Engine limits.
     pub settings: EngineSettings,
+    /// Coalesce small HBONE writes (`Parts::coalesce_writes`).
+    pub coalesce_writes: bool,
 }
 
 /// The bound listeners.
@@ -144,6 +146,7 @@ pub async fn run(
             routes: routes.clone(),
             certs: certs.clone(),
             settings: config.settings.clone(),
+            coalesce_writes: config.coalesce_writes,
         },
         &mut registry,
     );

@@ -53,6 +53,9 @@ pub struct Parts {
     pub certs: Arc<WorkloadCertificates>,
     /// Engine limits.
     pub settings: EngineSettings,
+    /// HBONE connections (both ways) hold small writes until the end of
+    /// their task's turn (`H2Settings::coalesce_writes`).
+    pub coalesce_writes: bool,
 }
 
 /// A running waypoint's shared state.
@@ -66,6 +69,7 @@ pub struct Waypoint {
     /// Certificates.
     pub certs: Arc<WorkloadCertificates>,
     network: String,
+    h2: H2Settings,
     _lease: CertificateLease,
 }
 
@@ -73,11 +77,13 @@ impl Waypoint {
     /// Builds the engine and starts keeping the waypoint's certificate.
     pub fn new(parts: Parts, registry: &mut Registry) -> Arc<Self> {
         let lease = parts.certs.acquire(&parts.identity);
+        let h2 = H2Settings { coalesce_writes: parts.coalesce_writes, ..H2Settings::default() };
+        let pool = PoolConfig { h2: h2.clone(), ..PoolConfig::default() };
         let connector = HboneConnector {
             store: parts.store.clone(),
             certs: parts.certs.clone(),
             identity: parts.identity.clone(),
-            pool: Pool::new(PoolConfig::default(), Arc::new(TcpDialer)),
+            pool: Pool::new(pool, Arc::new(TcpDialer)),
             hbone_port: parts.hbone_port,
         };
         let view = MeshView { store: parts.store, routes: parts.routes };
@@ -88,6 +94,7 @@ impl Waypoint {
             identity: parts.identity,
             certs: parts.certs,
             network: parts.network,
+            h2,
             _lease: lease,
         })
     }
@@ -106,7 +113,7 @@ impl Waypoint {
             certs,
             &configs,
             handler,
-            H2Settings::default(),
+            self.h2.clone(),
             listener,
             stop,
         )

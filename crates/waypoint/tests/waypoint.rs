@@ -173,6 +173,7 @@ async fn routes_http_through_the_waypoint_and_refuses_what_it_does_not_front() {
             routes,
             certs,
             settings: Default::default(),
+            coalesce_writes: true,
         },
         &mut registry,
     );

@@ -251,7 +251,7 @@ impl Pool {
                 .map_err(|source| ConnectError::Tls { addr, source })?
                 .is_some();
             let (io, io_error) = CaptureErrors::new(tls);
-            let io = Coalesce::new(io);
+            let io = Coalesce::new(io, settings.coalesce_writes);
             h2::client::Builder::new()
                 .initial_window_size(settings.stream_window)
                 .initial_connection_window_size(settings.connection_window)

@@ -86,6 +86,11 @@ struct Flags {
     /// with replicas, or raise this on a waypoint with cores to itself.
     #[arg(long, env = "WORKER_THREADS", default_value = "1")]
     worker_threads: usize,
+    /// Hold small HBONE writes until the end of the connection task's turn,
+    /// so many tunnels' frames leave in one TLS record and one `writev`
+    /// (docs/performance.md has the measurements).
+    #[arg(long, env = "COALESCE_WRITES", default_value = "true", action = clap::ArgAction::Set)]
+    coalesce_writes: bool,
     /// Log filter (`info,l7=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -192,6 +197,7 @@ impl Flags {
                         cert_lifetime: Duration::from_secs(self.cert_lifetime_seconds),
                     },
                     settings: l7::EngineSettings::default(),
+                    coalesce_writes: self.coalesce_writes,
                 },
                 Process {
                     hbone,
