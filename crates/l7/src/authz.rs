@@ -19,9 +19,12 @@
 //! Paths are matched only after [`normalize_path`]; a path that cannot be
 //! normalised safely is refused before any policy is read. Methods are
 //! compared upper-cased (a server may well take `post` for `POST`); hosts
-//! case-insensitively, with and without the port.
+//! case-insensitively, with and without the port. String patterns and
+//! address blocks are the L4 policies' own (`mesh_core::policy`).
 
 use std::net::IpAddr;
+
+pub use mesh_core::policy::{IpNet, StringMatch};
 
 /// What a matching policy does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,13 +77,13 @@ pub struct Source {
     /// Not these peer namespaces.
     pub not_namespaces: Vec<StringMatch>,
     /// The peer's address is in one of these.
-    pub ip_blocks: Vec<IpBlock>,
+    pub ip_blocks: Vec<IpNet>,
     /// ... in none of these.
-    pub not_ip_blocks: Vec<IpBlock>,
+    pub not_ip_blocks: Vec<IpNet>,
     /// The original client's address is in one of these.
-    pub remote_ip_blocks: Vec<IpBlock>,
+    pub remote_ip_blocks: Vec<IpNet>,
     /// ... in none of these.
-    pub not_remote_ip_blocks: Vec<IpBlock>,
+    pub not_remote_ip_blocks: Vec<IpNet>,
 }
 
 /// What the request asks for. Unset fields do not constrain.
@@ -144,19 +147,6 @@ pub enum ConditionKey {
     ConnectionSni,
 }
 
-/// How a string is matched (Istio's forms: `abc`, `abc*`, `*abc`, `*`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum StringMatch {
-    /// Equal.
-    Exact(String),
-    /// Starts with.
-    Prefix(String),
-    /// Ends with.
-    Suffix(String),
-    /// Present and not empty.
-    Presence,
-}
-
 /// How a normalised path is matched: Istio's string forms plus its path
 /// templates (`/api/{*}/items`: one segment; `/static/{**}`: any number, at
 /// the end only).
@@ -178,13 +168,6 @@ pub enum Segment {
     /// `{**}`: the rest, any number of segments (zero included, after
     /// its `/`).
     Rest,
-}
-
-/// An address block (`10.0.0.0/8`, or one address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IpBlock {
-    address: IpAddr,
-    prefix: u8,
 }
 
 /// A request's JWT, once validated.
@@ -286,15 +269,15 @@ fn source_matches(s: &Source, r: &RequestFacts<'_>) -> bool {
     field(&s.principals, &s.not_principals, principal)
         && field(&s.request_principals, &s.not_request_principals, request_principal)
         && field(&s.namespaces, &s.not_namespaces, |m| m.matches(r.source_namespace))
-        && field(&s.ip_blocks, &s.not_ip_blocks, |b| b.contains(r.source_ip))
-        && field(&s.remote_ip_blocks, &s.not_remote_ip_blocks, |b| b.contains(r.remote_ip))
+        && field(&s.ip_blocks, &s.not_ip_blocks, |b| b.contains(&r.source_ip))
+        && field(&s.remote_ip_blocks, &s.not_remote_ip_blocks, |b| b.contains(&r.remote_ip))
 }
 
 fn operation_matches(o: &Operation, r: &RequestFacts<'_>) -> bool {
     let host = r.host.to_ascii_lowercase();
     let bare = strip_port(&host);
     let host_matches = |m: &StringMatch| {
-        let m = m.lowercased();
+        let m = lowercased(m);
         m.matches(&host) || m.matches(bare)
     };
     let method = r.method.to_ascii_uppercase();
@@ -377,39 +360,13 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-// === impl StringMatch ===
-
-impl StringMatch {
-    /// Istio's forms: `*` presence, `abc*` prefix, `*abc` suffix, else exact.
-    pub fn parse(s: &str) -> Self {
-        if s == "*" {
-            StringMatch::Presence
-        } else if let Some(rest) = s.strip_prefix('*') {
-            StringMatch::Suffix(rest.to_string())
-        } else if let Some(rest) = s.strip_suffix('*') {
-            StringMatch::Prefix(rest.to_string())
-        } else {
-            StringMatch::Exact(s.to_string())
-        }
-    }
-
-    /// Whether `value` matches.
-    pub fn matches(&self, value: &str) -> bool {
-        match self {
-            StringMatch::Exact(s) => value == s,
-            StringMatch::Prefix(s) => value.starts_with(s.as_str()),
-            StringMatch::Suffix(s) => value.ends_with(s.as_str()),
-            StringMatch::Presence => !value.is_empty(),
-        }
-    }
-
-    fn lowercased(&self) -> StringMatch {
-        match self {
-            StringMatch::Exact(s) => StringMatch::Exact(s.to_ascii_lowercase()),
-            StringMatch::Prefix(s) => StringMatch::Prefix(s.to_ascii_lowercase()),
-            StringMatch::Suffix(s) => StringMatch::Suffix(s.to_ascii_lowercase()),
-            StringMatch::Presence => StringMatch::Presence,
-        }
+/// A pattern compared case-insensitively (hosts).
+fn lowercased(m: &StringMatch) -> StringMatch {
+    match m {
+        StringMatch::Exact(s) => StringMatch::Exact(s.to_ascii_lowercase()),
+        StringMatch::Prefix(s) => StringMatch::Prefix(s.to_ascii_lowercase()),
+        StringMatch::Suffix(s) => StringMatch::Suffix(s.to_ascii_lowercase()),
+        StringMatch::Presence => StringMatch::Presence,
     }
 }
 
@@ -479,36 +436,6 @@ fn template_matches(segments: &[Segment], parts: &[&str]) -> bool {
             };
             ok && template_matches(others, rest)
         }
-    }
-}
-
-// === impl IpBlock ===
-
-impl IpBlock {
-    /// `10.0.0.0/8`, `fd00::/8` or one address.
-    pub fn parse(s: &str) -> Option<Self> {
-        let (address, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
-            None => {
-                let a = s.parse::<IpAddr>().ok()?;
-                (a, if a.is_ipv4() { 32 } else { 128 })
-            }
-        };
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Self { address, prefix })
-    }
-
-    /// Whether `ip` is inside.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let (a, b, bits) = match (self.address, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                (u128::from(a.to_bits()), u128::from(b.to_bits()), 32)
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => (a.to_bits(), b.to_bits(), 128),
-            _ => return false,
-        };
-        let host_bits = bits - u32::from(self.prefix);
-        host_bits >= bits || (a >> host_bits) == (b >> host_bits)
     }
 }
 

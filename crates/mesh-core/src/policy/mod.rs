@@ -140,6 +140,20 @@ impl Match {
 // === impl StringMatch ===
 
 impl StringMatch {
+    /// Istio's string patterns: `*` (present), `prefix*`, `*suffix`, or
+    /// exact.
+    pub fn parse(pattern: &str) -> Self {
+        if pattern == "*" {
+            StringMatch::Presence
+        } else if let Some(suffix) = pattern.strip_prefix('*') {
+            StringMatch::Suffix(suffix.to_string())
+        } else if let Some(prefix) = pattern.strip_suffix('*') {
+            StringMatch::Prefix(prefix.to_string())
+        } else {
+            StringMatch::Exact(pattern.to_string())
+        }
+    }
+
     /// Whether `value` matches.
     pub fn matches(&self, value: &str) -> bool {
         match self {
@@ -154,6 +168,18 @@ impl StringMatch {
 // === impl IpNet ===
 
 impl IpNet {
+    /// `10.0.0.0/8`, `fd00::/8`, or one address; `None` when it is none of
+    /// those.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.split_once('/') {
+            Some((ip, len)) => Self::new(ip.parse().ok()?, len.parse().ok()?),
+            None => {
+                let ip: IpAddr = s.parse().ok()?;
+                Self::new(ip, if ip.is_ipv4() { 32 } else { 128 })
+            }
+        }
+    }
+
     /// A block; `None` when the prefix is longer than the address.
     pub fn new(address: IpAddr, prefix: u8) -> Option<Self> {
         let max = if address.is_ipv4() { 32 } else { 128 };

@@ -1,8 +1,6 @@
 //! One AuthorizationPolicy rule → one L4 [`Rule`], failing closed where a
 //! node proxy cannot check what the rule says (see the module above).
 
-use std::net::IpAddr;
-
 use mesh_core::policy::{Action, Clause, IpNet, Match, Rule, StringMatch};
 
 use crate::config::istio::{Condition, Operation, PolicyRule, Source};
@@ -63,7 +61,7 @@ pub(super) fn translate_rule(rule: &PolicyRule, action: Action, namespace: &str)
 
 fn source(s: &Source, index: usize, namespace: &str) -> Translated {
     let mut lost = Vec::new();
-    let strings = |v: &[String]| v.iter().map(|p| string_match(p)).collect::<Vec<_>>();
+    let strings = |v: &[String]| v.iter().map(|p| StringMatch::parse(p)).collect::<Vec<_>>();
     let mut m = Match {
         principals: strings(&s.principals),
         not_principals: strings(&s.not_principals),
@@ -132,7 +130,7 @@ fn operation(o: &Operation, index: usize) -> Translated {
 fn when(c: &Condition) -> Translated {
     let mut lost = Vec::new();
     let mut m = Match::default();
-    let strings = |v: &[String]| v.iter().map(|s| string_match(s)).collect::<Vec<_>>();
+    let strings = |v: &[String]| v.iter().map(|s| StringMatch::parse(s)).collect::<Vec<_>>();
     match c.key.as_str() {
         "source.ip" => {
             m.source_ips = blocks("when.values", &c.values, &mut lost);
@@ -161,19 +159,6 @@ fn when(c: &Condition) -> Translated {
         lost.push(format!("when {} without values", c.key));
     }
     Translated { matcher: m, lost }
-}
-
-/// Istio's string patterns: `*` (any), `prefix*`, `*suffix`, or exact.
-fn string_match(pattern: &str) -> StringMatch {
-    if pattern == "*" {
-        StringMatch::Presence
-    } else if let Some(suffix) = pattern.strip_prefix('*') {
-        StringMatch::Suffix(suffix.to_string())
-    } else if let Some(prefix) = pattern.strip_suffix('*') {
-        StringMatch::Prefix(prefix.to_string())
-    } else {
-        StringMatch::Exact(pattern.to_string())
-    }
 }
 
 /// `serviceAccounts` entries (`<namespace>/<name>`, or `<name>` in the
@@ -207,18 +192,7 @@ fn blocks<'a>(
 ) -> Vec<IpNet> {
     let mut out = Vec::new();
     for value in values {
-        let parsed = match value.split_once('/') {
-            Some((ip, len)) => ip
-                .parse::<IpAddr>()
-                .ok()
-                .zip(len.parse::<u8>().ok())
-                .and_then(|(ip, len)| IpNet::new(ip, len)),
-            None => value
-                .parse::<IpAddr>()
-                .ok()
-                .and_then(|ip| IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 })),
-        };
-        match parsed {
+        match IpNet::parse(value) {
             Some(net) => out.push(net),
             None => lost.push(format!("{field} value {value:?} (not an IP or CIDR)")),
         }
