@@ -501,6 +501,10 @@ fn main() -> anyhow::Result<()> {
             reference(name, child, (18081, 18083));
         }
     }
+    if let Some(unknown) = args.only.iter().find(|o| !paths.iter().any(|p| p.name == o.as_str())) {
+        let known: Vec<&str> = paths.iter().map(|p| p.name).collect();
+        anyhow::bail!("--only {unknown}: no such path here (paths: {})", known.join(", "));
+    }
     paths.retain(|p| args.only.is_empty() || args.only.iter().any(|o| o == p.name));
     std::thread::sleep(Duration::from_secs(1));
     // Everything answers before anything is measured; what never does is
