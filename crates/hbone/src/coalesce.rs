@@ -94,8 +94,12 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if !self.enabled {
+            // Straight through, nothing kept: no flush owed later.
+            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total >= PASS_THROUGH || !self.enabled {
+        if total >= PASS_THROUGH {
             ready!(self.poll_write_buffer(cx))?;
             let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
             self.unflushed = true;
@@ -155,10 +159,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.enabled {
-            ready!(this.poll_drain(cx))?;
-            return Pin::new(&mut this.inner).poll_flush(cx);
-        }
         if this.waiting() {
             if !this.armed {
                 this.armed = true;
@@ -227,6 +227,7 @@ mod tests {
         let (near, mut far) = duplex(1 << 20);
         let mut io = Coalesce::new(near, false);
         io.write_all(b"now").await.unwrap();
+        assert!(!io.waiting(), "nothing kept, so no flush owed on the next read");
         io.flush().await.unwrap();
         assert_eq!(readable_now(&mut far).await, b"now");
     }
