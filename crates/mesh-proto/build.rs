@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "istio/ca/ca.proto",
     "istio/zds/zds.proto",
     "mesh/l7/routes.proto",
+    "mesh/l7/authorization.proto",
     "google/rpc/status.proto",
     "envoy/config/core/v3/base.proto",
     "envoy/service/discovery/v3/discovery.proto",

@@ -24,6 +24,9 @@
 
 use std::net::IpAddr;
 
+pub use mesh_core::policy::http::{
+    ConditionError, ConditionKey, ConditionValue, PathMatch, PatternError, Segment,
+};
 pub use mesh_core::policy::{IpNet, StringMatch};
 
 /// What a matching policy does.
@@ -113,61 +116,9 @@ pub struct Condition {
     /// What is compared.
     pub key: ConditionKey,
     /// Any must match (none: no constraint).
-    pub values: Vec<StringMatch>,
+    pub values: Vec<ConditionValue>,
     /// None may match.
-    pub not_values: Vec<StringMatch>,
-}
-
-/// The attributes a `when` condition can name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConditionKey {
-    /// `request.headers[<name>]` (lower case).
-    RequestHeader(String),
-    /// `source.ip`.
-    SourceIp,
-    /// `remote.ip`.
-    RemoteIp,
-    /// `source.namespace`.
-    SourceNamespace,
-    /// `source.principal`.
-    SourcePrincipal,
-    /// `request.auth.principal`.
-    AuthPrincipal,
-    /// `request.auth.audiences`.
-    AuthAudiences,
-    /// `request.auth.presenter`.
-    AuthPresenter,
-    /// `request.auth.claims[a][b]...`: the path into the claims.
-    AuthClaim(Vec<String>),
-    /// `destination.ip`.
-    DestinationIp,
-    /// `destination.port`.
-    DestinationPort,
-    /// `connection.sni`.
-    ConnectionSni,
-}
-
-/// How a normalised path is matched: Istio's string forms plus its path
-/// templates (`/api/{*}/items`: one segment; `/static/{**}`: any number, at
-/// the end only).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PathMatch {
-    /// A plain string form.
-    String(StringMatch),
-    /// Segments: literal, `{*}` or, last, `{**}`.
-    Template(Vec<Segment>),
-}
-
-/// One segment of a path template.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Segment {
-    /// This text.
-    Literal(String),
-    /// `{*}`: one non-empty segment.
-    One,
-    /// `{**}`: the rest, any number of segments (zero included, after
-    /// its `/`).
-    Rest,
+    pub not_values: Vec<ConditionValue>,
 }
 
 /// A request's JWT, once validated.
@@ -289,8 +240,17 @@ fn operation_matches(o: &Operation, r: &RequestFacts<'_>) -> bool {
 }
 
 fn condition_matches(c: &Condition, r: &RequestFacts<'_>) -> bool {
+    let ip = match c.key {
+        ConditionKey::SourceIp => Some(r.source_ip),
+        ConditionKey::RemoteIp => Some(r.remote_ip),
+        ConditionKey::DestinationIp => Some(r.destination_ip),
+        _ => None,
+    };
+    if let Some(ip) = ip {
+        return field(&c.values, &c.not_values, |v| v.matches_ip(ip));
+    }
     let candidates = condition_values(&c.key, r);
-    let any = |m: &StringMatch| candidates.iter().any(|v| m.matches(v));
+    let any = |v: &ConditionValue| candidates.iter().any(|text| v.matches_text(text));
     field(&c.values, &c.not_values, any)
 }
 
@@ -367,75 +327,6 @@ fn lowercased(m: &StringMatch) -> StringMatch {
         StringMatch::Prefix(s) => StringMatch::Prefix(s.to_ascii_lowercase()),
         StringMatch::Suffix(s) => StringMatch::Suffix(s.to_ascii_lowercase()),
         StringMatch::Presence => StringMatch::Presence,
-    }
-}
-
-// === impl PathMatch ===
-
-/// Why a path pattern was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("path {pattern:?}: {why}")]
-pub struct PatternError {
-    /// The pattern.
-    pub pattern: String,
-    /// What is wrong with it.
-    pub why: &'static str,
-}
-
-impl PathMatch {
-    /// A `paths` entry: a template when it holds `{`, else a string form.
-    pub fn parse(pattern: &str) -> Result<Self, PatternError> {
-        if !pattern.contains('{') && !pattern.contains('}') {
-            return Ok(PathMatch::String(StringMatch::parse(pattern)));
-        }
-        let error = |why| PatternError { pattern: pattern.to_string(), why };
-        let Some(rest) = pattern.strip_prefix('/') else {
-            return Err(error("a path template starts with /"));
-        };
-        let parts: Vec<&str> = rest.split('/').collect();
-        let mut segments = Vec::with_capacity(parts.len());
-        for (i, part) in parts.iter().enumerate() {
-            segments.push(match *part {
-                "{*}" => Segment::One,
-                "{**}" if i + 1 == parts.len() => Segment::Rest,
-                "{**}" => return Err(error("{**} may only end a path template")),
-                p if p.contains('{') || p.contains('}') || p.contains('*') => {
-                    return Err(error("an operator must be a whole segment: {*} or {**}"));
-                }
-                p => Segment::Literal(p.to_string()),
-            });
-        }
-        Ok(PathMatch::Template(segments))
-    }
-
-    /// Whether the normalised `path` matches.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatch::String(m) => m.matches(path),
-            PathMatch::Template(segments) => {
-                let Some(rest) = path.strip_prefix('/') else { return false };
-                let parts: Vec<&str> = rest.split('/').collect();
-                template_matches(segments, &parts)
-            }
-        }
-    }
-}
-
-fn template_matches(segments: &[Segment], parts: &[&str]) -> bool {
-    match segments.split_first() {
-        None => parts.is_empty(),
-        // `{**}` follows a `/`, which must be there: `/a/{**}` takes `/a/`
-        // and `/a/b/c`, not `/a` (as Envoy's URI templates).
-        Some((Segment::Rest, _)) => !parts.is_empty(),
-        Some((first, others)) => {
-            let Some((part, rest)) = parts.split_first() else { return false };
-            let ok = match first {
-                Segment::Literal(l) => l == part,
-                Segment::One => !part.is_empty(),
-                Segment::Rest => true,
-            };
-            ok && template_matches(others, rest)
-        }
     }
 }
 

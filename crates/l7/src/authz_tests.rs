@@ -83,9 +83,9 @@ fn from(src: Source) -> Rule {
 fn when(key: ConditionKey, values: &[&str], not_values: &[&str]) -> Rule {
     Rule {
         when: vec![Condition {
-            key,
-            values: values.iter().map(|v| s(v)).collect(),
-            not_values: not_values.iter().map(|v| s(v)).collect(),
+            key: key.clone(),
+            values: values.iter().map(|v| key.value(v).unwrap()).collect(),
+            not_values: not_values.iter().map(|v| key.value(v).unwrap()).collect(),
         }],
         ..Rule::default()
     }
@@ -258,6 +258,10 @@ fn conditions_on_every_documented_attribute() {
     assert!(r.allowed(&allow(when(ConditionKey::SourcePrincipal, &["*/sa/web"], &[]))));
     assert!(r.allowed(&allow(when(ConditionKey::DestinationIp, &["10.0.2.2"], &[]))));
     assert!(r.allowed(&allow(when(ConditionKey::DestinationPort, &["80"], &[]))));
+    // Address keys take blocks, as Istio's do.
+    assert!(r.allowed(&allow(when(ConditionKey::SourceIp, &["10.0.0.0/16"], &[]))));
+    assert!(!r.allowed(&allow(when(ConditionKey::SourceIp, &[], &["10.0.0.0/8"]))));
+    assert!(!r.allowed(&allow(when(ConditionKey::DestinationIp, &["192.168.0.0/16"], &[]))));
     assert!(!r.allowed(&allow(when(ConditionKey::ConnectionSni, &["*"], &[]))));
     let claims: serde_json::Value = serde_json::json!({
         "groups": ["dev", "ops"],
@@ -496,8 +500,11 @@ fn compile(raw: &[RawPolicy]) -> Vec<Policy> {
                             .iter()
                             .map(|(v, n)| Condition {
                                 key: ConditionKey::RequestHeader("x-h".into()),
-                                values: strings(v),
-                                not_values: strings(n),
+                                values: strings(v).into_iter().map(ConditionValue::Text).collect(),
+                                not_values: strings(n)
+                                    .into_iter()
+                                    .map(ConditionValue::Text)
+                                    .collect(),
                             })
                             .collect(),
                     }
@@ -600,4 +607,54 @@ proptest! {
             prop_assert_eq!(normalize_path(&once), Ok(once.clone()));
         }
     }
+}
+
+#[test]
+fn when_keys_are_istios_and_nothing_else() {
+    let key = |k: &str| ConditionKey::parse(k);
+    assert_eq!(
+        key("request.headers[X-User]").unwrap(),
+        ConditionKey::RequestHeader("x-user".into())
+    );
+    assert_eq!(
+        key("request.auth.claims[org][team]").unwrap(),
+        ConditionKey::AuthClaim(vec!["org".into(), "team".into()])
+    );
+    for k in [
+        "source.ip",
+        "remote.ip",
+        "source.namespace",
+        "source.principal",
+        "request.auth.principal",
+        "request.auth.audiences",
+        "request.auth.presenter",
+        "destination.ip",
+        "destination.port",
+        "connection.sni",
+        "request.headers[a]",
+        "request.auth.claims[a][b]",
+    ] {
+        assert_eq!(key(k).unwrap().to_string(), k, "round trip");
+    }
+    for bad in [
+        "request.header[x]",
+        "request.headers[]",
+        "request.headers[a][b]",
+        "request.headers[a",
+        "request.auth.claims",
+        "request.auth.claims[a]x",
+        "source.ips",
+        "",
+        "experimental.envoy.filters.x",
+    ] {
+        let e = key(bad).unwrap_err();
+        assert_eq!(e.key, bad, "the error names the key");
+    }
+    assert!(ConditionKey::SourceIp.value("10.0.0.0/33").is_err());
+    assert!(
+        ConditionKey::SourceIp.value("not-an-ip").unwrap_err().to_string().contains("not-an-ip")
+    );
+    assert!(ConditionKey::DestinationPort.value("http").is_err());
+    assert!(ConditionKey::DestinationPort.value("8080").is_ok());
+    assert!(ConditionKey::RequestHeader("a".into()).value("x*").is_ok());
 }

@@ -31,8 +31,10 @@ use crate::config::{
     Action, Backend, Forward, LoadBalancer, Protocol, Route, ServiceRoutes, TrafficPolicy,
 };
 use crate::filters;
+use crate::guard::{self, Refusal as AuthzRefusal};
 use crate::matching::RequestFacts;
 use crate::metrics::{HttpLabels, HttpMetrics, Peer, Series};
+use crate::policies::Applicable;
 
 /// What the engine asks of the proxy around it.
 pub trait Destinations: Send + Sync + 'static {
@@ -43,6 +45,10 @@ pub trait Destinations: Send + Sync + 'static {
     fn endpoints(&self, service: &str, port: u16, workloads: Option<&[String]>) -> Vec<Endpoint>;
     /// How the metrics name an endpoint's workload.
     fn describe(&self, uid: &str) -> Peer;
+    /// The authorization policies that apply to requests to `target`.
+    /// Required, with no default: a proxy that forgot it would let
+    /// everything through.
+    fn authorization(&self, target: &Target) -> Arc<Applicable>;
 }
 
 /// What a tunnel was opened to.
@@ -71,6 +77,9 @@ pub struct Downstream {
     pub peer: Peer,
     /// The destination.
     pub target: Target,
+    /// The address the tunnel was opened to (a service's VIP and port, or
+    /// the workload's).
+    pub destination: SocketAddr,
 }
 
 /// Limits and names; the defaults are documented in `docs/waypoint.md`.
@@ -138,6 +147,8 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 struct Exchange {
     flags: Vec<&'static str>,
     route: String,
+    /// The authorization verdict's reason, when policies applied.
+    policy: String,
     service: Option<String>,
     endpoint: Option<Endpoint>,
     attempts: u32,
@@ -396,6 +407,16 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let applicable = self.destinations.authorization(&downstream.target);
+        if !applicable.is_empty()
+            && let Err(reason) = guard::connection(&applicable, &downstream)
+        {
+            // Dropping the tunnel resets it: the client sees a reset, not
+            // a clean end.
+            info!(target: "access", source = %downstream.source, destination = %downstream.destination,
+                reason = %reason, flags = "DENY", "tcp connection denied");
+            return;
+        }
         let (group, endpoints, policy) = match &downstream.target {
             Target::Service { key, port } => (
                 format!("{key}:{port}"),
@@ -554,6 +575,7 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
         let source = down.source;
         let upstream = exchange.endpoint.as_ref().map(|e| e.address);
         let route = std::mem::take(&mut exchange.route);
+        let policy = std::mem::take(&mut exchange.policy);
         let attempts = exchange.attempts;
         let on_end = Box::new(move |response_bytes: u64| {
             let millis = start.elapsed().as_secs_f64() * 1000.0;
@@ -563,8 +585,9 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
                 let flags =
                     if key.flags.is_empty() { "-".to_string() } else { key.flags.join(",") };
                 let upstream = upstream.map_or_else(|| "-".to_string(), |u| u.to_string());
+                let policy = if policy.is_empty() { "-" } else { policy.as_str() };
                 info!(target: "access", %source, %method, %path, status = key.code,
-                    %flags, route = %route, %upstream, attempts,
+                    %flags, route = %route, policy, %upstream, attempts,
                     duration_ms = format!("{millis:.1}"), request_bytes = sent, response_bytes,
                     "request");
             }
@@ -611,6 +634,22 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         exchange: &mut Exchange,
     ) -> Response<Body> {
+        let applicable = self.destinations.authorization(&down.target);
+        if !applicable.is_empty() {
+            match guard::request(&applicable, &mut parts, down) {
+                Ok(reason) => exchange.policy = reason,
+                Err(AuthzRefusal::Path(e)) => {
+                    exchange.flags.push("DENY");
+                    exchange.policy = format!("refused: {e}");
+                    return direct(StatusCode::BAD_REQUEST, &format!("invalid path: {e}"));
+                }
+                Err(AuthzRefusal::Denied(reason)) => {
+                    exchange.flags.push("DENY");
+                    exchange.policy = reason;
+                    return direct(StatusCode::FORBIDDEN, "RBAC: access denied");
+                }
+            }
+        }
         let (routes, port) = match &down.target {
             Target::Service { key, port } => (self.destinations.routes(key), *port),
             Target::Workload { .. } => {

@@ -12,8 +12,10 @@
 //! - [`detect`]: telling HTTP from other bytes on an undeclared port;
 //! - [`metrics`]: Istio's HTTP metrics;
 //! - [`authz`]: `AuthorizationPolicy` for HTTP (Istio's attributes and
-//!   order) and path normalisation, pure and property-tested; not yet fed
-//!   by the control plane nor called by the engine.
+//!   order) and path normalisation, pure and property-tested;
+//! - [`policies`]: the policies attached to what the proxy fronts
+//!   (`mesh.l7.Authorization`), read, reduced for TCP, indexed by
+//!   destination.
 //!
 //! It does not decide who may connect (the proxy's HBONE handler does),
 //! open tunnels (a [`clients::Connector`] does) or read xDS (the proxy
@@ -27,8 +29,10 @@ pub mod config;
 pub mod detect;
 pub mod engine;
 pub mod filters;
+mod guard;
 pub mod matching;
 pub mod metrics;
+pub mod policies;
 
 pub use config::{ConfigError, Protocol, ServiceRoutes};
 pub use engine::{Destinations, Downstream, Engine, EngineSettings, Target};

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7::balance::Endpoint;
 use l7::clients::Connector;
 use l7::metrics::Peer;
+use l7::policies::{Applicable, AttachedPolicy, PolicyIndex};
 use l7::{Destinations, Downstream, Engine, EngineSettings, Protocol, ServiceRoutes, Target};
 use mesh_proto::l7 as proto;
 use prometheus_client::registry::Registry;
@@ -128,6 +129,7 @@ impl Connector for Tcp {
 struct Mesh {
     routes: Mutex<HashMap<String, Arc<ServiceRoutes>>>,
     endpoints: Mutex<HashMap<String, Vec<Endpoint>>>,
+    policies: Mutex<Vec<AttachedPolicy>>,
 }
 
 /// The engine's view of `Mesh`, which the test keeps editing.
@@ -148,7 +150,19 @@ impl Destinations for View {
     fn describe(&self, uid: &str) -> Peer {
         Peer { workload: uid.to_string(), namespace: "apps".into(), ..Default::default() }
     }
+
+    fn authorization(&self, target: &Target) -> Arc<Applicable> {
+        let policies = self.0.policies.lock().unwrap();
+        let index = PolicyIndex::new(policies.iter(), WAYPOINT);
+        match target {
+            Target::Service { key, .. } => index.for_service(key),
+            Target::Workload { .. } => index.for_workload(),
+        }
+    }
 }
+
+/// The waypoint the engine plays in these tests.
+const WAYPOINT: &str = "apps/waypoint";
 
 struct Fixture {
     mesh: Arc<Mesh>,
@@ -196,15 +210,27 @@ impl Fixture {
     /// A tunnel from `source` to `service`, served by the engine: the
     /// client's end.
     fn tunnel(&self, service: &str, source: SocketAddr) -> tokio::io::DuplexStream {
+        self.tunnel_as(service, source, "client")
+    }
+
+    /// A tunnel opened by the `account` service account of `apps`.
+    fn tunnel_as(
+        &self,
+        service: &str,
+        source: SocketAddr,
+        account: &str,
+    ) -> tokio::io::DuplexStream {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let downstream = Downstream {
             source,
             peer: Peer {
-                workload: "client".into(),
+                workload: account.into(),
                 namespace: "apps".into(),
+                principal: format!("spiffe://cluster.local/ns/apps/sa/{account}"),
                 ..Default::default()
             },
             target: Target::Service { key: key(service), port: 80 },
+            destination: "10.0.0.2:80".parse().unwrap(),
         };
         tokio::spawn(self.engine.clone().serve(server, downstream, Protocol::Undeclared));
         client
@@ -221,7 +247,17 @@ impl Fixture {
         service: &str,
         source: SocketAddr,
     ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-        let client = self.tunnel(service, source);
+        self.client_as(service, source, "client").await
+    }
+
+    /// An HTTP/1.1 client with the identity of `account`.
+    async fn client_as(
+        &self,
+        service: &str,
+        source: SocketAddr,
+        account: &str,
+    ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        let client = self.tunnel_as(service, source, account);
         let (sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(client)).await.unwrap();
         tokio::spawn(conn.with_upgrades());
@@ -688,4 +724,188 @@ async fn a_silent_mirror_holds_a_bounded_number_of_copies() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(skipped >= 300 - 256, "copies past the limit are skipped: {skipped}\n{metrics}");
+}
+
+fn attach(f: &Fixture, policy: proto::Authorization) {
+    f.mesh.policies.lock().unwrap().push(AttachedPolicy::try_from(&policy).unwrap());
+}
+
+fn authz(
+    name: &str,
+    action: proto::AuthorizationAction,
+    rules: Vec<proto::AuthorizationRule>,
+) -> proto::Authorization {
+    proto::Authorization {
+        namespace: "apps".into(),
+        name: name.into(),
+        action: action as i32,
+        rules,
+        waypoints: vec![WAYPOINT.into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn authorization_policies_decide_before_routing() {
+    let f = Fixture::new().await;
+    f.service("reviews", &["authz-v1"]).await;
+    // Readers: the `client` account may GET, nothing else.
+    attach(
+        &f,
+        authz(
+            "readers",
+            proto::AuthorizationAction::Allow,
+            vec![proto::AuthorizationRule {
+                from: vec![proto::AuthorizationSource {
+                    principals: vec!["cluster.local/ns/apps/sa/client".into()],
+                    ..Default::default()
+                }],
+                to: vec![proto::AuthorizationOperation {
+                    methods: vec!["GET".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        ),
+    );
+    // On the service only: nobody reaches /admin.
+    let mut no_admin = authz(
+        "no-admin",
+        proto::AuthorizationAction::Deny,
+        vec![proto::AuthorizationRule {
+            to: vec![proto::AuthorizationOperation {
+                paths: vec!["/admin*".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    );
+    no_admin.waypoints.clear();
+    no_admin.services = vec![key("reviews")];
+    attach(&f, no_admin);
+    // A dry-run DENY of everything changes nothing.
+    let mut dry =
+        authz("dry", proto::AuthorizationAction::Deny, vec![proto::AuthorizationRule::default()]);
+    dry.dry_run = true;
+    attach(&f, dry);
+
+    let mut c = f.client("reviews").await;
+    let (status, _, body) = send(&mut c, get("/books")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = send(&mut c, get("/books").method("POST")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::FORBIDDEN, Some("RBAC: access denied\n")));
+    let (status, _, _) = send(&mut c, get("/books").method("post")).await;
+    assert_eq!(status, 403, "a lower-case method is the same method");
+    let (status, _, _) = send(&mut c, get("/admin/users")).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = send(&mut c, get("/public/../admin/users")).await;
+    assert_eq!(status, 403, "dot segments are resolved before matching");
+    let (status, _, _) = send(&mut c, get("//admin")).await;
+    assert_eq!(status, 403, "slashes are merged before matching");
+    let (status, _, body) = send(&mut c, get("/admin%2Fusers")).await;
+    assert_eq!(status, 400, "an encoded slash is refused, not matched raw: {body}");
+    let (status, _, body) = send(&mut c, get("/%61pi//v1/./books?x=1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["uri"], "/api/v1/books?x=1", "the application gets the path the policy saw");
+    let seen: Vec<String> = seen_by("authz-v1").into_iter().map(|(_, p)| p).collect();
+    assert_eq!(seen, ["/books", "/api/v1/books"], "nothing refused reached the backend");
+
+    let mut stranger = f.client_as("reviews", "10.0.0.8:40000".parse().unwrap(), "stranger").await;
+    let (status, _, _) = send(&mut stranger, get("/books")).await;
+    assert_eq!(status, 403, "another identity is not a reader");
+}
+
+/// A TCP echo server.
+async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tcp_connections_are_judged_by_the_l4_part_of_policies() {
+    let f = Fixture::new().await;
+    let db = Endpoint { uid: "db-0".into(), address: tcp_echo().await };
+    f.mesh.endpoints.lock().unwrap().insert(key("db"), vec![db]);
+    let tcp = |account: &str| {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let downstream = Downstream {
+            source: "10.0.0.9:40000".parse().unwrap(),
+            peer: Peer {
+                namespace: "apps".into(),
+                principal: format!("spiffe://cluster.local/ns/apps/sa/{account}"),
+                ..Default::default()
+            },
+            target: Target::Service { key: key("db"), port: 5432 },
+            destination: "10.0.0.2:5432".parse().unwrap(),
+        };
+        tokio::spawn(f.engine.clone().proxy_tcp(server, downstream));
+        client
+    };
+    async fn echoes(mut c: tokio::io::DuplexStream) -> bool {
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        ) && &buf == b"ping"
+    }
+    assert!(echoes(tcp("client")).await, "no policy: through");
+    // An ALLOW naming a method cannot be checked on TCP: it allows nothing.
+    attach(
+        &f,
+        authz(
+            "get-only",
+            proto::AuthorizationAction::Allow,
+            vec![proto::AuthorizationRule {
+                to: vec![proto::AuthorizationOperation {
+                    methods: vec!["GET".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        ),
+    );
+    assert!(!echoes(tcp("client")).await, "an HTTP-only ALLOW lets no TCP through");
+    attach(
+        &f,
+        authz(
+            "client-db",
+            proto::AuthorizationAction::Allow,
+            vec![proto::AuthorizationRule {
+                from: vec![proto::AuthorizationSource {
+                    principals: vec!["cluster.local/ns/apps/sa/client".into()],
+                    ..Default::default()
+                }],
+                to: vec![proto::AuthorizationOperation { ports: vec![5432], ..Default::default() }],
+                ..Default::default()
+            }],
+        ),
+    );
+    assert!(echoes(tcp("client")).await, "an L4 ALLOW applies");
+    assert!(!echoes(tcp("other")).await, "to whom it names");
+    // A DENY naming a path denies every TCP connection it otherwise matches.
+    attach(
+        &f,
+        authz(
+            "no-admin",
+            proto::AuthorizationAction::Deny,
+            vec![proto::AuthorizationRule {
+                to: vec![proto::AuthorizationOperation {
+                    paths: vec!["/admin".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        ),
+    );
+    assert!(!echoes(tcp("client")).await, "an HTTP-only DENY denies all TCP");
 }

@@ -12,6 +12,7 @@ use bolero::check;
 use l7::balance::Endpoint;
 use l7::clients::Connector;
 use l7::metrics::Peer;
+use l7::policies::{Applicable, AttachedPolicy, PolicyIndex};
 use l7::{Destinations, Downstream, Engine, EngineSettings, ServiceRoutes, Target};
 use mesh_proto::l7 as proto;
 use prost::Message;
@@ -56,6 +57,31 @@ impl Destinations for One {
     fn describe(&self, _: &str) -> Peer {
         Peer::default()
     }
+
+    /// A DENY on a path, so that every input that reaches a request goes
+    /// through path normalisation and the policy check.
+    fn authorization(&self, target: &Target) -> Arc<Applicable> {
+        let policy = proto::Authorization {
+            namespace: "apps".into(),
+            name: "no-admin".into(),
+            action: proto::AuthorizationAction::Deny as i32,
+            rules: vec![proto::AuthorizationRule {
+                to: vec![proto::AuthorizationOperation {
+                    paths: vec!["/admin*".into(), "/api/{*}/secret/{**}".into()],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            waypoints: vec!["apps/waypoint".into()],
+            ..Default::default()
+        };
+        let parsed = AttachedPolicy::try_from(&policy).unwrap();
+        let index = PolicyIndex::new([&parsed], "apps/waypoint");
+        match target {
+            Target::Service { key, .. } => index.for_service(key),
+            Target::Workload { .. } => index.for_workload(),
+        }
+    }
 }
 
 #[test]
@@ -87,6 +113,7 @@ fn any_client_bytes_end_in_an_answer_or_a_close() {
                 source: "10.0.0.9:1".parse().unwrap(),
                 peer: Peer::default(),
                 target: Target::Service { key: "apps/web".into(), port: 80 },
+                destination: "10.0.0.2:80".parse().unwrap(),
             };
             let served = tokio::spawn(engine.0.clone().serve_tunnel(server, downstream));
             let _ = client.write_all(bytes).await;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use l7::balance::Endpoint;
 use l7::clients::Connector;
 use l7::metrics::Peer;
+use l7::policies::Applicable;
 use l7::{Destinations, Downstream, Engine, EngineSettings, Protocol, ServiceRoutes, Target};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -47,6 +48,10 @@ impl Destinations for Nothing {
     fn describe(&self, _: &str) -> Peer {
         Peer::default()
     }
+
+    fn authorization(&self, _: &Target) -> Arc<Applicable> {
+        Arc::default()
+    }
 }
 
 /// Sends `bytes`, returns what came back before the engine closed.
@@ -59,6 +64,7 @@ async fn exchange(bytes: &[u8], settings: EngineSettings) -> (String, u32, Strin
         source: "10.0.0.9:1".parse().unwrap(),
         peer: Peer::default(),
         target: Target::Service { key: "apps/web".into(), port: 80 },
+        destination: "10.0.0.2:80".parse().unwrap(),
     };
     let served = tokio::spawn(engine.serve(server, downstream, Protocol::Http));
     client.write_all(bytes).await.unwrap();
@@ -152,6 +158,7 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
         source: "10.0.0.9:1".parse().unwrap(),
         peer: Peer::default(),
         target: Target::Service { key: "apps/web".into(), port: 80 },
+        destination: "10.0.0.2:80".parse().unwrap(),
     };
     let served = tokio::spawn(engine.serve(server, downstream, Protocol::Http2));
     let (mut h2, connection) = h2::client::handshake(client).await.unwrap();
@@ -191,6 +198,7 @@ async fn many_answered_http2_requests_keep_their_connection() {
         source: "10.0.0.9:1".parse().unwrap(),
         peer: Peer::default(),
         target: Target::Service { key: "apps/web".into(), port: 80 },
+        destination: "10.0.0.2:80".parse().unwrap(),
     };
     tokio::spawn(engine.serve(server, downstream, Protocol::Http2));
     let (mut h2, connection) = h2::client::handshake(client).await.unwrap();

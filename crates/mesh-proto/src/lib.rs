@@ -105,6 +105,9 @@ pub mod type_url {
     pub const AUTHORIZATION: &str = "type.googleapis.com/istio.security.Authorization";
     /// `mesh.l7.ServiceRoutes` (a waypoint's routes, our own type).
     pub const SERVICE_ROUTES: &str = "type.googleapis.com/mesh.l7.ServiceRoutes";
+    /// `mesh.l7.Authorization` (a waypoint's AuthorizationPolicies, our own
+    /// type).
+    pub const L7_AUTHORIZATION: &str = "type.googleapis.com/mesh.l7.Authorization";
 }
 
 #[cfg(test)]

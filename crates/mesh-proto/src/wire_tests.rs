@@ -141,6 +141,10 @@ fn type_urls_name_the_messages() {
         crate::type_url::SERVICE_ROUTES,
         format!("type.googleapis.com/{}", <crate::l7::ServiceRoutes as prost::Name>::full_name())
     );
+    assert_eq!(
+        crate::type_url::L7_AUTHORIZATION,
+        format!("type.googleapis.com/{}", <crate::l7::Authorization as prost::Name>::full_name())
+    );
 }
 
 proptest::proptest! {

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use xds::{XdsClient, XdsClientConfig};
 
 use crate::inbound::WaypointName;
+use crate::policies::{PolicyHandler, PolicyStore};
 use crate::routes::{RoutesHandler, RoutesStore};
 use crate::{Parts, Waypoint};
 
@@ -109,6 +110,7 @@ pub async fn run(
     let store = WorkloadStore::new();
     let routes = RoutesStore::new();
     let gateway = format!("{}/{}", config.me.namespace, config.me.name);
+    let policies = PolicyStore::new(&gateway);
     let node = Node {
         id: format!("waypoint~{gateway}"),
         metadata: Some(Struct {
@@ -123,7 +125,11 @@ pub async fn run(
     let xds_client = XdsClient::new(
         xds::tls_channel(cp.xds, tls.clone()),
         XdsClientConfig { node, ..Default::default() },
-        vec![Box::new(AddressHandler(store.clone())), Box::new(RoutesHandler(routes.clone()))],
+        vec![
+            Box::new(AddressHandler(store.clone())),
+            Box::new(RoutesHandler(routes.clone())),
+            Box::new(PolicyHandler(policies.clone())),
+        ],
     );
     proxy_core::admin::run_xds(xds_client, xds_ready, &shutdown);
 
@@ -144,6 +150,7 @@ pub async fn run(
             hbone_port: config.hbone_port,
             store,
             routes: routes.clone(),
+            policies: policies.clone(),
             certs: certs.clone(),
             settings: config.settings.clone(),
             coalesce_writes: config.coalesce_writes,
@@ -167,7 +174,8 @@ pub async fn run(
         metrics: listeners.metrics,
         readiness: listeners.readiness,
     };
-    let admin = Arc::new(AdminRoute { waypoint: waypoint.clone(), routes, set_log_level });
+    let admin =
+        Arc::new(AdminRoute { waypoint: waypoint.clone(), routes, policies, set_log_level });
     proxy_core::admin::serve_endpoints(endpoints, admin, registry, readiness, &shutdown);
     waypoint.serve_hbone(listeners.hbone, shutdown.clone()).await;
     shutdown.cancelled().await;
@@ -178,6 +186,7 @@ pub async fn run(
 struct AdminRoute {
     waypoint: Arc<Waypoint>,
     routes: Arc<RoutesStore>,
+    policies: Arc<PolicyStore>,
     set_log_level: Option<SetLogLevel>,
 }
 
@@ -193,6 +202,14 @@ impl AdminRoute {
             "workloads": store.workloads().iter().map(|w| workload_json(w)).collect::<Vec<_>>(),
             "services": store.services().iter().map(|s| service_json(s)).collect::<Vec<_>>(),
             "routes": self.routes.all().iter().map(|r| routes_json(r)).collect::<Vec<_>>(),
+            "policies": self.policies.all().iter().map(|(name, p)| json!({
+                "name": name,
+                "action": format!("{:?}", p.http.action).to_uppercase(),
+                "rules": p.http.rules.len(),
+                "waypoints": p.waypoints,
+                "services": p.services,
+                "dryRun": p.dry_run,
+            })).collect::<Vec<_>>(),
         })
     }
 }

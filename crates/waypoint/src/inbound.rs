@@ -160,6 +160,7 @@ impl ConnectHandler for WaypointHandler {
                     source: request.peer_addr,
                     peer: client_peer(&request.peer_identity, request.baggage.as_deref()),
                     target,
+                    destination: request.target,
                 },
             }),
             Err(why) => {

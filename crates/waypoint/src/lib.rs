@@ -7,14 +7,19 @@
 //! - [`view`]: what the engine sees of the mesh (WDS services and
 //!   workloads, and the routes);
 //! - [`routes`]: `mesh.l7.ServiceRoutes` from the control plane;
+//! - [`policies`]: `mesh.l7.Authorization` from the control plane (the
+//!   AuthorizationPolicies attached to this waypoint and what it fronts);
 //! - [`app`]: the assembled process (xDS, certificates, listeners, admin).
 //!
 //! HTTP itself (routing, retries, timeouts, faults, telemetry) is the `l7`
-//! crate's, shared with the sidecar; who may reach a pod is still decided
-//! at the destination's ztunnel.
+//! crate's, shared with the sidecar, and so is the evaluation of
+//! AuthorizationPolicies; the destination's ztunnel still decides who may
+//! reach a pod at L4, and refuses whatever did not come through its
+//! waypoint.
 
 pub mod app;
 pub mod inbound;
+pub mod policies;
 pub mod routes;
 pub mod upstream;
 pub mod view;
@@ -31,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::inbound::{WaypointEngine, WaypointHandler, WaypointName};
+use crate::policies::PolicyStore;
 use crate::routes::RoutesStore;
 use crate::upstream::HboneConnector;
 use crate::view::MeshView;
@@ -49,6 +55,8 @@ pub struct Parts {
     pub store: Arc<WorkloadStore>,
     /// Routes.
     pub routes: Arc<RoutesStore>,
+    /// Authorization policies.
+    pub policies: Arc<PolicyStore>,
     /// Certificates.
     pub certs: Arc<WorkloadCertificates>,
     /// Engine limits.
@@ -86,7 +94,7 @@ impl Waypoint {
             pool: Pool::new(pool, Arc::new(TcpDialer)),
             hbone_port: parts.hbone_port,
         };
-        let view = MeshView { store: parts.store, routes: parts.routes };
+        let view = MeshView { store: parts.store, routes: parts.routes, policies: parts.policies };
         let engine = l7::Engine::new(connector, view, parts.settings, registry);
         Arc::new(Self {
             engine,

@@ -1,16 +1,18 @@
 //! The engine's view of the mesh from inside the waypoint: services and
 //! workloads from WDS (only what this waypoint fronts and forwards to),
-//! routes from `ServiceRoutes`.
+//! routes from `ServiceRoutes`, policies from `mesh.l7.Authorization`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use l7::balance::Endpoint;
 use l7::metrics::Peer;
-use l7::{Destinations, ServiceRoutes};
+use l7::policies::Applicable;
+use l7::{Destinations, ServiceRoutes, Target};
 use mesh_core::{NamespacedHostname, Workload, WorkloadStatus};
 use proxy_core::store::WorkloadStore;
 
+use crate::policies::PolicyStore;
 use crate::routes::RoutesStore;
 
 /// Workload store plus routes.
@@ -20,6 +22,8 @@ pub struct MeshView {
     pub store: Arc<WorkloadStore>,
     /// Routes.
     pub routes: Arc<RoutesStore>,
+    /// Authorization policies.
+    pub policies: Arc<PolicyStore>,
 }
 
 /// `namespace/hostname` → the store's key.
@@ -75,5 +79,9 @@ impl Destinations for MeshView {
 
     fn describe(&self, uid: &str) -> Peer {
         self.store.workload(uid).map(|w| peer_of(&w)).unwrap_or_default()
+    }
+
+    fn authorization(&self, target: &Target) -> Arc<Applicable> {
+        self.policies.applicable(target)
     }
 }

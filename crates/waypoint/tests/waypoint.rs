@@ -25,6 +25,7 @@ use testkit::{ForwardingHandler, TestCaProvider};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use waypoint::inbound::WaypointName;
+use waypoint::policies::PolicyStore;
 use waypoint::routes::RoutesStore;
 use waypoint::{Parts, Waypoint};
 
@@ -156,6 +157,60 @@ async fn routes_http_through_the_waypoint_and_refuses_what_it_does_not_front() {
     )
     .unwrap();
 
+    // One policy, for the whole waypoint: only productpage may call, and
+    // never on /private.
+    let policies = PolicyStore::new("apps/waypoint");
+    let mut policy_handler = waypoint::policies::PolicyHandler(policies.clone());
+    let policy =
+        |name: &str, action: proto::AuthorizationAction, rule: proto::AuthorizationRule| {
+            let p = proto::Authorization {
+                namespace: "apps".into(),
+                name: name.into(),
+                action: action as i32,
+                rules: vec![rule],
+                waypoints: vec!["apps/waypoint".into()],
+                ..Default::default()
+            };
+            (
+                format!("apps/{name}"),
+                prost_types::Any {
+                    type_url: mesh_proto::type_url::L7_AUTHORIZATION.into(),
+                    value: prost::Message::encode_to_vec(&p),
+                },
+            )
+        };
+    xds::Handler::apply(
+        &mut policy_handler,
+        xds::Update {
+            resources: vec![
+                policy(
+                    "productpage-only",
+                    proto::AuthorizationAction::Allow,
+                    proto::AuthorizationRule {
+                        from: vec![proto::AuthorizationSource {
+                            principals: vec!["cluster.local/ns/apps/sa/productpage".into()],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+                policy(
+                    "no-private",
+                    proto::AuthorizationAction::Deny,
+                    proto::AuthorizationRule {
+                        to: vec![proto::AuthorizationOperation {
+                            paths: vec!["/private*".into()],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+            ],
+            removed: vec![],
+        },
+    )
+    .unwrap();
+
     let waypoint_id = ca.identity("apps", "waypoint");
     let certs = WorkloadCertificates::new(provider.clone(), CertificateSettings::default());
     let mut registry = Registry::default();
@@ -171,6 +226,7 @@ async fn routes_http_through_the_waypoint_and_refuses_what_it_does_not_front() {
             hbone_port,
             store,
             routes,
+            policies,
             certs,
             settings: Default::default(),
             coalesce_writes: true,
@@ -206,12 +262,34 @@ async fn routes_http_through_the_waypoint_and_refuses_what_it_does_not_front() {
         sender.ready().await.unwrap();
         let response =
             sender.send_request(r.body(Full::<Bytes>::default()).unwrap()).await.unwrap();
-        assert_eq!(response.status(), 200);
-        String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec())
-            .unwrap()
+        let status = response.status().as_u16();
+        let body =
+            String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec())
+                .unwrap();
+        (status, body)
     };
-    assert_eq!(get("/a", false).await, "v1 /a");
-    assert_eq!(get("/b", true).await, "v2 /b");
+    assert_eq!(get("/a", false).await, (200, "v1 /a".into()));
+    assert_eq!(get("/b", true).await, (200, "v2 /b".into()));
+    assert_eq!(get("/private/x", false).await, (403, "RBAC: access denied\n".into()));
+
+    // Another identity: the waypoint accepts the tunnel, its policy refuses
+    // the requests.
+    let stranger = ca.identity("apps", "stranger");
+    let stream = pool
+        .connect(&ConnectRequest::new(
+            ca.issue(&stranger),
+            waypoint_addr,
+            vec![waypoint_id.clone()],
+            "10.96.0.5:80".parse().unwrap(),
+        ))
+        .await
+        .unwrap();
+    let (mut other, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let r = Request::builder().uri("/a").header("host", "reviews.apps");
+    let response = other.send_request(r.body(Full::<Bytes>::default()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 403, "not productpage");
 
     // The destination saw the waypoint, on behalf of the client.
     let seen = dest_handler.seen();

@@ -7,6 +7,7 @@
 
 mod convert;
 mod evaluate;
+pub mod http;
 #[cfg(test)]
 mod tests;
 

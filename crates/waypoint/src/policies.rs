@@ -1,0 +1,202 @@
+//! The `mesh.l7.Authorization` resources the control plane sends, indexed
+//! for this waypoint. A resource that does not read is NACKed with the
+//! field at fault and its last good version stays in force.
+//!
+//! Until the first response for the type has been applied, every request
+//! is denied: a waypoint that has its services but not yet their policies
+//! must not serve them as if none existed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use l7::Target;
+use l7::authz::{Action, Policy, Rule};
+use l7::policies::{Applicable, AttachedPolicy, PolicyIndex};
+use mesh_proto::{l7 as proto, type_url};
+use prost::Message;
+use xds::{Handler, Rejected, Update};
+
+#[derive(Debug, Default)]
+struct State {
+    synced: bool,
+    policies: HashMap<String, AttachedPolicy>,
+    index: PolicyIndex,
+}
+
+/// This waypoint's policies.
+#[derive(Debug)]
+pub struct PolicyStore {
+    /// `namespace/name` of our Gateway.
+    waypoint: String,
+    state: RwLock<State>,
+    /// Denies everything: what applies before the first response.
+    waiting: Arc<Applicable>,
+}
+
+impl PolicyStore {
+    /// An empty store for the waypoint `namespace/name`, denying all until
+    /// its first update.
+    pub fn new(waypoint: &str) -> Arc<Self> {
+        let deny_all = Policy {
+            name: "(waiting for the control plane's policies)".into(),
+            action: Action::Deny,
+            rules: vec![Rule::default()],
+        };
+        Arc::new(Self {
+            waypoint: waypoint.to_string(),
+            state: RwLock::default(),
+            waiting: Arc::new(Applicable {
+                http: vec![deny_all.clone()],
+                tcp: vec![deny_all],
+                ..Applicable::default()
+            }),
+        })
+    }
+
+    /// The policies that apply to requests to `target`.
+    pub fn applicable(&self, target: &Target) -> Arc<Applicable> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if !state.synced {
+            return self.waiting.clone();
+        }
+        match target {
+            Target::Service { key, .. } => state.index.for_service(key),
+            Target::Workload { .. } => state.index.for_workload(),
+        }
+    }
+
+    /// Every policy by name, sorted: `(name, policy)`.
+    pub fn all(&self) -> Vec<(String, AttachedPolicy)> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = state.policies.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+/// Applies `mesh.l7.Authorization` updates.
+#[derive(Debug, Clone)]
+pub struct PolicyHandler(pub Arc<PolicyStore>);
+
+impl Handler for PolicyHandler {
+    fn type_url(&self) -> &str {
+        type_url::L7_AUTHORIZATION
+    }
+
+    fn apply(&mut self, update: Update) -> Result<(), Vec<Rejected>> {
+        let store = &self.0;
+        let mut state = store.state.write().unwrap_or_else(|p| p.into_inner());
+        for name in &update.removed {
+            state.policies.remove(name);
+        }
+        let mut rejected = Vec::new();
+        for (name, body) in update.resources {
+            let parsed = proto::Authorization::decode(body.value.as_slice())
+                .map_err(|e| format!("not a mesh.l7.Authorization: {e}"))
+                .and_then(|p| AttachedPolicy::try_from(&p).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(policy) if policy.http.name == name => {
+                    state.policies.insert(name, policy);
+                }
+                Ok(policy) => rejected.push(Rejected {
+                    reason: format!(
+                        "resource name does not match its content ({})",
+                        policy.http.name
+                    ),
+                    name,
+                }),
+                Err(reason) => {
+                    tracing::warn!(resource = %name, %reason, "policy refused; the last good version stays");
+                    rejected.push(Rejected { name, reason });
+                }
+            }
+        }
+        state.index = PolicyIndex::new(state.policies.values(), &store.waypoint);
+        state.synced = true;
+        if rejected.is_empty() { Ok(()) } else { Err(rejected) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use prost_types::Any;
+
+    fn any(p: &proto::Authorization) -> Any {
+        Any { type_url: type_url::L7_AUTHORIZATION.into(), value: p.encode_to_vec() }
+    }
+
+    fn service() -> Target {
+        Target::Service { key: "apps/web".into(), port: 80 }
+    }
+
+    #[test]
+    fn nothing_is_allowed_before_the_first_update_and_a_bad_edit_keeps_the_last_good_one() {
+        let store = PolicyStore::new("apps/waypoint");
+        let mut handler = PolicyHandler(store.clone());
+        let waiting = store.applicable(&service());
+        assert_eq!(waiting.http[0].action, Action::Deny, "deny all until the first update");
+        handler.apply(Update { resources: vec![], removed: vec![] }).unwrap();
+        assert!(store.applicable(&service()).is_empty(), "an empty first update: no policy");
+
+        let good = proto::Authorization {
+            namespace: "apps".into(),
+            name: "deny-admin".into(),
+            action: proto::AuthorizationAction::Deny as i32,
+            rules: vec![proto::AuthorizationRule::default()],
+            waypoints: vec!["apps/waypoint".into()],
+            ..Default::default()
+        };
+        let name = "apps/deny-admin".to_string();
+        handler
+            .apply(Update { resources: vec![(name.clone(), any(&good))], removed: vec![] })
+            .unwrap();
+        assert_eq!(store.applicable(&service()).http.len(), 1);
+        assert_eq!(
+            store
+                .applicable(&Target::Workload {
+                    endpoint: l7::balance::Endpoint {
+                        uid: "w".into(),
+                        address: "10.0.0.1:80".parse().unwrap()
+                    },
+                })
+                .http
+                .len(),
+            1,
+            "waypoint-wide: workloads too"
+        );
+
+        let mut bad = good.clone();
+        bad.rules[0].when.push(proto::AuthorizationCondition {
+            key: "request.hedaers[x]".into(),
+            values: vec!["1".into()],
+            not_values: vec![],
+        });
+        let rejected = handler
+            .apply(Update { resources: vec![(name.clone(), any(&bad))], removed: vec![] })
+            .unwrap_err();
+        assert!(rejected[0].reason.contains("rules[0].when[0].key"), "{}", rejected[0].reason);
+        assert_eq!(store.applicable(&service()).http.len(), 1, "the good version stays");
+
+        let garbage = Any { type_url: type_url::L7_AUTHORIZATION.into(), value: vec![0xff, 0xff] };
+        let rejected = handler
+            .apply(Update { resources: vec![(name.clone(), garbage)], removed: vec![] })
+            .unwrap_err();
+        assert!(
+            rejected[0].reason.contains("not a mesh.l7.Authorization"),
+            "{}",
+            rejected[0].reason
+        );
+
+        let rejected = handler
+            .apply(Update { resources: vec![("apps/other".into(), any(&good))], removed: vec![] })
+            .unwrap_err();
+        assert!(rejected[0].reason.contains("does not match"), "{}", rejected[0].reason);
+
+        handler.apply(Update { resources: vec![], removed: vec![name] }).unwrap();
+        assert!(store.applicable(&service()).is_empty());
+        assert!(store.all().is_empty());
+    }
+}
