@@ -5,7 +5,8 @@
 //! path, host, headers) and what the client must get (status, headers).
 //!
 //! The objects go through the control plane's model (the same translation
-//! a waypoint is sent), the routes through the waypoint's `l7` engine, and
+//! a waypoint is sent), the routes and the AuthorizationPolicies attached
+//! to the waypoint or the service through the waypoint's `l7` engine, and
 //! each pod is an echo server on loopback answering with the request it
 //! received.
 
@@ -26,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7::balance::Endpoint;
 use l7::clients::Connector;
 use l7::metrics::Peer;
+use l7::policies::{Applicable, AttachedPolicy, PolicyIndex};
 use l7::{Destinations, Downstream, Engine, EngineSettings, Protocol, ServiceRoutes, Target};
 use proptest::strategy::Strategy;
 use serde::Deserialize;
@@ -103,6 +105,9 @@ struct Exchange {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Sent {
+    /// The client's service account, `namespace/name` (default
+    /// `apps/sleep`).
+    from: Option<String>,
     method: Option<String>,
     path: String,
     host: Option<String>,
@@ -178,6 +183,8 @@ impl Connector for Tcp {
 /// The model's view, with pods at their echo servers.
 struct World {
     routes: HashMap<String, Arc<ServiceRoutes>>,
+    /// The policies that reach the waypoint `apps/waypoint`.
+    policies: PolicyIndex,
     /// Service key → (workload uid, echo address).
     endpoints: HashMap<String, Vec<(String, SocketAddr)>>,
 }
@@ -199,6 +206,13 @@ impl Destinations for World {
 
     fn describe(&self, uid: &str) -> Peer {
         Peer { workload: uid.to_string(), ..Default::default() }
+    }
+
+    fn authorization(&self, target: &Target) -> Arc<Applicable> {
+        match target {
+            Target::Service { key, .. } => self.policies.for_service(key),
+            Target::Workload { .. } => self.policies.for_workload(),
+        }
     }
 }
 
@@ -225,23 +239,44 @@ async fn run_case(case: &Case) -> Vec<String> {
             endpoints.entry(service.to_string()).or_default().push((w.uid.clone(), address));
         }
     }
-    let world = World { routes, endpoints };
+    let policies: Vec<AttachedPolicy> = model
+        .l7_policies
+        .iter()
+        .filter(|p| {
+            let name = format!("{}/{}", p.namespace, p.name);
+            model.waypoint_scopes.get("apps/waypoint").is_some_and(|s| {
+                s.contains(&format!(
+                    "{}{name}",
+                    controlplane::model::policies::targeted::SCOPE_PREFIX
+                ))
+            })
+        })
+        .map(|p| AttachedPolicy::try_from(p).expect("the proxy reads what the model sends"))
+        .collect();
+    let world = World { routes, endpoints, policies: PolicyIndex::new(&policies, "apps/waypoint") };
     let mut registry = prometheus_client::registry::Registry::default();
     let engine = Engine::new(Tcp, world, EngineSettings::default(), &mut registry);
     let target = format!("apps/{}.apps.svc.cluster.local", case.target);
     let mut failures = Vec::new();
     for (i, exchange) in case.requests.iter().enumerate() {
         let (client, server) = tokio::io::duplex(1 << 16);
+        let sent = &exchange.request;
+        let from = sent.from.as_deref().unwrap_or("apps/sleep");
+        let (namespace, account) = from.split_once('/').expect("from: namespace/account");
         let downstream = Downstream {
             source: "10.0.9.9:40000".parse().unwrap(),
-            peer: Peer::default(),
+            peer: Peer {
+                namespace: namespace.into(),
+                principal: format!("spiffe://cluster.local/ns/{namespace}/sa/{account}"),
+                ..Default::default()
+            },
             target: Target::Service { key: target.clone(), port: 80 },
+            destination: "10.96.0.10:80".parse().unwrap(),
         };
         tokio::spawn(engine.clone().serve(server, downstream, Protocol::Http));
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(client)).await.unwrap();
         tokio::spawn(conn);
-        let sent = &exchange.request;
         let mut request = Request::builder()
             .method(sent.method.as_deref().unwrap_or("GET"))
             .uri(&sent.path)

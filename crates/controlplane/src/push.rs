@@ -23,6 +23,20 @@ struct Before<'a> {
     services: HashMap<String, &'a Service>,
     policies: HashMap<String, &'a Authorization>,
     routes: HashMap<&'a str, &'a mesh_proto::l7::ServiceRoutes>,
+    l7_policies: HashMap<String, &'a mesh_proto::l7::Authorization>,
+}
+
+/// Every type the model publishes.
+pub const TYPES: [&str; 4] = [
+    type_url::ADDRESS,
+    type_url::AUTHORIZATION,
+    type_url::SERVICE_ROUTES,
+    type_url::L7_AUTHORIZATION,
+];
+
+/// The resource name of an L7 policy: `namespace/name`.
+pub fn l7_name(p: &mesh_proto::l7::Authorization) -> String {
+    format!("{}/{}", p.namespace, p.name)
 }
 
 /// Brings `store` to exactly the model's resources. `previous` is the model
@@ -34,6 +48,7 @@ pub fn publish(store: &SnapshotStore, model: &Model, previous: Option<&Model>) {
             services: p.services.iter().map(|s| (s.key().to_string(), s)).collect(),
             policies: p.policies.iter().map(|a| (a.key(), a)).collect(),
             routes: p.routes.by_service.iter().map(|(k, r)| (k.as_str(), r)).collect(),
+            l7_policies: p.l7_policies.iter().map(|a| (l7_name(a), a)).collect(),
         })
         .unwrap_or_default();
     let unchanged =
@@ -93,10 +108,19 @@ pub fn publish(store: &SnapshotStore, model: &Model, previous: Option<&Model>) {
         }
         put(type_url::SERVICE_ROUTES, name.clone(), Any::from_msg(routes));
     }
+    for p in &model.l7_policies {
+        let name = l7_name(p);
+        let same = before.l7_policies.get(&name) == Some(&p);
+        if unchanged(type_url::L7_AUTHORIZATION, &name, same) {
+            untouched.push((type_url::L7_AUTHORIZATION, name));
+            continue;
+        }
+        put(type_url::L7_AUTHORIZATION, name, Any::from_msg(p));
+    }
     for (type_url, name) in untouched {
         keep.entry(type_url).or_default().insert(name);
     }
-    for type_url in [type_url::ADDRESS, type_url::AUTHORIZATION, type_url::SERVICE_ROUTES] {
+    for type_url in TYPES {
         let wanted = keep.get(type_url);
         for name in store.names(type_url) {
             if !wanted.is_some_and(|k| k.contains(&name)) {

@@ -9,6 +9,7 @@ use mesh_proto::type_url;
 use prost_types::value::Kind;
 use xds::NodeFilter;
 
+use crate::model::policies::targeted::SCOPE_PREFIX;
 use crate::model::waypoints::Scopes;
 
 pub use mesh_proto::node_metadata::{DRY_RUN_AUTHORIZATION, PROXY_TYPE, WAYPOINT};
@@ -23,9 +24,9 @@ struct Filters {
 
 /// The current [`Scopes`] and dry-run policies, as an xDS [`NodeFilter`]:
 /// node proxies and sidecars see everything but the dry-run policies they
-/// cannot evaluate, and no L7 routes; a waypoint sees only what it fronts
-/// and forwards to, WDS and routes alike (and no L4 policies: its
-/// authorization is L7, sent with its own config).
+/// cannot evaluate, and no L7 routes or L7 policies; a waypoint sees only
+/// what it fronts and forwards to, WDS and routes alike, and the L7
+/// policies that reach it (no L4 policies: its authorization is L7).
 #[derive(Default)]
 pub struct ProxyScopes {
     filters: RwLock<Arc<Filters>>,
@@ -59,21 +60,25 @@ fn metadata<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 impl NodeFilter for ProxyScopes {
     fn allows(&self, node: &Node, type_url: &str, name: &str) -> bool {
         if metadata(node, PROXY_TYPE) != Some("waypoint") {
-            if type_url == type_url::SERVICE_ROUTES {
+            if type_url == type_url::SERVICE_ROUTES || type_url == type_url::L7_AUTHORIZATION {
                 return false;
             }
             return type_url != type_url::AUTHORIZATION
                 || metadata(node, DRY_RUN_AUTHORIZATION) == Some("true")
                 || !self.current().dry_run.contains(name);
         }
-        if type_url != type_url::ADDRESS && type_url != type_url::SERVICE_ROUTES {
-            return false;
-        }
         let Some(waypoint) = metadata(node, WAYPOINT) else {
             // A waypoint that does not say which one gets nothing.
             return false;
         };
-        self.current().waypoints.get(waypoint).is_some_and(|names| names.contains(name))
+        let filters = self.current();
+        let Some(names) = filters.waypoints.get(waypoint) else { return false };
+        if type_url == type_url::L7_AUTHORIZATION {
+            return names.contains(&format!("{SCOPE_PREFIX}{name}"));
+        }
+        (type_url == type_url::ADDRESS || type_url == type_url::SERVICE_ROUTES)
+            && !name.starts_with(SCOPE_PREFIX)
+            && names.contains(name)
     }
 }
 

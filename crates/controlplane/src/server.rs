@@ -302,11 +302,7 @@ async fn apply_snapshots(
         if statuses.receiver_count() > 0 {
             statuses.send_replace(crate::status::statuses(&snapshot.state, &model.warnings));
         }
-        for type_url in [
-            mesh_proto::type_url::ADDRESS,
-            mesh_proto::type_url::AUTHORIZATION,
-            mesh_proto::type_url::SERVICE_ROUTES,
-        ] {
+        for type_url in crate::push::TYPES {
             admin.set_resources(type_url, store.names(type_url).len());
         }
         info!(

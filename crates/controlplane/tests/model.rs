@@ -276,6 +276,23 @@ fn a_waypoint_sees_only_what_it_fronts() {
         !filter.allows(&ours, routes, "apps/web.apps.svc.cluster.local"),
         "dry-run flag opens nothing else"
     );
+
+    // L7 policies: a waypoint gets those that reach it, by their own name
+    // (never by a service's name that happens to match); no other proxy
+    // gets any.
+    let l7 = mesh_proto::type_url::L7_AUTHORIZATION;
+    let mut scopes = m.waypoint_scopes.clone();
+    scopes
+        .entry("apps/apps-waypoint".into())
+        .or_default()
+        .insert(format!("{}apps/readers", controlplane::model::policies::targeted::SCOPE_PREFIX));
+    assert!(filter.update(scopes, Default::default()));
+    assert!(filter.allows(&waypoint, l7, "apps/readers"));
+    assert!(!filter.allows(&waypoint, l7, "apps/writers"));
+    assert!(!filter.allows(&waypoint, l7, "apps/web.apps.svc.cluster.local"));
+    assert!(!filter.allows(&waypoint, address, "authz~apps/readers"));
+    assert!(!filter.allows(&ztunnel, l7, "apps/readers"));
+    assert!(!filter.allows(&ours, l7, "apps/readers"));
 }
 
 #[test]

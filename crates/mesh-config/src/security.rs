@@ -111,7 +111,8 @@ fn strict<S: DeserializeOwned + Default>(
 /// What stands in for a refused object: a DENY of everything, or STRICT
 /// mTLS, over the pods its selector names (the whole namespace when the
 /// selector cannot be read). A targeted policy (`targetRef(s)`, no
-/// selector) stays targeted: node proxies never enforced it, valid or not.
+/// selector) stays targeted, its targets kept as written: the waypoints
+/// they reach deny everything until it is fixed.
 fn stand_in(kind: &str, value: &Value, reference: &ObjectRef) -> Object {
     let spec = value.get("spec");
     let selector = spec
@@ -131,7 +132,21 @@ fn stand_in(kind: &str, value: &Value, reference: &ObjectRef) -> Object {
             action: Some(AuthorizationAction::Deny),
             // One empty rule matches every connection.
             rules: vec![PolicyRule::default()],
-            target_ref: targeted.then(|| Value::String("unreadable".into())),
+            // Kept as written: the waypoints they name deny everything
+            // (an unreadable one: every waypoint of the namespace).
+            target_ref: targeted.then(|| {
+                spec.and_then(|s| s.get("targetRef"))
+                    .cloned()
+                    .unwrap_or_else(|| Value::String("unreadable".into()))
+            }),
+            target_refs: if targeted {
+                spec.and_then(|s| s.get("targetRefs"))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            },
             ..AuthorizationPolicySpec::default()
         }))
     } else {
@@ -148,7 +163,7 @@ pub fn stand_in_effect(kind: &str) -> &'static str {
     if kind == "PeerAuthentication" {
         "until it is fixed, the workloads it selects (its namespace, if its selector cannot be read) require mTLS (STRICT)"
     } else {
-        "until it is fixed, all traffic to the workloads it selects (its namespace, if its selector cannot be read) is denied"
+        "until it is fixed, all traffic to the workloads it selects, or through the waypoints it targets, is denied (its namespace's, if neither can be read)"
     }
 }
 

@@ -12,7 +12,8 @@
 //!   fronted service's L7 routes;
 //! - [`policies`]: AuthorizationPolicy and PeerAuthentication as L4
 //!   `istio.security.Authorization`s, failing closed where L4 cannot say
-//!   what a rule says.
+//!   what a rule says; policies attached with `targetRefs` as the
+//!   waypoints' `mesh.l7.Authorization`s ([`policies::targeted`]).
 
 pub mod endpoint_slices;
 pub use mesh_config::enrollment;
@@ -78,6 +79,8 @@ pub struct Model {
     pub waypoint_scopes: waypoints::Scopes,
     /// L7 routes of the services waypoints front, and of their backends.
     pub routes: routes::Routes,
+    /// L7 policies (AuthorizationPolicies with `targetRefs`), for waypoints.
+    pub l7_policies: Vec<mesh_proto::l7::Authorization>,
     /// Each pod's outcome, kept so [`Model::update`] can reuse it.
     pods: BTreeMap<(String, String), workloads::PodOutcome>,
 }
@@ -140,7 +143,9 @@ impl Model {
         workloads.extend(entry_workloads);
         waypoints::check_bindings(state, mesh, &mut workloads, &mut services, &mut warnings);
         let routes = routes::translate(state, mesh, &services, &workloads, &mut warnings);
-        let waypoint_scopes = waypoints::scopes(&workloads, &services, &routes.backends);
+        let mut waypoint_scopes = waypoints::scopes(&workloads, &services, &routes.backends);
+        let l7_policies = policies::targeted::translate(state, mesh, &services, &mut warnings);
+        policies::targeted::scope(&l7_policies, &services, &mut waypoint_scopes);
         let mut policies = policies::authorizations(state, mesh, &mut warnings);
         policies.extend(waypoints::bypass_guards(state, mesh, &mut workloads, &services));
         // Selector policies no workload lists select nothing: say so.
@@ -165,7 +170,7 @@ impl Model {
                 });
             }
         }
-        Self { workloads, services, policies, warnings, waypoint_scopes, routes, pods }
+        Self { workloads, services, policies, warnings, waypoint_scopes, routes, l7_policies, pods }
     }
 }
 

@@ -68,7 +68,14 @@ pub fn translate(
                 vips: vips.clone(),
                 ports: ports.clone(),
                 subject_alt_names: Vec::new(),
-                waypoint: None,
+                // `istio.io/use-waypoint` on the entry or its namespace, as
+                // for a Service.
+                waypoint: super::workloads::waypoint(
+                    &entry.labels,
+                    &state.namespace_labels(namespace),
+                    namespace,
+                    mesh,
+                ),
                 load_balancing: None,
                 ip_families: Default::default(),
                 canonical: true,

@@ -210,7 +210,7 @@ fn hostname(name: &str, namespace: &str, mesh: &MeshConfig) -> String {
 
 /// The waypoint named by the object's own label, else its namespace's;
 /// `none` on the object opts out of the namespace's.
-fn waypoint(
+pub(super) fn waypoint(
     labels: &BTreeMap<String, String>,
     namespace_labels: &BTreeMap<String, String>,
     namespace: &str,

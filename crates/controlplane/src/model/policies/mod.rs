@@ -11,8 +11,8 @@
 //!
 //! Policies the node proxy does not enforce, and say so:
 //! - `AUDIT` (it changes no verdict);
-//! - `targetRef`/`targetRefs` (they belong to a waypoint; until one
-//!   enforces them, reported as enforced by nobody).
+//! - `targetRef`/`targetRefs`: they belong to waypoints, and [`targeted`]
+//!   translates them into `mesh.l7.Authorization`s.
 //!
 //! `istio.io/dry-run: "true"` policies are translated like the others and
 //! sent with `dry_run` set: node proxies evaluate them, log what enforcing
@@ -27,6 +27,7 @@
 
 mod mtls;
 mod rules;
+pub mod targeted;
 
 use std::collections::BTreeMap;
 
@@ -55,6 +56,10 @@ pub fn authorizations(
             name: name.clone(),
         };
         let mut warn = |message: String| warnings.push(Warning { object: object.clone(), message });
+        if policy.spec.is_targeted() {
+            // A waypoint's (`targeted`), which reports on it.
+            continue;
+        }
         let action = match policy.spec.action.unwrap_or(AuthorizationAction::Allow) {
             AuthorizationAction::Allow => Action::Allow,
             AuthorizationAction::Deny => Action::Deny,
@@ -67,10 +72,6 @@ pub fn authorizations(
                 continue;
             }
         };
-        if policy.spec.is_targeted() {
-            warn("targetRef(s) policies belong to a waypoint; no node proxy enforces them, and no waypoint does yet".into());
-            continue;
-        }
         let dry_run = is_dry_run(policy);
         if let Some(value) = policy.annotations.get(DRY_RUN_ANNOTATION)
             && go_bool(value).is_none()
