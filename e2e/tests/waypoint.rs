@@ -1,8 +1,10 @@
 //! The waypoint in a local cluster: a namespace bound to a waypoint, its
 //! HTTP routed by VirtualService, DestinationRule and HTTPRoute, with
 //! retries, timeouts, faults, gRPC and WebSocket passing, Istio's metrics,
-//! and traffic refused (never sent around it) when the waypoint is down or
-//! missing, or when a client dials a pod behind it directly.
+//! AuthorizationPolicies enforced by the waypoint (a broken edit denying,
+//! never widening), and traffic refused (never sent around it) when the
+//! waypoint is down or missing, or when a client dials a pod behind it
+//! directly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,6 +27,11 @@ apiVersion: v1
 kind: Pod
 metadata: {name: sleep, namespace: apps}
 spec: {nodeName: node-a, serviceAccountName: sleep, containers: [{name: sleep, image: none}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: curl, namespace: apps}
+spec: {nodeName: node-a, serviceAccountName: curl, containers: [{name: curl, image: none}]}
 ---
 apiVersion: v1
 kind: Pod
@@ -97,6 +104,27 @@ spec:
     filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /rewritten}}}]
     backendRefs: [{name: ratings, port: 80}]
   - backendRefs: [{name: ratings, port: 80}]
+"#;
+
+/// Attached to the waypoint: the `sleep` account may GET and HEAD, nobody
+/// reaches `/admin`.
+const AUTHZ: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: readers, namespace: apps}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/apps/sa/sleep]}}]
+    to: [{operation: {methods: [GET, HEAD]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: apps}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
 "#;
 
 /// `mesh-sample request` from the sleep pod; its JSON summary.
@@ -213,6 +241,62 @@ fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
         .collect();
     assert_eq!(names.len(), 4, "{dump}");
     assert!(names[0].starts_with("VirtualService apps/reviews http 0"), "{names:?}");
+
+    // L7 authorization at the waypoint.
+    let curl = c.pod("apps", "curl").unwrap().netns.clone();
+    let authz = |text: &str| localmesh::spec::parse(text, "authz").unwrap();
+    c.apply("authz.yaml", &authz(AUTHZ)).unwrap();
+    support::eventually("POST refused by the waypoint's policy", 30, || {
+        count(&request(&sleep, reviews, &["--method", "POST"]), "statuses", "403") == 1
+    });
+    let get = request(&sleep, reviews, &["--count", "5"]);
+    assert_eq!(count(&get, "statuses", "200"), 5, "sleep may GET: {get}");
+    let other = request(&curl, reviews, &["--count", "2"]);
+    assert_eq!(count(&other, "statuses", "403"), 2, "curl is not a reader: {other}");
+    let admin = request(&sleep, "http://10.96.0.40/public/../admin/users", &[]);
+    assert_eq!(count(&admin, "statuses", "403"), 1, "normalised, then denied: {admin}");
+    let slash = request(&sleep, "http://10.96.0.40/admin%2Fusers", &[]);
+    assert_eq!(count(&slash, "statuses", "400"), 1, "an encoded slash is refused: {slash}");
+    let metrics =
+        localmesh::net::http_get(&wp.netns, std::net::SocketAddr::new(wp.ip, 15020), "/metrics")
+            .unwrap()
+            .1;
+    let denied = support::sample(
+        &metrics,
+        "istio_requests_total",
+        &[
+            ("response_code", "403"),
+            ("response_flags", "DENY"),
+            ("source_principal", "spiffe://cluster.local/ns/apps/sa/curl"),
+        ],
+    );
+    assert!(denied >= 2, "{metrics}");
+    // A broken edit (a typo that would also let curl in) keeps the last
+    // good version in force.
+    let widened = AUTHZ.replace(
+        "principals: [cluster.local/ns/apps/sa/sleep]",
+        "principal: [cluster.local/ns/apps/sa/sleep, cluster.local/ns/apps/sa/curl]",
+    );
+    c.apply("authz.yaml", &authz(&widened)).unwrap();
+    support::eventually("the broken edit reported", 30, || {
+        state.logged("the last valid version stays in force")
+    });
+    let other = request(&curl, reviews, &[]);
+    assert_eq!(count(&other, "statuses", "403"), 1, "still the last good version: {other}");
+    // A new policy that does not read: its stand-in denies everything
+    // through the waypoint it targets until it is fixed.
+    let broken =
+        AUTHZ.replace("name: readers", "name: broken").replace("principals:", "principal:");
+    c.apply("broken.yaml", &authz(&broken)).unwrap();
+    support::eventually("a broken new policy denies, never widens", 30, || {
+        count(&request(&sleep, reviews, &[]), "statuses", "403") == 1
+    });
+    // Removed: open again, to every caller.
+    c.apply("broken.yaml", &[]).unwrap();
+    c.apply("authz.yaml", &[]).unwrap();
+    support::eventually("no policy: open again", 30, || {
+        count(&request(&curl, reviews, &["--method", "POST"]), "statuses", "200") == 1
+    });
 
     // Bound to a waypoint that does not exist yet: refused, never direct.
     let missing = request(&sleep, "http://10.96.0.42/", &["--count", "3"]);
