@@ -271,6 +271,21 @@ fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
         ],
     );
     assert!(denied >= 2, "{metrics}");
+    // The control plane says who enforces each policy (what `meshctl
+    // policy explain` prints).
+    let cp = localmesh::Cluster::read_state(&state.path).unwrap();
+    let cp = cp.components.iter().find(|c| c.label == "controlplane").unwrap();
+    let cp_admin = std::net::SocketAddr::new(localmesh::cluster::CONTROL_PLANE_IP.into(), 15014);
+    let (_, report) = localmesh::net::http_get(&cp.netns, cp_admin, "/debug/policies").unwrap();
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let readers = report["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["policy"] == "apps/readers")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(readers["layer"], "waypoint", "{report}");
+    assert_eq!(readers["enforcedBy"], serde_json::json!(["apps/waypoint"]), "{report}");
     // A broken edit (a typo that would also let curl in) keeps the last
     // good version in force.
     let widened = AUTHZ.replace(

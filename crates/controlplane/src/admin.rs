@@ -29,6 +29,7 @@ use xds::DeltaAdsServer;
 use crate::config::BadObject;
 use crate::config::files::Snapshot;
 use crate::model::Warning;
+use crate::model::policies::Enforcement;
 
 /// What the admin endpoint reports; updated by the process as it runs.
 #[derive(Clone)]
@@ -93,6 +94,7 @@ struct Reports {
     ignored: BTreeMap<String, usize>,
     read_at: Option<SystemTime>,
     warnings: Vec<Warning>,
+    enforcement: BTreeMap<String, Enforcement>,
     generation: u64,
     /// A complete model has been published (readiness).
     published: bool,
@@ -100,7 +102,13 @@ struct Reports {
 
 impl AdminState {
     /// Records the latest config load and model.
-    pub fn update(&self, snapshot: &Snapshot, warnings: Vec<Warning>, generation: u64) {
+    pub fn update(
+        &self,
+        snapshot: &Snapshot,
+        warnings: Vec<Warning>,
+        enforcement: BTreeMap<String, Enforcement>,
+        generation: u64,
+    ) {
         let m = &self.metrics;
         m.rejected.set(i64::try_from(snapshot.bad.len()).unwrap_or(i64::MAX));
         m.warnings.set(i64::try_from(warnings.len()).unwrap_or(i64::MAX));
@@ -111,6 +119,7 @@ impl AdminState {
             ignored: snapshot.ignored.clone(),
             read_at: snapshot.read_at,
             warnings,
+            enforcement,
             generation,
             published: true,
         };
@@ -155,6 +164,27 @@ impl AdminState {
                 "message": w.message,
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+impl AdminState {
+    /// `/debug/policies`: every AuthorizationPolicy, who enforces it and
+    /// what its translation changed.
+    fn policies_json(&self) -> Value {
+        let reports = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let policies: Vec<Value> = reports
+            .enforcement
+            .iter()
+            .map(|(name, e)| {
+                json!({
+                    "policy": name,
+                    "layer": e.layer,
+                    "enforcedBy": e.by,
+                    "notes": e.notes,
+                })
+            })
+            .collect();
+        json!({ "generation": reports.generation, "policies": policies })
     }
 }
 
@@ -204,6 +234,7 @@ fn route(
             reply(StatusCode::OK, json!({ "connections": clients }))
         }
         "/debug/config" => reply(StatusCode::OK, state.rejected_json()),
+        "/debug/policies" => reply(StatusCode::OK, state.policies_json()),
         "/metrics" => {
             let mut response =
                 Response::new(Full::new(Bytes::from(state.metrics_text(ads.clients().len()))));
@@ -224,7 +255,7 @@ fn route(
         other => reply(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no such endpoint {other}"),
-                   "endpoints": ["/debug/connections", "/debug/config", "/metrics", "/ready"]}),
+                   "endpoints": ["/debug/connections", "/debug/config", "/debug/policies", "/metrics", "/ready"]}),
         ),
     }
 }

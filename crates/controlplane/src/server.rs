@@ -298,9 +298,18 @@ async fn apply_snapshots(
             ads.refilter();
         }
         crate::push::publish(&store, &model, previous.as_ref().map(|(_, m)| m));
-        admin.update(&snapshot, model.warnings.clone(), store.generation());
+        admin.update(
+            &snapshot,
+            model.warnings.clone(),
+            model.enforcement.clone(),
+            store.generation(),
+        );
         if statuses.receiver_count() > 0 {
-            statuses.send_replace(crate::status::statuses(&snapshot.state, &model.warnings));
+            statuses.send_replace(crate::status::statuses(
+                &snapshot.state,
+                &model.warnings,
+                &model.enforcement,
+            ));
         }
         for type_url in crate::push::TYPES {
             admin.set_resources(type_url, store.names(type_url).len());

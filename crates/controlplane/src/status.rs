@@ -8,6 +8,11 @@
 //! - VirtualService and DestinationRule: `status.conditions` (`Reconciled`)
 //!   and `status.validationMessages` (one per field or part not applied),
 //!   as istiod's analysis writes them.
+//! - AuthorizationPolicy: `status.conditions`, `ZtunnelAccepted` (selector,
+//!   namespace and mesh-wide policies) or `WaypointAccepted` (`targetRefs`),
+//!   as istiod writes them: True when a proxy enforces it (reason
+//!   `UnsupportedValue` when the translation changed what it says, the
+//!   message saying what), False when nobody does.
 //!
 //! The pure part ([`statuses`]) is tested without an API server; the
 //! writer patches only what changed since its last write.
@@ -18,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::config::ClusterState;
 use crate::model::Warning;
+use crate::model::policies::Enforcement;
 
 /// The controller name on HTTPRoute parent statuses (Istio's).
 pub const CONTROLLER: &str = "istio.io/gateway-controller";
@@ -52,8 +58,12 @@ fn condition(kind: &str, ok: bool, reason: &str, message: &str, generation: Opti
     c
 }
 
-/// The status every routing object should have now.
-pub fn statuses(state: &ClusterState, warnings: &[Warning]) -> BTreeMap<StatusKey, Value> {
+/// The status every routing and policy object should have now.
+pub fn statuses(
+    state: &ClusterState,
+    warnings: &[Warning],
+    enforcement: &BTreeMap<String, Enforcement>,
+) -> BTreeMap<StatusKey, Value> {
     let notes = |kind: &str, namespace: &str, name: &str| -> Vec<&str> {
         warnings
             .iter()
@@ -152,6 +162,34 @@ pub fn statuses(state: &ClusterState, warnings: &[Warning]) -> BTreeMap<StatusKe
         let (k, v) = istio("DestinationRule", "destinationrules", namespace, name);
         out.insert(k, v);
     }
+    for (key, e) in enforcement {
+        let Some((namespace, name)) = key.split_once('/') else { continue };
+        let kind = if e.layer == "waypoint" { "WaypointAccepted" } else { "ZtunnelAccepted" };
+        let by = if e.layer == "waypoint" {
+            format!("bound to {}", e.by.join(", "))
+        } else {
+            "attached to ztunnel".to_string()
+        };
+        let notes = e.notes.join("; ");
+        let condition = match (e.by.is_empty(), notes.is_empty()) {
+            (false, true) => condition(kind, true, "Accepted", &by, None),
+            (false, false) => {
+                condition(kind, true, "UnsupportedValue", &format!("{by}; {notes}"), None)
+            }
+            (true, _) => condition(kind, false, "TargetNotFound", &notes, None),
+        };
+        out.insert(
+            StatusKey {
+                group: "security.istio.io",
+                version: "v1",
+                kind: "AuthorizationPolicy",
+                plural: "authorizationpolicies",
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            },
+            json!({"conditions": [condition]}),
+        );
+    }
     out
 }
 
@@ -235,7 +273,7 @@ spec: {hosts: [web], http: [{route: [{destination: {host: web}}], corsPolicy: {}
         let (state, _) =
             ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
         let model = Model::compute(&state, &MeshConfig::default());
-        let all = statuses(&state, &model.warnings);
+        let all = statuses(&state, &model.warnings, &model.enforcement);
         let route = all.iter().find(|(k, _)| k.kind == "HTTPRoute").unwrap().1;
         let parents = route["parents"].as_array().unwrap();
         assert_eq!(parents.len(), 2);
@@ -250,5 +288,100 @@ spec: {hosts: [web], http: [{route: [{destination: {host: web}}], corsPolicy: {}
             messages.iter().any(|m| m["message"].as_str().unwrap().contains("corsPolicy")),
             "{vs}"
         );
+    }
+
+    #[test]
+    fn policies_say_who_enforces_them() {
+        let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: apps}
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: apps, labels: {app: web}}
+spec: {containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.0.1.9}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: apps}
+spec: {clusterIP: 10.96.0.1, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: l4, namespace: apps}
+spec: {selector: {matchLabels: {app: web}}, rules: [{from: [{source: {namespaces: [apps]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: l7-only-deny, namespace: apps}
+spec: {selector: {matchLabels: {app: web}}, action: DENY, rules: [{to: [{operation: {methods: [POST]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-waypoint, namespace: apps}
+spec: {targetRefs: [{kind: Gateway, name: waypoint}], rules: [{to: [{operation: {methods: [GET]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: on-service, namespace: apps}
+spec: {targetRefs: [{kind: Service, name: web}], rules: [{to: [{operation: {methods: [GET]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: nothing, namespace: apps}
+spec: {selector: {matchLabels: {app: ghost}}, rules: [{}]}
+"#;
+        let (objects, bad) = parse_documents(yaml, "t");
+        assert!(bad.is_empty(), "{bad:?}");
+        let (state, _) =
+            ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
+        let model = Model::compute(&state, &MeshConfig::default());
+        let all = statuses(&state, &model.warnings, &model.enforcement);
+        let of = |name: &str| {
+            let (_, status) = all
+                .iter()
+                .find(|(k, _)| k.kind == "AuthorizationPolicy" && k.name == name)
+                .unwrap_or_else(|| panic!("no status for {name}"));
+            let c = &status["conditions"][0];
+            (
+                c["type"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+                c["message"].as_str().unwrap().to_string(),
+            )
+        };
+        let (kind, ok, reason, _) = of("l4");
+        assert_eq!(
+            (kind.as_str(), ok.as_str(), reason.as_str()),
+            ("ZtunnelAccepted", "True", "Accepted")
+        );
+        // A DENY of only L7 attributes on a selector: ztunnel denies all it
+        // selects, and says so.
+        let (kind, ok, reason, message) = of("l7-only-deny");
+        assert_eq!(
+            (kind.as_str(), ok.as_str(), reason.as_str()),
+            ("ZtunnelAccepted", "True", "UnsupportedValue")
+        );
+        assert!(message.contains("denies more"), "{message}");
+        let (kind, ok, _, message) = of("on-waypoint");
+        assert_eq!((kind.as_str(), ok.as_str()), ("WaypointAccepted", "True"));
+        assert_eq!(message, "bound to apps/waypoint");
+        // The service has no waypoint: nobody enforces it.
+        let (kind, ok, reason, message) = of("on-service");
+        assert_eq!(
+            (kind.as_str(), ok.as_str(), reason.as_str()),
+            ("WaypointAccepted", "False", "TargetNotFound")
+        );
+        assert!(message.contains("no waypoint enforces"), "{message}");
+        let (_, ok, _, message) = of("nothing");
+        assert_eq!(ok, "False");
+        assert!(message.contains("matches no running pod"), "{message}");
     }
 }

@@ -2,6 +2,7 @@
 
 mod demo;
 mod local;
+mod policy;
 mod proxy_config;
 mod waypoint;
 
@@ -24,6 +25,11 @@ enum Command {
     },
     /// What a node's ztunnel (or a waypoint) knows.
     ProxyConfig(proxy_config::Args),
+    /// Who enforces AuthorizationPolicies, and what was changed in them.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Waypoints of a local cluster.
     Waypoint {
         #[command(subcommand)]
@@ -37,6 +43,7 @@ fn main() {
     let result = match Cli::parse().command {
         Command::Local { command } => local::run(command),
         Command::ProxyConfig(args) => proxy_config::run(args),
+        Command::Policy { command } => policy::run(command),
         Command::Waypoint { command } => waypoint::run(command),
         Command::Demo(args) => demo::run(args),
     };

@@ -81,6 +81,8 @@ pub struct Model {
     pub routes: routes::Routes,
     /// L7 policies (AuthorizationPolicies with `targetRefs`), for waypoints.
     pub l7_policies: Vec<mesh_proto::l7::Authorization>,
+    /// Who enforces each AuthorizationPolicy, by `namespace/name`.
+    pub enforcement: BTreeMap<String, policies::Enforcement>,
     /// Each pod's outcome, kept so [`Model::update`] can reuse it.
     pods: BTreeMap<(String, String), workloads::PodOutcome>,
 }
@@ -170,7 +172,19 @@ impl Model {
                 });
             }
         }
-        Self { workloads, services, policies, warnings, waypoint_scopes, routes, l7_policies, pods }
+        let reached = policies::targeted::enforcers(&l7_policies, &services);
+        let enforcement = policies::enforcement(state, &listed, &reached, &warnings);
+        Self {
+            workloads,
+            services,
+            policies,
+            warnings,
+            waypoint_scopes,
+            routes,
+            l7_policies,
+            enforcement,
+            pods,
+        }
     }
 }
 

@@ -111,6 +111,68 @@ pub fn authorizations(
     out
 }
 
+/// Who enforces one AuthorizationPolicy, as reported on it (the debug
+/// endpoint, `meshctl policy explain`, and in Kubernetes mode the object's
+/// `ZtunnelAccepted` or `WaypointAccepted` condition, as istiod writes
+/// them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enforcement {
+    /// Which kind of proxy would: `ztunnel` (selector, namespace and
+    /// mesh-wide policies) or `waypoint` (`targetRefs`).
+    pub layer: &'static str,
+    /// Who does: `ztunnel`, or waypoints `namespace/name`. Empty: nobody.
+    pub by: Vec<String>,
+    /// What the translation changed, or why nobody enforces it (the
+    /// policy's warnings).
+    pub notes: Vec<String>,
+}
+
+/// Every AuthorizationPolicy's [`Enforcement`], by `namespace/name`.
+/// `selected` holds the L4 policies some workload lists; `waypoints` the
+/// waypoints each targeted policy reaches.
+pub fn enforcement(
+    state: &ClusterState,
+    selected: &std::collections::HashSet<&str>,
+    waypoints: &BTreeMap<String, std::collections::BTreeSet<String>>,
+    warnings: &[Warning],
+) -> BTreeMap<String, Enforcement> {
+    let mut out = BTreeMap::new();
+    for ((namespace, name), policy) in &state.authorization_policies {
+        let key = format!("{namespace}/{name}");
+        let mut notes: Vec<String> = warnings
+            .iter()
+            .filter(|w| {
+                w.object.kind == "AuthorizationPolicy"
+                    && w.object.namespace.as_deref() == Some(namespace.as_str())
+                    && w.object.name == *name
+            })
+            .map(|w| w.message.clone())
+            .collect();
+        let enforcement = if policy.spec.is_targeted() {
+            Enforcement {
+                layer: "waypoint",
+                by: waypoints.get(&key).into_iter().flatten().cloned().collect(),
+                notes,
+            }
+        } else if policy.spec.action == Some(AuthorizationAction::Audit) {
+            Enforcement { layer: "ztunnel", by: Vec::new(), notes }
+        } else {
+            let selects = policy.spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
+            let by = if selects && !selected.contains(key.as_str()) {
+                if notes.is_empty() {
+                    notes.push("selector matches no running pod".into());
+                }
+                Vec::new()
+            } else {
+                vec!["ztunnel".to_string()]
+            };
+            Enforcement { layer: "ztunnel", by, notes }
+        };
+        out.insert(key, enforcement);
+    }
+    out
+}
+
 /// Names (`namespace/name`) of the selector-scoped policies that apply to
 /// a pod with `labels` in `namespace`, its mTLS policy included.
 pub fn selected(
