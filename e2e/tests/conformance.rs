@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use l7::balance::Endpoint;
 use l7::clients::Connector;
 use l7::metrics::Peer;
-use l7::policies::{Applicable, AttachedPolicy, PolicyIndex};
+use l7::policies::{Applicable, AttachedAuthentication, AttachedPolicy, PolicyIndex};
 use l7::{Destinations, Downstream, Engine, EngineSettings, Protocol, ServiceRoutes, Target};
 use proptest::strategy::Strategy;
 use serde::Deserialize;
@@ -220,7 +220,8 @@ async fn run_case(case: &Case) -> Vec<String> {
     let (objects, bad) = parse_documents(&format!("{BASE}\n---\n{}", case.objects), &case.name);
     assert!(bad.is_empty(), "{}: {bad:?}", case.name);
     let (state, _) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
-    let model = Model::compute(&state, &MeshConfig::default());
+    let mut model = Model::compute(&state, &MeshConfig::default());
+    model.attach_authentications(&state, &MeshConfig::default(), &Default::default());
     let routes = model
         .routes
         .by_service
@@ -253,7 +254,16 @@ async fn run_case(case: &Case) -> Vec<String> {
         })
         .map(|p| AttachedPolicy::try_from(p).expect("the proxy reads what the model sends"))
         .collect();
-    let world = World { routes, endpoints, policies: PolicyIndex::new(&policies, "apps/waypoint") };
+    let authentications: Vec<AttachedAuthentication> = model
+        .l7_authentications
+        .iter()
+        .map(|a| AttachedAuthentication::try_from(a).expect("the proxy reads what the model sends"))
+        .collect();
+    let world = World {
+        routes,
+        endpoints,
+        policies: PolicyIndex::build(&policies, &authentications, "apps/waypoint"),
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     let engine = Engine::new(Tcp, world, EngineSettings::default(), &mut registry);
     let target = format!("apps/{}.apps.svc.cluster.local", case.target);
@@ -489,7 +499,8 @@ proptest::proptest! {
         let (objects, bad) = parse_documents(&format!("{BASE}\n{yaml}"), "generated");
         prop_assert!(bad.is_empty(), "{bad:?}");
         let (state, _) = ClusterState::from_objects(objects.into_iter().map(|o| (o, String::new())));
-        let model = Model::compute(&state, &MeshConfig::default());
+        let mut model = Model::compute(&state, &MeshConfig::default());
+    model.attach_authentications(&state, &MeshConfig::default(), &Default::default());
         let routes_sent = ServiceRoutes::try_from(&model.routes.by_service["apps/reviews.apps.svc.cluster.local"]).unwrap();
         for (path, method, headers) in requests {
             let mut builder = http::Request::builder().method(method).uri(path);

@@ -24,14 +24,16 @@ struct Before<'a> {
     policies: HashMap<String, &'a Authorization>,
     routes: HashMap<&'a str, &'a mesh_proto::l7::ServiceRoutes>,
     l7_policies: HashMap<String, &'a mesh_proto::l7::Authorization>,
+    l7_authentications: HashMap<String, &'a mesh_proto::l7::Authentication>,
 }
 
 /// Every type the model publishes.
-pub const TYPES: [&str; 4] = [
+pub const TYPES: [&str; 5] = [
     type_url::ADDRESS,
     type_url::AUTHORIZATION,
     type_url::SERVICE_ROUTES,
     type_url::L7_AUTHORIZATION,
+    type_url::L7_AUTHENTICATION,
 ];
 
 /// The resource name of an L7 policy: `namespace/name`.
@@ -49,6 +51,11 @@ pub fn publish(store: &SnapshotStore, model: &Model, previous: Option<&Model>) {
             policies: p.policies.iter().map(|a| (a.key(), a)).collect(),
             routes: p.routes.by_service.iter().map(|(k, r)| (k.as_str(), r)).collect(),
             l7_policies: p.l7_policies.iter().map(|a| (l7_name(a), a)).collect(),
+            l7_authentications: p
+                .l7_authentications
+                .iter()
+                .map(|a| (format!("{}/{}", a.namespace, a.name), a))
+                .collect(),
         })
         .unwrap_or_default();
     let unchanged =
@@ -116,6 +123,15 @@ pub fn publish(store: &SnapshotStore, model: &Model, previous: Option<&Model>) {
             continue;
         }
         put(type_url::L7_AUTHORIZATION, name, Any::from_msg(p));
+    }
+    for a in &model.l7_authentications {
+        let name = format!("{}/{}", a.namespace, a.name);
+        let same = before.l7_authentications.get(&name) == Some(&a);
+        if unchanged(type_url::L7_AUTHENTICATION, &name, same) {
+            untouched.push((type_url::L7_AUTHENTICATION, name));
+            continue;
+        }
+        put(type_url::L7_AUTHENTICATION, name, Any::from_msg(a));
     }
     for (type_url, name) in untouched {
         keep.entry(type_url).or_default().insert(name);

@@ -9,6 +9,7 @@ use mesh_proto::type_url;
 use prost_types::value::Kind;
 use xds::NodeFilter;
 
+use crate::model::policies::authn::AUTHN_SCOPE_PREFIX;
 use crate::model::policies::targeted::SCOPE_PREFIX;
 use crate::model::waypoints::Scopes;
 
@@ -60,7 +61,10 @@ fn metadata<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 impl NodeFilter for ProxyScopes {
     fn allows(&self, node: &Node, type_url: &str, name: &str) -> bool {
         if metadata(node, PROXY_TYPE) != Some("waypoint") {
-            if type_url == type_url::SERVICE_ROUTES || type_url == type_url::L7_AUTHORIZATION {
+            if type_url == type_url::SERVICE_ROUTES
+                || type_url == type_url::L7_AUTHORIZATION
+                || type_url == type_url::L7_AUTHENTICATION
+            {
                 return false;
             }
             return type_url != type_url::AUTHORIZATION
@@ -76,8 +80,12 @@ impl NodeFilter for ProxyScopes {
         if type_url == type_url::L7_AUTHORIZATION {
             return names.contains(&format!("{SCOPE_PREFIX}{name}"));
         }
+        if type_url == type_url::L7_AUTHENTICATION {
+            return names.contains(&format!("{AUTHN_SCOPE_PREFIX}{name}"));
+        }
         (type_url == type_url::ADDRESS || type_url == type_url::SERVICE_ROUTES)
             && !name.starts_with(SCOPE_PREFIX)
+            && !name.starts_with(AUTHN_SCOPE_PREFIX)
             && names.contains(name)
     }
 }

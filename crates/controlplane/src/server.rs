@@ -267,64 +267,87 @@ async fn apply_snapshots(
     p: Publisher,
     mesh: MeshConfig,
 ) {
-    let Publisher { store, registry, scopes, ads, admin, statuses } = p;
-    let mut previous: Option<(Arc<Snapshot>, Model)> = None;
     // Publish nothing until the source has loaded once: an empty model
     // would tell connecting proxies that the mesh is empty.
     if snapshots.changed().await.is_err() {
         return;
     }
+    let (jwks_wanted, mut jwks) = crate::jwks::spawn(crate::jwks::JwksSettings::default());
+    let mut snapshot = snapshots.borrow_and_update().clone();
+    let mut model = Model::compute(&snapshot.state, &mesh);
+    let mut previous: Option<Model> = None;
     loop {
-        let snapshot = snapshots.borrow_and_update().clone();
-        let model = match &previous {
-            Some((before, model)) => model.update(&before.state, &snapshot.state, &mesh),
-            None => Model::compute(&snapshot.state, &mesh),
-        };
-        for w in &model.warnings {
-            warn!(object = %w.object, "{}", w.message);
-        }
-        let mut nodes: std::collections::HashMap<String, std::collections::HashSet<Identity>> =
-            Default::default();
-        for w in &model.workloads {
-            if !w.node.is_empty() {
-                nodes.entry(w.node.clone()).or_default().insert(w.identity.clone());
+        jwks_wanted.send_if_modified(|wanted| {
+            let now = crate::model::policies::authn::jwks_uris(&snapshot.state);
+            let changed = *wanted != now;
+            *wanted = now;
+            changed
+        });
+        let keys = jwks.borrow_and_update().clone();
+        model.attach_authentications(&snapshot.state, &mesh, &keys);
+        publish_model(&p, &snapshot, &model, previous.as_ref());
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let next = snapshots.borrow_and_update().clone();
+                let updated = model.update(&snapshot.state, &next.state, &mesh);
+                previous = Some(std::mem::replace(&mut model, updated));
+                snapshot = next;
+            }
+            changed = jwks.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Only the keys changed: the same model, its
+                // RequestAuthentications redone; everything re-encoded
+                // (the store still sends proxies only what changed).
+                previous = None;
             }
         }
-        registry.replace(nodes);
-        // Filters first: a policy turning dry-run is withdrawn from proxies
-        // that would enforce it before its new version is published.
-        let dry_run = crate::model::policies::dry_run_names(&model.policies);
-        if scopes.update(model.waypoint_scopes.clone(), dry_run) {
-            ads.refilter();
-        }
-        crate::push::publish(&store, &model, previous.as_ref().map(|(_, m)| m));
-        admin.update(
-            &snapshot,
-            model.warnings.clone(),
-            model.enforcement.clone(),
-            store.generation(),
-        );
-        if statuses.receiver_count() > 0 {
-            statuses.send_replace(crate::status::statuses(
-                &snapshot.state,
-                &model.warnings,
-                &model.enforcement,
-            ));
-        }
-        for type_url in crate::push::TYPES {
-            admin.set_resources(type_url, store.names(type_url).len());
-        }
-        info!(
-            workloads = model.workloads.len(),
-            services = model.services.len(),
-            policies = model.policies.len(),
-            service_routes = model.routes.by_service.len(),
-            generation = store.generation(),
-            "model published"
-        );
-        previous = Some((snapshot, model));
-        if snapshots.changed().await.is_err() {
-            return;
+    }
+}
+
+/// Sends one model everywhere it goes: the node registry, the proxies'
+/// filters, the xDS store, the debug endpoint, the statuses.
+fn publish_model(p: &Publisher, snapshot: &Snapshot, model: &Model, previous: Option<&Model>) {
+    let Publisher { store, registry, scopes, ads, admin, statuses } = p;
+    for w in &model.warnings {
+        warn!(object = %w.object, "{}", w.message);
+    }
+    let mut nodes: std::collections::HashMap<String, std::collections::HashSet<Identity>> =
+        Default::default();
+    for w in &model.workloads {
+        if !w.node.is_empty() {
+            nodes.entry(w.node.clone()).or_default().insert(w.identity.clone());
         }
     }
+    registry.replace(nodes);
+    // Filters first: a policy turning dry-run is withdrawn from proxies
+    // that would enforce it before its new version is published.
+    let dry_run = crate::model::policies::dry_run_names(&model.policies);
+    if scopes.update(model.waypoint_scopes.clone(), dry_run) {
+        ads.refilter();
+    }
+    crate::push::publish(store, model, previous);
+    admin.update(snapshot, model.warnings.clone(), model.enforcement.clone(), store.generation());
+    if statuses.receiver_count() > 0 {
+        statuses.send_replace(crate::status::statuses(
+            &snapshot.state,
+            &model.warnings,
+            &model.enforcement,
+        ));
+    }
+    for type_url in crate::push::TYPES {
+        admin.set_resources(type_url, store.names(type_url).len());
+    }
+    info!(
+        workloads = model.workloads.len(),
+        services = model.services.len(),
+        policies = model.policies.len(),
+        service_routes = model.routes.by_service.len(),
+        generation = store.generation(),
+        "model published"
+    );
 }

@@ -648,6 +648,16 @@ impl<C: Connector, D: Destinations> Engine<C, D> {
                     exchange.policy = reason;
                     return direct(StatusCode::FORBIDDEN, "RBAC: access denied");
                 }
+                Err(AuthzRefusal::Token(e)) => {
+                    exchange.flags.push("DENY");
+                    exchange.policy = format!("jwt: {e}");
+                    let mut r = direct(StatusCode::UNAUTHORIZED, "Jwt verification fails");
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                    );
+                    return r;
+                }
             }
         }
         let (routes, port) = match &down.target {

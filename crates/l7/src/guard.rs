@@ -1,4 +1,5 @@
-//! Where the engine applies authorization: the facts of a request or a TCP
+//! Where the engine applies authentication and authorization: a request's
+//! JWT validated ([`crate::jwt`]), then the facts of the request or TCP
 //! connection gathered from the tunnel and the request, judged by
 //! [`crate::authz::evaluate`] against the policies that apply
 //! ([`crate::policies`]), dry-run policies compared and logged.
@@ -7,8 +8,11 @@ use http::Uri;
 use http::request::Parts;
 use tracing::info;
 
-use crate::authz::{Decision, PathError, Policy, RequestFacts, evaluate, normalize_path};
+use crate::authz::{
+    AuthFacts, Decision, PathError, Policy, RequestFacts, evaluate, normalize_path,
+};
 use crate::engine::{Downstream, Target};
+use crate::jwt::{self, JwtError};
 use crate::policies::Applicable;
 
 /// Why a request was refused before routing.
@@ -18,6 +22,8 @@ pub(crate) enum Refusal {
     Path(PathError),
     /// A policy denied it (403 `RBAC: access denied`); the reason names it.
     Denied(String),
+    /// Its JWT did not validate (401).
+    Token(JwtError),
 }
 
 /// The peer's principal as policies write it: without `spiffe://`.
@@ -33,6 +39,7 @@ fn facts<'a>(
     method: &'a str,
     path: &'a str,
     headers: &'a http::HeaderMap,
+    auth: Option<&'a AuthFacts>,
 ) -> RequestFacts<'a> {
     let destination = match &down.target {
         Target::Workload { endpoint } => endpoint.address,
@@ -52,7 +59,7 @@ fn facts<'a>(
         destination_port: destination.port(),
         // The waypoint reads plaintext HTTP inside the tunnel: no SNI.
         sni: None,
-        auth: None,
+        auth,
     }
 }
 
@@ -99,13 +106,20 @@ pub(crate) fn request(
             Err(_) => return Err(Refusal::Path(PathError::BadEscape)),
         }
     }
+    // The token first: policies read what it proves.
+    let auth = if applicable.jwt.is_empty() {
+        None
+    } else {
+        jwt::authenticate(&applicable.jwt, parts).map_err(Refusal::Token)?
+    };
     let host = parts
         .uri
         .authority()
         .map(|a| a.as_str())
         .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
-    let facts = facts(down, host, parts.method.as_str(), &normalised, &parts.headers);
+    let facts =
+        facts(down, host, parts.method.as_str(), &normalised, &parts.headers, auth.as_ref());
     let decision = judge(&applicable.http, &applicable.http_with_dry_run, &facts, "request");
     if decision.allowed { Ok(decision.reason) } else { Err(Refusal::Denied(decision.reason)) }
 }
@@ -113,7 +127,7 @@ pub(crate) fn request(
 /// Judges a connection proxied as TCP, by the policies reduced for TCP.
 pub(crate) fn connection(applicable: &Applicable, down: &Downstream) -> Result<String, String> {
     let headers = http::HeaderMap::new();
-    let facts = facts(down, "", "", "", &headers);
+    let facts = facts(down, "", "", "", &headers, None);
     let decision = judge(&applicable.tcp, &applicable.tcp_with_dry_run, &facts, "tcp");
     if decision.allowed { Ok(decision.reason) } else { Err(decision.reason) }
 }

@@ -13,6 +13,7 @@
 //! - [`metrics`]: Istio's HTTP metrics;
 //! - [`authz`]: `AuthorizationPolicy` for HTTP (Istio's attributes and
 //!   order) and path normalisation, pure and property-tested;
+//! - [`jwt`]: `RequestAuthentication`'s JWT validation;
 //! - [`policies`]: the policies attached to what the proxy fronts
 //!   (`mesh.l7.Authorization`), read, reduced for TCP, indexed by
 //!   destination.
@@ -30,6 +31,7 @@ pub mod detect;
 pub mod engine;
 pub mod filters;
 mod guard;
+pub mod jwt;
 pub mod matching;
 pub mod metrics;
 pub mod policies;

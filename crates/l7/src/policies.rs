@@ -24,6 +24,7 @@ use crate::authz::{
     Action, Condition, ConditionKey, IpNet, Operation, PathMatch, Policy, Rule, Source, StringMatch,
 };
 use crate::config::ConfigError;
+use crate::jwt::JwtRule;
 
 fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError { field: field.into(), reason: reason.into() }
@@ -72,6 +73,41 @@ impl TryFrom<&proto::Authorization> for AttachedPolicy {
             waypoints: p.waypoints.clone(),
             services: p.services.clone(),
             dry_run: p.dry_run,
+        })
+    }
+}
+
+/// One RequestAuthentication and what it is attached to.
+#[derive(Debug, Clone)]
+pub struct AttachedAuthentication {
+    /// `namespace/name`.
+    pub name: String,
+    /// Its rules, ready to validate.
+    pub rules: Vec<Arc<JwtRule>>,
+    /// Every request through these waypoints (`namespace/gateway`).
+    pub waypoints: Vec<String>,
+    /// Requests to these services (`namespace/hostname`).
+    pub services: Vec<String>,
+}
+
+impl TryFrom<&proto::Authentication> for AttachedAuthentication {
+    type Error = ConfigError;
+
+    fn try_from(a: &proto::Authentication) -> Result<Self, ConfigError> {
+        if a.namespace.is_empty() || a.name.is_empty() {
+            return Err(err("name", "a policy needs a namespace and a name"));
+        }
+        let rules = a
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| JwtRule::new(r, &format!("rules[{i}]")).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name: format!("{}/{}", a.namespace, a.name),
+            rules,
+            waypoints: a.waypoints.clone(),
+            services: a.services.clone(),
         })
     }
 }
@@ -261,12 +297,16 @@ pub struct Applicable {
     pub http_with_dry_run: Vec<Policy>,
     /// Enforced plus dry-run, for TCP connections (likewise).
     pub tcp_with_dry_run: Vec<Policy>,
+    /// JWT rules (RequestAuthentication): a request's token is validated
+    /// against them before the policies are read.
+    pub jwt: Vec<Arc<JwtRule>>,
 }
 
 impl Applicable {
-    /// Whether no policy, enforced or dry-run, applies: nothing to evaluate.
+    /// Whether no policy, enforced or dry-run, and no JWT rule applies:
+    /// nothing to evaluate.
     pub fn is_empty(&self) -> bool {
-        self.http.is_empty() && self.http_with_dry_run.is_empty()
+        self.http.is_empty() && self.http_with_dry_run.is_empty() && self.jwt.is_empty()
     }
 
     fn add(&mut self, p: &AttachedPolicy) {
@@ -296,30 +336,56 @@ pub struct PolicyIndex {
 impl PolicyIndex {
     /// Indexes `policies` for the waypoint `waypoint` (`namespace/name`).
     pub fn new<'a>(policies: impl IntoIterator<Item = &'a AttachedPolicy>, waypoint: &str) -> Self {
+        Self::build(policies, std::iter::empty(), waypoint)
+    }
+
+    /// Indexes `policies` and `authentications` for the waypoint
+    /// `waypoint` (`namespace/name`).
+    pub fn build<'a>(
+        policies: impl IntoIterator<Item = &'a AttachedPolicy>,
+        authentications: impl IntoIterator<Item = &'a AttachedAuthentication>,
+        waypoint: &str,
+    ) -> Self {
         let policies: Vec<&AttachedPolicy> = policies.into_iter().collect();
-        let wide: Vec<&AttachedPolicy> = policies
-            .iter()
-            .copied()
-            .filter(|p| p.waypoints.iter().any(|w| w == waypoint))
-            .collect();
-        let build = |set: &[&AttachedPolicy]| {
+        let authentications: Vec<&AttachedAuthentication> = authentications.into_iter().collect();
+        let reaches_me = |waypoints: &[String]| waypoints.iter().any(|w| w == waypoint);
+        let wide: Vec<&AttachedPolicy> =
+            policies.iter().copied().filter(|p| reaches_me(&p.waypoints)).collect();
+        let wide_jwt: Vec<&AttachedAuthentication> =
+            authentications.iter().copied().filter(|a| reaches_me(&a.waypoints)).collect();
+        let build = |set: &[&AttachedPolicy], jwt: &[&AttachedAuthentication]| {
             let mut a = Applicable::default();
             set.iter().for_each(|p| a.add(p));
             a.add_dry_run(set);
+            a.jwt = jwt.iter().flat_map(|j| j.rules.iter().cloned()).collect();
             Arc::new(a)
         };
-        let mut services: HashMap<&str, Vec<&AttachedPolicy>> = HashMap::new();
+        let mut services: HashMap<&str, (Vec<&AttachedPolicy>, Vec<&AttachedAuthentication>)> =
+            HashMap::new();
         for p in &policies {
             for s in &p.services {
-                let set = services.entry(s.as_str()).or_insert_with(|| wide.clone());
+                let (set, _) =
+                    services.entry(s.as_str()).or_insert_with(|| (wide.clone(), wide_jwt.clone()));
                 if !set.iter().any(|q| std::ptr::eq(*q, *p)) {
                     set.push(p);
                 }
             }
         }
+        for a in &authentications {
+            for s in &a.services {
+                let (_, set) =
+                    services.entry(s.as_str()).or_insert_with(|| (wide.clone(), wide_jwt.clone()));
+                if !set.iter().any(|q| std::ptr::eq(*q, *a)) {
+                    set.push(a);
+                }
+            }
+        }
         Self {
-            wide: build(&wide),
-            by_service: services.into_iter().map(|(s, set)| (s.to_string(), build(&set))).collect(),
+            wide: build(&wide, &wide_jwt),
+            by_service: services
+                .into_iter()
+                .map(|(s, (set, jwt))| (s.to_string(), build(&set, &jwt)))
+                .collect(),
         }
     }
 

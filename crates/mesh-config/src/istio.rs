@@ -142,6 +142,61 @@ pub struct Condition {
     pub not_values: Vec<String>,
 }
 
+/// `security.istio.io/v1` RequestAuthentication `spec`: every field of the
+/// v1 schema, and nothing else (a misspelt `isuer` is an error, never a
+/// rule that validates nothing).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RequestAuthenticationSpec {
+    /// Pods it applies to (sidecars'; not enforced in ambient).
+    pub selector: Option<WorkloadSelector>,
+    /// One waypoint or service target.
+    pub target_ref: Option<serde_json::Value>,
+    /// Waypoint or service targets.
+    pub target_refs: Vec<serde_json::Value>,
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+impl RequestAuthenticationSpec {
+    /// True when it targets waypoints or services.
+    pub fn is_targeted(&self) -> bool {
+        self.target_ref.is_some() || !self.target_refs.is_empty()
+    }
+}
+
+/// `spec.jwtRules[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct JwtRule {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks_uri: Option<String>,
+    pub jwks: Option<String>,
+    pub from_headers: Vec<JwtHeader>,
+    pub from_params: Vec<String>,
+    pub from_cookies: Vec<String>,
+    pub output_payload_to_header: Option<String>,
+    pub forward_original_token: bool,
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    pub timeout: Option<String>,
+}
+
+/// `jwtRules[].fromHeaders[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtHeader {
+    pub name: String,
+    pub prefix: String,
+}
+
+/// `jwtRules[].outputClaimToHeaders[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClaimToHeader {
+    pub header: String,
+    pub claim: String,
+}
+
 /// `security.istio.io/v1` PeerAuthentication `spec`: every field of the v1
 /// schema, and nothing else.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

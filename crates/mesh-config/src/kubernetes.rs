@@ -44,6 +44,7 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     ("discovery.k8s.io", "v1", "EndpointSlice"),
     ("security.istio.io", "v1", "AuthorizationPolicy"),
     ("security.istio.io", "v1", "PeerAuthentication"),
+    ("security.istio.io", "v1", "RequestAuthentication"),
     ("networking.istio.io", "v1", "ServiceEntry"),
     ("gateway.networking.k8s.io", "v1", "Gateway"),
     ("gateway.networking.k8s.io", "v1", "HTTPRoute"),

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use super::istio::{AuthorizationPolicySpec, PeerAuthenticationSpec};
+use super::istio::{AuthorizationPolicySpec, PeerAuthenticationSpec, RequestAuthenticationSpec};
 use super::objects::{BadObject, InForce, Named};
 use super::state::{ClusterState, Key};
 
@@ -20,6 +20,7 @@ use super::state::{ClusterState, Key};
 pub struct LastValid {
     authorization_policies: BTreeMap<Key, Named<AuthorizationPolicySpec>>,
     peer_authentications: BTreeMap<Key, Named<PeerAuthenticationSpec>>,
+    request_authentications: BTreeMap<Key, Named<RequestAuthenticationSpec>>,
 }
 
 impl LastValid {
@@ -31,6 +32,8 @@ impl LastValid {
             restore(&mut state.authorization_policies, &mut self.authorization_policies);
         let restored_peer =
             restore(&mut state.peer_authentications, &mut self.peer_authentications);
+        let restored_authn =
+            restore(&mut state.request_authentications, &mut self.request_authentications);
         let mark = |kind: &str, restored: &[Key], bad: &mut [BadObject]| {
             for report in bad.iter_mut() {
                 let Some(object) = &report.object else { continue };
@@ -45,6 +48,7 @@ impl LastValid {
         };
         mark("AuthorizationPolicy", &restored_policies, bad);
         mark("PeerAuthentication", &restored_peer, bad);
+        mark("RequestAuthentication", &restored_authn, bad);
     }
 }
 

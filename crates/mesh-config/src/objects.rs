@@ -9,7 +9,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
 use super::istio::{
-    AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec, ServiceEntrySpec,
+    AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
+    ServiceEntrySpec,
 };
 use super::routing::{DestinationRuleSpec, HttpRouteSpec, VirtualServiceSpec};
 
@@ -81,6 +82,8 @@ pub enum Object {
     AuthorizationPolicy(Named<AuthorizationPolicySpec>),
     /// `security.istio.io` PeerAuthentication.
     PeerAuthentication(Named<PeerAuthenticationSpec>),
+    /// `security.istio.io` RequestAuthentication.
+    RequestAuthentication(Named<RequestAuthenticationSpec>),
     /// `gateway.networking.k8s.io` Gateway.
     Gateway(Named<GatewaySpec>),
     /// `networking.istio.io` ServiceEntry.
@@ -194,6 +197,9 @@ impl Object {
             }
             Object::PeerAuthentication(n) => {
                 meta("PeerAuthentication", Some(&n.namespace), Some(&n.name))
+            }
+            Object::RequestAuthentication(n) => {
+                meta("RequestAuthentication", Some(&n.namespace), Some(&n.name))
             }
             Object::Gateway(n) => meta("Gateway", Some(&n.namespace), Some(&n.name)),
             Object::HttpRoute(n) => meta("HTTPRoute", Some(&n.namespace), Some(&n.name)),
@@ -392,7 +398,7 @@ pub(crate) fn parse_object(value: Value) -> Result<Read, Rejected> {
         }
         // Any group: a security kind under a misspelt apiVersion is a
         // policy the user meant, refused (and failing closed), not ignored.
-        (_, "AuthorizationPolicy" | "PeerAuthentication") => {
+        (_, "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication") => {
             super::security::parse(&kind, &api_version, &value, &reference)?
         }
         ("networking.istio.io", "ServiceEntry") => {

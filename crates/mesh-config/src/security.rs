@@ -1,5 +1,6 @@
-//! Security objects (AuthorizationPolicy, PeerAuthentication) read the way
-//! an access-control rule must be read: strictly, and failing closed.
+//! Security objects (AuthorizationPolicy, PeerAuthentication,
+//! RequestAuthentication) read the way an access-control rule must be
+//! read: strictly, and failing closed.
 //!
 //! - Only API versions whose schema we know (`v1`, `v1beta1`: the same
 //!   schema) are read; `security.istio.io/v9` is refused, not guessed at.
@@ -12,7 +13,9 @@
 //!   ALLOW). In its place stands a **fail-closed stand-in** over what the
 //!   object selects (its `selector.matchLabels` when those can be read,
 //!   else its whole namespace): for an AuthorizationPolicy, a DENY of
-//!   everything; for a PeerAuthentication, STRICT mTLS. Where an earlier
+//!   everything; for a PeerAuthentication, STRICT mTLS; for a
+//!   RequestAuthentication, no JWT accepted through what it targets.
+//!   Where an earlier
 //!   valid version was read, `crate::last_valid` puts that back instead,
 //!   as Kubernetes would by refusing the broken update.
 
@@ -23,7 +26,7 @@ use serde_json::Value;
 
 use super::istio::{
     AuthorizationAction, AuthorizationPolicySpec, MtlsMode, MutualTls, PeerAuthenticationSpec,
-    PolicyRule, WorkloadSelector,
+    PolicyRule, RequestAuthenticationSpec, WorkloadSelector,
 };
 use super::objects::{Named, Object, ObjectRef, Rejected, named_meta};
 
@@ -45,6 +48,9 @@ pub(crate) fn parse(
         "AuthorizationPolicy" => strict(value, reference)
             .and_then(|p| check_authorization(&p.spec).map(|()| p))
             .map(Object::AuthorizationPolicy),
+        "RequestAuthentication" => strict(value, reference)
+            .and_then(|r| check_request_authentication(&r.spec).map(|()| r))
+            .map(Object::RequestAuthentication),
         _ => strict(value, reference)
             .and_then(|p| check_peer_authentication(&p.spec).map(|()| p))
             .map(Object::PeerAuthentication),
@@ -71,6 +77,25 @@ fn check_authorization(spec: &AuthorizationPolicySpec) -> Result<(), String> {
     let selects = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
     if selects && spec.is_targeted() {
         return Err("invalid: spec: selector and targetRef(s) cannot both be set".into());
+    }
+    Ok(())
+}
+
+/// What Istio's validation refuses in a RequestAuthentication.
+fn check_request_authentication(spec: &RequestAuthenticationSpec) -> Result<(), String> {
+    let selects = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
+    if selects && spec.is_targeted() {
+        return Err("invalid: spec: selector and targetRef(s) cannot both be set".into());
+    }
+    for (i, rule) in spec.jwt_rules.iter().enumerate() {
+        if rule.issuer.is_empty() {
+            return Err(format!("invalid: spec.jwtRules[{i}].issuer: required"));
+        }
+        if rule.jwks.is_some() && rule.jwks_uri.is_some() {
+            return Err(format!(
+                "invalid: spec.jwtRules[{i}]: jwks and jwksUri cannot both be set"
+            ));
+        }
     }
     Ok(())
 }
@@ -126,27 +151,39 @@ fn stand_in(kind: &str, value: &Value, reference: &ObjectRef) -> Object {
         && spec.is_some_and(|s| s.get("targetRef").is_some() || s.get("targetRefs").is_some());
     let meta = named_meta(value, reference).unwrap_or_else(|_| Named::bare(reference));
     let named = Named { fail_closed: true, ..meta };
+    // Kept as written: the waypoints they name deny everything (an
+    // unreadable one: every waypoint of the namespace).
+    let target_ref = targeted.then(|| {
+        spec.and_then(|s| s.get("targetRef"))
+            .cloned()
+            .unwrap_or_else(|| Value::String("unreadable".into()))
+    });
+    let target_refs = if targeted {
+        spec.and_then(|s| s.get("targetRefs"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if kind == "RequestAuthentication" {
+        // No rule can be read, so no token can be trusted: the model turns
+        // a stand-in into a rule that refuses every token.
+        return Object::RequestAuthentication(named.with_spec(RequestAuthenticationSpec {
+            selector,
+            target_ref,
+            target_refs,
+            jwt_rules: Vec::new(),
+        }));
+    }
     if kind == "AuthorizationPolicy" {
         Object::AuthorizationPolicy(named.with_spec(AuthorizationPolicySpec {
             selector,
             action: Some(AuthorizationAction::Deny),
             // One empty rule matches every connection.
             rules: vec![PolicyRule::default()],
-            // Kept as written: the waypoints they name deny everything
-            // (an unreadable one: every waypoint of the namespace).
-            target_ref: targeted.then(|| {
-                spec.and_then(|s| s.get("targetRef"))
-                    .cloned()
-                    .unwrap_or_else(|| Value::String("unreadable".into()))
-            }),
-            target_refs: if targeted {
-                spec.and_then(|s| s.get("targetRefs"))
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            },
+            target_ref,
+            target_refs,
             ..AuthorizationPolicySpec::default()
         }))
     } else {
@@ -160,6 +197,9 @@ fn stand_in(kind: &str, value: &Value, reference: &ObjectRef) -> Object {
 
 /// What a stand-in of `kind` enforces, for messages.
 pub fn stand_in_effect(kind: &str) -> &'static str {
+    if kind == "RequestAuthentication" {
+        return "until it is fixed, every JWT sent through the waypoints it targets is refused (401)";
+    }
     if kind == "PeerAuthentication" {
         "until it is fixed, the workloads it selects (its namespace, if its selector cannot be read) require mTLS (STRICT)"
     } else {

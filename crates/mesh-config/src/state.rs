@@ -6,7 +6,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::istio::{
-    AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec, ServiceEntrySpec,
+    AuthorizationPolicySpec, GatewaySpec, PeerAuthenticationSpec, RequestAuthenticationSpec,
+    ServiceEntrySpec,
 };
 use super::objects::{BadObject, Named, Object};
 use super::routing::{DestinationRuleSpec, HttpRouteSpec, VirtualServiceSpec};
@@ -29,6 +30,8 @@ pub struct ClusterState {
     pub authorization_policies: BTreeMap<Key, Named<AuthorizationPolicySpec>>,
     /// PeerAuthentications.
     pub peer_authentications: BTreeMap<Key, Named<PeerAuthenticationSpec>>,
+    /// RequestAuthentications.
+    pub request_authentications: BTreeMap<Key, Named<RequestAuthenticationSpec>>,
     /// Gateways (waypoints among them).
     pub gateways: BTreeMap<Key, Named<GatewaySpec>>,
     /// ServiceEntries.
@@ -65,6 +68,9 @@ impl ClusterState {
                     insert(&mut state.authorization_policies, key(), p)
                 }
                 Object::PeerAuthentication(p) => insert(&mut state.peer_authentications, key(), p),
+                Object::RequestAuthentication(r) => {
+                    insert(&mut state.request_authentications, key(), r)
+                }
                 Object::Gateway(g) => insert(&mut state.gateways, key(), g),
                 Object::ServiceEntry(e) => insert(&mut state.service_entries, key(), e),
                 Object::HttpRoute(r) => insert(&mut state.http_routes, key(), *r),

@@ -108,6 +108,9 @@ pub mod type_url {
     /// `mesh.l7.Authorization` (a waypoint's AuthorizationPolicies, our own
     /// type).
     pub const L7_AUTHORIZATION: &str = "type.googleapis.com/mesh.l7.Authorization";
+    /// `mesh.l7.Authentication` (a waypoint's RequestAuthentications, our
+    /// own type).
+    pub const L7_AUTHENTICATION: &str = "type.googleapis.com/mesh.l7.Authentication";
 }
 
 #[cfg(test)]

@@ -145,6 +145,10 @@ fn type_urls_name_the_messages() {
         crate::type_url::L7_AUTHORIZATION,
         format!("type.googleapis.com/{}", <crate::l7::Authorization as prost::Name>::full_name())
     );
+    assert_eq!(
+        crate::type_url::L7_AUTHENTICATION,
+        format!("type.googleapis.com/{}", <crate::l7::Authentication as prost::Name>::full_name())
+    );
 }
 
 proptest::proptest! {

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use xds::{XdsClient, XdsClientConfig};
 
 use crate::inbound::WaypointName;
-use crate::policies::{PolicyHandler, PolicyStore};
+use crate::policies::{AuthenticationHandler, PolicyHandler, PolicyStore};
 use crate::routes::{RoutesHandler, RoutesStore};
 use crate::{Parts, Waypoint};
 
@@ -129,6 +129,7 @@ pub async fn run(
             Box::new(AddressHandler(store.clone())),
             Box::new(RoutesHandler(routes.clone())),
             Box::new(PolicyHandler(policies.clone())),
+            Box::new(AuthenticationHandler(policies.clone())),
         ],
     );
     proxy_core::admin::run_xds(xds_client, xds_ready, &shutdown);

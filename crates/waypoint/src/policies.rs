@@ -1,26 +1,36 @@
-//! The `mesh.l7.Authorization` resources the control plane sends, indexed
-//! for this waypoint. A resource that does not read is NACKed with the
-//! field at fault and its last good version stays in force.
+//! The `mesh.l7.Authorization` and `mesh.l7.Authentication` resources the
+//! control plane sends, indexed for this waypoint. A resource that does not
+//! read is NACKed with the field at fault and its last good version stays
+//! in force.
 //!
-//! Until the first response for the type has been applied, every request
-//! is denied: a waypoint that has its services but not yet their policies
-//! must not serve them as if none existed.
+//! Until the first response for both types has been applied, every
+//! request is denied: a waypoint that has its services but not yet their
+//! policies must not serve them as if none existed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use l7::Target;
 use l7::authz::{Action, Policy, Rule};
-use l7::policies::{Applicable, AttachedPolicy, PolicyIndex};
+use l7::policies::{Applicable, AttachedAuthentication, AttachedPolicy, PolicyIndex};
 use mesh_proto::{l7 as proto, type_url};
 use prost::Message;
 use xds::{Handler, Rejected, Update};
 
 #[derive(Debug, Default)]
 struct State {
-    synced: bool,
+    synced_policies: bool,
+    synced_authentications: bool,
     policies: HashMap<String, AttachedPolicy>,
+    authentications: HashMap<String, AttachedAuthentication>,
     index: PolicyIndex,
+}
+
+impl State {
+    fn reindex(&mut self, waypoint: &str) {
+        self.index =
+            PolicyIndex::build(self.policies.values(), self.authentications.values(), waypoint);
+    }
 }
 
 /// This waypoint's policies.
@@ -56,7 +66,7 @@ impl PolicyStore {
     /// The policies that apply to requests to `target`.
     pub fn applicable(&self, target: &Target) -> Arc<Applicable> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        if !state.synced {
+        if !(state.synced_policies && state.synced_authentications) {
             return self.waiting.clone();
         }
         match target {
@@ -111,8 +121,48 @@ impl Handler for PolicyHandler {
                 }
             }
         }
-        state.index = PolicyIndex::new(state.policies.values(), &store.waypoint);
-        state.synced = true;
+        state.reindex(&store.waypoint);
+        state.synced_policies = true;
+        if rejected.is_empty() { Ok(()) } else { Err(rejected) }
+    }
+}
+
+/// Applies `mesh.l7.Authentication` updates.
+#[derive(Debug, Clone)]
+pub struct AuthenticationHandler(pub Arc<PolicyStore>);
+
+impl Handler for AuthenticationHandler {
+    fn type_url(&self) -> &str {
+        type_url::L7_AUTHENTICATION
+    }
+
+    fn apply(&mut self, update: Update) -> Result<(), Vec<Rejected>> {
+        let store = &self.0;
+        let mut state = store.state.write().unwrap_or_else(|p| p.into_inner());
+        for name in &update.removed {
+            state.authentications.remove(name);
+        }
+        let mut rejected = Vec::new();
+        for (name, body) in update.resources {
+            let parsed = proto::Authentication::decode(body.value.as_slice())
+                .map_err(|e| format!("not a mesh.l7.Authentication: {e}"))
+                .and_then(|a| AttachedAuthentication::try_from(&a).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(a) if a.name == name => {
+                    state.authentications.insert(name, a);
+                }
+                Ok(a) => rejected.push(Rejected {
+                    reason: format!("resource name does not match its content ({})", a.name),
+                    name,
+                }),
+                Err(reason) => {
+                    tracing::warn!(resource = %name, %reason, "JWT rules refused; the last good version stays");
+                    rejected.push(Rejected { name, reason });
+                }
+            }
+        }
+        state.reindex(&store.waypoint);
+        state.synced_authentications = true;
         if rejected.is_empty() { Ok(()) } else { Err(rejected) }
     }
 }
@@ -139,7 +189,11 @@ mod tests {
         let waiting = store.applicable(&service());
         assert_eq!(waiting.http[0].action, Action::Deny, "deny all until the first update");
         handler.apply(Update { resources: vec![], removed: vec![] }).unwrap();
-        assert!(store.applicable(&service()).is_empty(), "an empty first update: no policy");
+        assert!(!store.applicable(&service()).is_empty(), "JWT rules not yet received");
+        AuthenticationHandler(store.clone())
+            .apply(Update { resources: vec![], removed: vec![] })
+            .unwrap();
+        assert!(store.applicable(&service()).is_empty(), "empty first updates: no policy");
 
         let good = proto::Authorization {
             namespace: "apps".into(),

@@ -210,6 +210,11 @@ async fn routes_http_through_the_waypoint_and_refuses_what_it_does_not_front() {
         },
     )
     .unwrap();
+    xds::Handler::apply(
+        &mut waypoint::policies::AuthenticationHandler(policies.clone()),
+        xds::Update { resources: vec![], removed: vec![] },
+    )
+    .unwrap();
 
     let waypoint_id = ca.identity("apps", "waypoint");
     let certs = WorkloadCertificates::new(provider.clone(), CertificateSettings::default());

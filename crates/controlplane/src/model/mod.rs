@@ -83,6 +83,9 @@ pub struct Model {
     pub l7_policies: Vec<mesh_proto::l7::Authorization>,
     /// Who enforces each AuthorizationPolicy, by `namespace/name`.
     pub enforcement: BTreeMap<String, policies::Enforcement>,
+    /// JWT rules (RequestAuthentications with `targetRefs`), for waypoints;
+    /// set by [`Model::attach_authentications`].
+    pub l7_authentications: Vec<mesh_proto::l7::Authentication>,
     /// Each pod's outcome, kept so [`Model::update`] can reuse it.
     pods: BTreeMap<(String, String), workloads::PodOutcome>,
 }
@@ -183,8 +186,32 @@ impl Model {
             routes,
             l7_policies,
             enforcement,
+            l7_authentications: Vec::new(),
             pods,
         }
+    }
+}
+
+impl Model {
+    /// Adds the RequestAuthentications, with the keys fetched from their
+    /// `jwksUri`s (`jwks`), their warnings and their scopes. Kept apart
+    /// from [`Model::compute`] because keys arrive on their own schedule:
+    /// new keys redo only this part (calling it again replaces what it
+    /// added).
+    pub fn attach_authentications(
+        &mut self,
+        state: &ClusterState,
+        mesh: &MeshConfig,
+        jwks: &policies::authn::Jwks,
+    ) {
+        // Again from scratch: keys may change under the same model.
+        self.warnings.retain(|w| w.object.kind != "RequestAuthentication");
+        for names in self.waypoint_scopes.values_mut() {
+            names.retain(|n| !n.starts_with(policies::authn::AUTHN_SCOPE_PREFIX));
+        }
+        self.l7_authentications =
+            policies::authn::translate(state, mesh, &self.services, jwks, &mut self.warnings);
+        policies::authn::scope(&self.l7_authentications, &self.services, &mut self.waypoint_scopes);
     }
 }
 
@@ -196,6 +223,7 @@ fn only_pods_changed(a: &ClusterState, b: &ClusterState) -> bool {
         && a.endpoint_slices == b.endpoint_slices
         && a.authorization_policies == b.authorization_policies
         && a.peer_authentications == b.peer_authentications
+        && a.request_authentications == b.request_authentications
         && a.gateways == b.gateways
         && a.service_entries == b.service_entries
         && a.http_routes == b.http_routes

@@ -25,6 +25,7 @@
 //!
 //! Each such change is reported as a [`Warning`] on the policy.
 
+pub mod authn;
 mod mtls;
 mod rules;
 pub mod targeted;

@@ -36,10 +36,8 @@ use mesh_proto::l7 as proto;
 use serde_json::Value;
 
 use super::{MeshConfig, Warning, is_dry_run};
-use crate::config::istio::{
-    AuthorizationAction, AuthorizationPolicySpec, Condition, Operation, PolicyRule, Source,
-};
-use crate::config::{ClusterState, Named, ObjectRef};
+use crate::config::istio::{AuthorizationAction, Condition, Operation, PolicyRule, Source};
+use crate::config::{ClusterState, ObjectRef};
 use crate::model::waypoints::{Scopes, WAYPOINT_CLASS};
 
 /// Scope entries of L7 policies start with this, so they never collide
@@ -74,7 +72,10 @@ pub fn translate(
                 proto::AuthorizationAction::Custom
             }
         };
-        let (waypoints, targeted_services) = targets(policy, state, mesh, services, &mut notes);
+        let refs: Vec<&Value> =
+            policy.spec.target_ref.iter().chain(policy.spec.target_refs.iter()).collect();
+        let (waypoints, targeted_services) =
+            targets(namespace, &refs, state, mesh, services, &mut notes);
         let allow =
             matches!(action, proto::AuthorizationAction::Allow | proto::AuthorizationAction::Audit);
         let mut rules = Vec::new();
@@ -119,7 +120,7 @@ pub fn translate(
 
 /// The waypoints (`namespace/name`) that enforce a policy on `waypoints`
 /// and `services`.
-fn enforced_by(
+pub(super) fn enforced_by(
     waypoints: &BTreeSet<String>,
     targeted: &BTreeSet<String>,
     services: &[Service],
@@ -168,20 +169,19 @@ fn waypoint_gateways(state: &ClusterState) -> impl Iterator<Item = String> + '_ 
         .map(|((ns, name), _)| format!("{ns}/{name}"))
 }
 
-/// The waypoints and services a policy targets.
-fn targets(
-    policy: &Named<AuthorizationPolicySpec>,
+/// The waypoints and services a policy in `namespace` targets with `refs`
+/// (its `targetRef` and `targetRefs`).
+pub(super) fn targets(
+    namespace: &String,
+    refs: &[&Value],
     state: &ClusterState,
     mesh: &MeshConfig,
     services: &[Service],
     notes: &mut Vec<String>,
 ) -> (BTreeSet<String>, BTreeSet<String>) {
-    let namespace = &policy.namespace;
     let root = *namespace == mesh.root_namespace;
     let mut waypoints = BTreeSet::new();
     let mut keys = BTreeSet::new();
-    let refs: Vec<&Value> =
-        policy.spec.target_ref.iter().chain(policy.spec.target_refs.iter()).collect();
     let mut unreadable = false;
     for (i, target) in refs.iter().enumerate() {
         let field = |k: &str| target.get(k).and_then(Value::as_str).unwrap_or_default();
