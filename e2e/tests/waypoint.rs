@@ -127,6 +127,24 @@ spec:
   rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
 "#;
 
+/// A P-256 key made for this test: its JWKS, and a signer of claims.
+fn jwt_key() -> (String, impl Fn(Value) -> String) {
+    use base64::Engine as _;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = pair.public_key_raw().to_vec();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "test",
+        "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]})
+    .to_string();
+    let key = jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der());
+    let sign = move |claims: Value| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("test".into());
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    (jwks, sign)
+}
+
 /// `mesh-sample request` from the sleep pod; its JSON summary.
 fn request(netns: &str, url: &str, extra: &[&str]) -> Value {
     let mut args = vec!["request", url];
@@ -312,6 +330,58 @@ fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
     support::eventually("no policy: open again", 30, || {
         count(&request(&curl, reviews, &["--method", "POST"]), "statuses", "200") == 1
     });
+
+    // JWT: a RequestAuthentication on the waypoint with a key this test
+    // makes, and /secure only for a request principal.
+    let (jwks, sign) = jwt_key();
+    let jwt_objects = format!(
+        r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: apps}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  jwtRules: [{{issuer: "https://issuer.test", audiences: [reviews], jwks: '{jwks}', outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: secure-needs-jwt, namespace: apps}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: DENY
+  rules: [{{from: [{{source: {{notRequestPrincipals: ["*"]}}}}], to: [{{operation: {{paths: ["/secure*"]}}}}]}}]
+"#
+    );
+    c.apply("jwt.yaml", &authz(&jwt_objects)).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let good = sign(
+        serde_json::json!({"iss": "https://issuer.test", "sub": "alice", "aud": "reviews", "exp": now + 600}),
+    );
+    let secure = "http://10.96.0.40/secure/data";
+    support::eventually("a request without a token refused on /secure", 30, || {
+        count(&request(&sleep, secure, &[]), "statuses", "403") == 1
+    });
+    let with = |token: &str| format!("authorization: Bearer {token}");
+    let ok = request(&sleep, secure, &["--header", &with(&good)]);
+    assert_eq!(count(&ok, "statuses", "200"), 1, "{ok}");
+    let seen = &ok["last"]["headers"];
+    assert!(seen["authorization"].is_null(), "the token is not forwarded: {ok}");
+    assert_eq!(seen["x-jwt-sub"], "alice", "{ok}");
+    let expired = sign(
+        serde_json::json!({"iss": "https://issuer.test", "sub": "alice", "aud": "reviews", "exp": now - 3600}),
+    );
+    let refused = request(&sleep, secure, &["--header", &with(&expired)]);
+    assert_eq!(count(&refused, "statuses", "401"), 1, "expired: {refused}");
+    let wrong_aud = sign(
+        serde_json::json!({"iss": "https://issuer.test", "sub": "alice", "aud": "other", "exp": now + 600}),
+    );
+    let refused = request(&sleep, reviews, &["--header", &with(&wrong_aud)]);
+    assert_eq!(count(&refused, "statuses", "401"), 1, "wrong audience: {refused}");
+    let garbage = request(&sleep, reviews, &["--header", "authorization: Bearer not.a.jwt"]);
+    assert_eq!(count(&garbage, "statuses", "401"), 1, "{garbage}");
+    let open = request(&sleep, reviews, &[]);
+    assert_eq!(count(&open, "statuses", "200"), 1, "no token, not /secure: {open}");
+    c.apply("jwt.yaml", &[]).unwrap();
 
     // Bound to a waypoint that does not exist yet: refused, never direct.
     let missing = request(&sleep, "http://10.96.0.42/", &["--count", "3"]);
