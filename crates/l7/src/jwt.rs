@@ -11,7 +11,8 @@
 //!   header (`Bearer `) and the `access_token` query parameter;
 //! - the token's `iss` picks the rule, which must also read the location
 //!   the token was found in; `aud` must hold one of the rule's audiences
-//!   when it lists any; `exp` and `nbf` are checked with 60 s of leeway;
+//!   when it lists any; `exp` and `nbf` are checked with 60 s of leeway
+//!   (again on every use of a token the rule remembers having validated);
 //! - keys: RSA (RS256/384/512, PS256/384/512), EC (ES256/384) and Ed25519
 //!   (EdDSA) from the rule's JWKS. A key's `kid`, when both sides have
 //!   one, must match; its `alg`, when the JWKS names one, must be the
@@ -23,7 +24,8 @@
 //! `outputClaimToHeaders`) are removed from every incoming request first,
 //! so a client cannot forge them by sending no token.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use http::HeaderName;
 use http::HeaderValue;
@@ -71,7 +73,18 @@ pub struct JwtRule {
     forward_original_token: bool,
     output_payload_to_header: Option<HeaderName>,
     output_claim_to_headers: Vec<(HeaderName, String)>,
+    /// Tokens this rule validated, with their claims: a client sends the
+    /// same token many times, and a signature check costs more than the
+    /// rest of the request (Envoy keeps such a cache too). Bounded; a rule
+    /// with new keys is a new rule, with an empty cache.
+    validated: Mutex<HashMap<String, serde_json::Value>>,
 }
+
+/// Tokens remembered per rule.
+const VALIDATED_TOKENS: usize = 1024;
+
+/// Clock skew allowed on `exp` and `nbf`, seconds.
+const LEEWAY: u64 = 60;
 
 fn header_name(name: &str, field: &str) -> Result<HeaderName, ConfigError> {
     HeaderName::try_from(name.to_ascii_lowercase())
@@ -124,7 +137,33 @@ impl JwtRule {
             forward_original_token: r.forward_original_token,
             output_payload_to_header,
             output_claim_to_headers,
+            validated: Mutex::default(),
         })
+    }
+
+    /// The claims of `token` if this rule validated it before and it is
+    /// still within its time.
+    fn remembered(&self, token: &str) -> Option<serde_json::Value> {
+        let mut cache = self.validated.lock().unwrap_or_else(|p| p.into_inner());
+        let claims = cache.get(token)?;
+        let now = jsonwebtoken::get_current_timestamp();
+        let time = |k: &str| claims.get(k).and_then(serde_json::Value::as_u64);
+        let live = time("exp").is_none_or(|exp| now <= exp + LEEWAY)
+            && time("nbf").is_none_or(|nbf| now + LEEWAY >= nbf);
+        if live {
+            Some(claims.clone())
+        } else {
+            cache.remove(token);
+            None
+        }
+    }
+
+    fn remember(&self, token: &str, claims: &serde_json::Value) {
+        let mut cache = self.validated.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VALIDATED_TOKENS {
+            cache.clear();
+        }
+        cache.insert(token.to_string(), claims.clone());
     }
 
     /// The headers this rule writes (removed from every request first).
@@ -299,7 +338,7 @@ fn validate(
         v.set_issuer(&[&rule.issuer]);
         v.validate_exp = true;
         v.validate_nbf = true;
-        v.leeway = 60;
+        v.leeway = LEEWAY;
         if rule.audiences.is_empty() {
             v.validate_aud = false;
         } else {
@@ -330,6 +369,11 @@ pub fn authenticate(
         return Err(JwtError::Multiple);
     }
     let Some(Found { token, at }) = found.pop() else { return Ok(None) };
+    for rule in rules.iter().filter(|r| r.locations.contains(&at)) {
+        if let Some(claims) = rule.remembered(&token) {
+            return Ok(Some(accept(rule, &token, &at, claims, parts)));
+        }
+    }
     let header =
         jsonwebtoken::decode_header(&token).map_err(|e| JwtError::Malformed(e.to_string()))?;
     let issuer = unverified_claims(&token, header.alg)?
@@ -345,7 +389,10 @@ pub fn authenticate(
     let mut last = String::new();
     for rule in candidates {
         match validate(rule, &token, &header) {
-            Ok(claims) => return Ok(Some(accept(rule, &token, &at, claims, parts))),
+            Ok(claims) => {
+                rule.remember(&token, &claims);
+                return Ok(Some(accept(rule, &token, &at, claims, parts)));
+            }
             Err(e) => last = e,
         }
     }

@@ -306,3 +306,24 @@ fn bad_rules_are_errors_naming_the_field() {
             .contains("does not fit")
     );
 }
+
+#[test]
+fn a_remembered_token_still_expires() {
+    let key = ec("k1", false);
+    let rules = [rule(&[&key])];
+    let mut c = claims();
+    c["exp"] = json!(now() - 59);
+    let token = sign(&key, &c);
+    assert!(authenticate(&rules, &mut bearer(&token)).unwrap().is_some(), "within the skew");
+    assert!(authenticate(&rules, &mut bearer(&token)).unwrap().is_some(), "remembered");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(
+        authenticate(&rules, &mut bearer(&token)).is_err(),
+        "past the skew: refused, remembered or not"
+    );
+    // Another rule set (new keys) does not know it.
+    let impostor = ec("k1", false);
+    let good = sign(&key, &claims());
+    assert!(authenticate(&rules, &mut bearer(&good)).unwrap().is_some());
+    assert!(authenticate(&[rule(&[&impostor])], &mut bearer(&good)).is_err());
+}

@@ -16,7 +16,13 @@
 //! - nginx-plain and haproxy-plain: the same proxies off the mesh (in the
 //!   waypoint's pod, plain TCP from a client and to a backend outside the
 //!   mesh), for the proxies' own cost with no TLS anywhere;
-//! - direct: the plain client to the plain backend, no proxy.
+//! - direct: the plain client to the plain backend, no proxy;
+//! - waypoint-policies: the waypoint path to another service behind the
+//!   same waypoint, which carries ten ALLOW AuthorizationPolicies of ten
+//!   rules each and a RequestAuthentication; each request sends a JWT (one
+//!   token per run, as a client reuses its token), and only the last rule
+//!   of the last policy (its request principal) lets it through. Its
+//!   requests/s against the waypoint path's is the cost of L7 security.
 //!
 //! Two CPU figures per path: the proxy's own process, and the hop's (the
 //! proxy plus node-c's ztunnel): what serving on the mesh's hops costs, the
@@ -64,8 +70,8 @@ struct Args {
     /// run without one; off by default so the figures compare like work).
     #[arg(long)]
     access_log: bool,
-    /// Measure only these paths (direct, waypoint, nginx, haproxy;
-    /// repeatable), for profiling one of them.
+    /// Measure only these paths (direct, waypoint, waypoint-policies,
+    /// nginx, haproxy...; repeatable), for profiling one of them.
     #[arg(long)]
     only: Vec<String>,
     /// More environment for the waypoint (`NAME=VALUE`, repeatable), for
@@ -134,6 +140,11 @@ metadata: {name: backend, namespace: mesh}
 spec: {clusterIP: 10.96.0.50, selector: {app: backend}, ports: [{name: http, port: 80, targetPort: 8080}]}
 ---
 apiVersion: v1
+kind: Service
+metadata: {name: guarded, namespace: mesh}
+spec: {clusterIP: 10.96.0.51, selector: {app: backend}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
 kind: Namespace
 metadata: {name: plain}
 ---
@@ -160,6 +171,8 @@ struct Subject {
     /// What serving on the mesh's hops costs: the proxy and the ztunnel
     /// of its node (none off the mesh).
     hop_pids: Vec<u32>,
+    /// A JWT each request carries.
+    token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -264,10 +277,12 @@ fn load(
     http2: bool,
     concurrency: usize,
     seconds: f64,
+    token: Option<&str>,
 ) -> anyhow::Result<(f64, Percentiles, u64)> {
+    let authorization = token.map(|t| format!("Bearer {t}"));
     localmesh::net::in_netns(netns, move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        runtime.block_on(run_load(addr, http2, concurrency, seconds))
+        runtime.block_on(run_load(addr, http2, concurrency, seconds, authorization))
     })?
 }
 
@@ -276,6 +291,7 @@ async fn run_load(
     http2: bool,
     concurrency: usize,
     seconds: f64,
+    authorization: Option<String>,
 ) -> anyhow::Result<(f64, Percentiles, u64)> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let uri: http::Uri = format!("http://{addr}/bench").parse()?;
@@ -295,6 +311,7 @@ async fn run_load(
     for _ in 0..concurrency {
         let uri = uri.clone();
         let h2 = h2.clone();
+        let authorization = authorization.clone();
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0u64;
@@ -302,11 +319,16 @@ async fn run_load(
             while Instant::now() < deadline {
                 let start = Instant::now();
                 let ok = if let Some(mut sender) = h2.clone() {
-                    let request = http::Request::builder()
-                        .uri(uri.clone())
-                        .body(Empty::<Bytes>::new())
-                        .unwrap_or_default();
+                    let mut request = http::Request::builder().uri(uri.clone());
+                    if let Some(a) = &authorization {
+                        request = request.header(http::header::AUTHORIZATION, a.as_str());
+                    }
+                    let request = request.body(Empty::<Bytes>::new()).unwrap_or_default();
                     match sender.send_request(request).await {
+                        Ok(r) if !r.status().is_success() => {
+                            FIRST_ERROR.get_or_init(|| format!("h2 {addr}: status {}", r.status()));
+                            false
+                        }
                         Ok(r) => r.into_body().collect().await.is_ok(),
                         Err(e) => {
                             FIRST_ERROR.get_or_init(|| format!("h2 {addr}: {e:?}"));
@@ -328,11 +350,13 @@ async fn run_load(
                     }
                     match h1.as_mut() {
                         Some(sender) => {
-                            let request = http::Request::builder()
+                            let mut request = http::Request::builder()
                                 .uri("/bench")
-                                .header("host", "backend.mesh.svc.cluster.local")
-                                .body(Empty::<Bytes>::new())
-                                .unwrap_or_default();
+                                .header("host", "backend.mesh.svc.cluster.local");
+                            if let Some(a) = &authorization {
+                                request = request.header(http::header::AUTHORIZATION, a.as_str());
+                            }
+                            let request = request.body(Empty::<Bytes>::new()).unwrap_or_default();
                             let sent = match sender.ready().await {
                                 Ok(()) => sender.send_request(request).await,
                                 Err(e) => Err(e),
@@ -376,6 +400,49 @@ async fn run_load(
     let elapsed = started.elapsed().as_secs_f64().max(seconds);
     let rps = all.len() as f64 / elapsed;
     Ok((rps, Percentiles::of(all), errors))
+}
+
+/// The policies of the `waypoint-policies` path, and a token they accept.
+/// Each rule names what a real policy would (principals, methods, paths,
+/// a header); none but the last matches the benchmark's requests.
+fn guarded_policies() -> anyhow::Result<(String, String)> {
+    use base64::Engine as _;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let raw = pair.public_key_raw().to_vec();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "bench",
+        "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
+    let issuer = "https://issuer.bench";
+    let mut yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: mesh}}\nspec:\n  targetRefs: [{{kind: Service, group: \"\", name: guarded}}]\n  jwtRules: [{{issuer: \"{issuer}\", audiences: [guarded], jwks: '{jwks}'}}]\n"
+    );
+    for p in 0..10 {
+        yaml.push_str(&format!(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-{p}, namespace: mesh}}\nspec:\n  targetRefs: [{{kind: Service, group: \"\", name: guarded}}]\n  rules:\n"
+        ));
+        for r in 0..10 {
+            if p == 9 && r == 9 {
+                yaml.push_str(&format!(
+                    "  - from: [{{source: {{requestPrincipals: [\"{issuer}/client\"]}}}}]\n    to: [{{operation: {{methods: [GET], paths: [\"/bench\"]}}}}]\n"
+                ));
+            } else {
+                yaml.push_str(&format!(
+                    "  - from: [{{source: {{principals: [\"cluster.local/ns/team-{p}/sa/app-{r}\"]}}}}]\n    to: [{{operation: {{methods: [GET, POST], paths: [\"/api/{p}/{r}/*\"]}}}}]\n    when: [{{key: \"request.headers[x-team]\", values: [\"team-{p}\"]}}]\n"
+                ));
+            }
+        }
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let claims =
+        serde_json::json!({"iss": issuer, "sub": "client", "aud": "guarded", "exp": now + 86_400});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("bench".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(&pair.serialize_der()),
+    )?;
+    Ok((yaml, token))
 }
 
 fn cpu_of(pids: &[u32]) -> f64 {
@@ -441,6 +508,23 @@ fn main() -> anyhow::Result<()> {
         component(&format!("ztunnel-{}", mesh_backend.node))?,
     ];
     eprintln!("waybench: the waypoint is process {waypoint_pid}");
+    // Ten ALLOW policies of ten rules and a RequestAuthentication on
+    // `guarded`; in force before anything is measured (no token: 403).
+    let (policies, token) = guarded_policies()?;
+    cluster.apply("policies.yaml", &localmesh::spec::parse(&policies, "policies")?)?;
+    let guarded = SocketAddr::from(([10, 96, 0, 51], 80));
+    let began = Instant::now();
+    loop {
+        let status = localmesh::net::http_get(&mesh_client.netns, guarded, "/bench").map(|r| r.0);
+        if matches!(status, Ok(403)) {
+            break;
+        }
+        anyhow::ensure!(
+            began.elapsed() < Duration::from_secs(60),
+            "the policies on guarded never came into force (last answer: {status:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let plain_target = SocketAddr::new(plain_backend.ip, 8080);
     let mesh_target = SocketAddr::new(mesh_backend.ip, 8080);
     let mut children = Children(Vec::new());
@@ -452,6 +536,7 @@ fn main() -> anyhow::Result<()> {
             http2: plain_target,
             pids: vec![],
             hop_pids: vec![],
+            token: None,
         },
         Subject {
             name: "waypoint",
@@ -460,6 +545,16 @@ fn main() -> anyhow::Result<()> {
             http2: "10.96.0.50:80".parse()?,
             pids: vec![waypoint_pid],
             hop_pids: vec![waypoint_pid, hop_ztunnel],
+            token: None,
+        },
+        Subject {
+            name: "waypoint-policies",
+            client_netns: mesh_client.netns.clone(),
+            http1: "10.96.0.51:80".parse()?,
+            http2: "10.96.0.51:80".parse()?,
+            pids: vec![waypoint_pid],
+            hop_pids: vec![waypoint_pid, hop_ztunnel],
+            token: Some(token.clone()),
         },
     ];
     // Each reference proxy twice: on the mesh's hops (an ambient pod beside
@@ -484,6 +579,7 @@ fn main() -> anyhow::Result<()> {
                 http2: at(ports.1),
                 pids: vec![pid],
                 hop_pids: ztunnel.map_or_else(Vec::new, |z| vec![pid, z]),
+                token: None,
             });
         };
         if let Some(nginx) = &nginx {
@@ -514,8 +610,9 @@ fn main() -> anyhow::Result<()> {
         let began = Instant::now();
         let deadline = began + Duration::from_secs(60);
         let ready = loop {
-            let h1 = load(&path.client_netns, path.http1, false, 1, 0.2);
-            let h2 = load(&path.client_netns, path.http2, true, 1, 0.2);
+            let token = path.token.as_deref();
+            let h1 = load(&path.client_netns, path.http1, false, 1, 0.2, token);
+            let h2 = load(&path.client_netns, path.http2, true, 1, 0.2, token);
             if matches!((&h1, &h2), (Ok((r1, _, 0)), Ok((r2, _, 0))) if *r1 > 0.0 && *r2 > 0.0) {
                 eprintln!(
                     "waybench: {} answers after {:.1} s",
@@ -565,8 +662,14 @@ fn main() -> anyhow::Result<()> {
             for (j, http2) in [false, true].into_iter().enumerate() {
                 let addr = if http2 { path.http2 } else { path.http1 };
                 let (before, hop_before) = (cpu_of(&path.pids), cpu_of(&path.hop_pids));
-                let (rps, latency, errors) =
-                    load(&path.client_netns, addr, http2, args.concurrency, args.seconds)?;
+                let (rps, latency, errors) = load(
+                    &path.client_netns,
+                    addr,
+                    http2,
+                    args.concurrency,
+                    args.seconds,
+                    path.token.as_deref(),
+                )?;
                 pair[j] = Figures {
                     rps,
                     latency,
@@ -593,7 +696,7 @@ fn main() -> anyhow::Result<()> {
         if args.access_log { "on" } else { "off (as nginx's and haproxy's)" }
     );
     println!(
-        "{:<13} {:<5} {:>7} {:>7} {:>7} {:>10} {:>10} {:>8} {:>10} {:>6}",
+        "{:<17} {:<5} {:>7} {:>7} {:>7} {:>10} {:>10} {:>8} {:>10} {:>6}",
         "path",
         "proto",
         "req/s",
@@ -629,7 +732,7 @@ fn main() -> anyhow::Result<()> {
             };
             let (own, hop) = (!path.pids.is_empty(), !path.hop_pids.is_empty());
             println!(
-                "{:<13} {:<5} {:>7.0} {:>7.0} {:>7.0} {:>10} {:>10} {:>8} {:>10} {:>6}",
+                "{:<17} {:<5} {:>7.0} {:>7.0} {:>7.0} {:>10} {:>10} {:>8} {:>10} {:>6}",
                 path.name,
                 proto,
                 rps,
@@ -644,15 +747,41 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let rps_of = |name: &str, j: usize| {
+        paths
+            .iter()
+            .zip(&rounds)
+            .find(|(p, _)| p.name == name)
+            .map(|(_, r)| median(r.iter().map(|f| f[j].rps).collect()))
+    };
+    if let (Some(h1), Some(h2), Some(p1), Some(p2)) = (
+        rps_of("waypoint", 0),
+        rps_of("waypoint", 1),
+        rps_of("waypoint-policies", 0),
+        rps_of("waypoint-policies", 1),
+    ) {
+        println!(
+            "\nwaypoint-policies (10 ALLOW policies x 10 rules, a JWT on every request): {:.0}% of the waypoint's req/s over HTTP/1.1, {:.0}% over HTTP/2",
+            100.0 * p1 / h1,
+            100.0 * p2 / h2
+        );
+    }
+
     // Memory: idle, and the peak under many streams at once.
     let mut memory = Vec::new();
-    for path in paths.iter().filter(|p| !p.pids.is_empty()) {
+    for path in paths.iter().filter(|p| !p.pids.is_empty() && p.name != "waypoint-policies") {
         let pid = path.pids[0];
         let idle =
             if path.name == "waypoint" { waypoint_idle_kib } else { process_stats(pid).rss_kib };
         let peak_known = reset_peak(pid);
-        let (_, _, errors) =
-            load(&path.client_netns, path.http2, true, args.many_streams, args.seconds.min(3.0))?;
+        let (_, _, errors) = load(
+            &path.client_netns,
+            path.http2,
+            true,
+            args.many_streams,
+            args.seconds.min(3.0),
+            path.token.as_deref(),
+        )?;
         let peak = process_stats(pid).peak_kib;
         memory.push((path.name, idle, peak_known.then_some(peak), errors));
     }
