@@ -177,8 +177,13 @@ pub struct Decision {
 
 /// Decides on one request.
 pub fn evaluate(policies: &[Policy], request: &RequestFacts<'_>) -> Decision {
+    let prepared = Prepared::new(request);
+    let prepared = &prepared;
     let matching = |action: Action| {
-        policies.iter().filter(move |p| p.action == action).filter(|p| policy_matches(p, request))
+        policies
+            .iter()
+            .filter(move |p| p.action == action)
+            .filter(move |p| policy_matches(p, request, prepared))
     };
     let audited = matching(Action::Audit).map(|p| p.name.clone()).collect();
     let deny = |reason: String, audited| Decision { allowed: false, reason, audited };
@@ -195,16 +200,29 @@ pub fn evaluate(policies: &[Policy], request: &RequestFacts<'_>) -> Decision {
     if allows.peek().is_none() {
         return Decision { allowed: true, reason: "no ALLOW policy".into(), audited };
     }
-    match allows.find(|p| policy_matches(p, request)) {
+    match allows.find(|p| policy_matches(p, request, prepared)) {
         Some(p) => Decision { allowed: true, reason: format!("allowed by {}", p.name), audited },
         None => deny("RBAC: access denied".into(), audited),
     }
 }
 
-fn policy_matches(policy: &Policy, r: &RequestFacts<'_>) -> bool {
+/// What every rule compares, computed once per request: the host lower
+/// case, the method upper case.
+struct Prepared {
+    host: String,
+    method: String,
+}
+
+impl Prepared {
+    fn new(r: &RequestFacts<'_>) -> Self {
+        Self { host: r.host.to_ascii_lowercase(), method: r.method.to_ascii_uppercase() }
+    }
+}
+
+fn policy_matches(policy: &Policy, r: &RequestFacts<'_>, p: &Prepared) -> bool {
     policy.rules.iter().any(|rule| {
         (rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, r)))
-            && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, r)))
+            && (rule.to.is_empty() || rule.to.iter().any(|o| operation_matches(o, r, p)))
             && rule.when.iter().all(|c| condition_matches(c, r))
     })
 }
@@ -224,15 +242,16 @@ fn source_matches(s: &Source, r: &RequestFacts<'_>) -> bool {
         && field(&s.remote_ip_blocks, &s.not_remote_ip_blocks, |b| b.contains(&r.remote_ip))
 }
 
-fn operation_matches(o: &Operation, r: &RequestFacts<'_>) -> bool {
-    let host = r.host.to_ascii_lowercase();
-    let bare = strip_port(&host);
+fn operation_matches(o: &Operation, r: &RequestFacts<'_>, p: &Prepared) -> bool {
+    let host = p.host.as_str();
+    let bare = strip_port(host);
     let host_matches = |m: &StringMatch| {
+        // Patterns read from config are lower case already.
         let m = lowercased(m);
-        m.matches(&host) || m.matches(bare)
+        m.matches(host) || m.matches(bare)
     };
-    let method = r.method.to_ascii_uppercase();
-    let method_matches = |m: &String| m.eq_ignore_ascii_case(&method);
+    let method = p.method.as_str();
+    let method_matches = |m: &String| m.eq_ignore_ascii_case(method);
     field(&o.hosts, &o.not_hosts, host_matches)
         && field(&o.ports, &o.not_ports, |p| *p == r.destination_port)
         && field(&o.methods, &o.not_methods, method_matches)
@@ -320,13 +339,20 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// A pattern compared case-insensitively (hosts).
-fn lowercased(m: &StringMatch) -> StringMatch {
+/// A pattern compared case-insensitively (hosts): as it is when it has no
+/// upper case, else a lower-cased copy.
+fn lowercased(m: &StringMatch) -> std::borrow::Cow<'_, StringMatch> {
+    use std::borrow::Cow;
+    let lower = |s: &String| s.bytes().any(|b| b.is_ascii_uppercase());
     match m {
-        StringMatch::Exact(s) => StringMatch::Exact(s.to_ascii_lowercase()),
-        StringMatch::Prefix(s) => StringMatch::Prefix(s.to_ascii_lowercase()),
-        StringMatch::Suffix(s) => StringMatch::Suffix(s.to_ascii_lowercase()),
-        StringMatch::Presence => StringMatch::Presence,
+        StringMatch::Exact(s) if lower(s) => Cow::Owned(StringMatch::Exact(s.to_ascii_lowercase())),
+        StringMatch::Prefix(s) if lower(s) => {
+            Cow::Owned(StringMatch::Prefix(s.to_ascii_lowercase()))
+        }
+        StringMatch::Suffix(s) if lower(s) => {
+            Cow::Owned(StringMatch::Suffix(s.to_ascii_lowercase()))
+        }
+        _ => Cow::Borrowed(m),
     }
 }
 

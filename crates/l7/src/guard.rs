@@ -119,7 +119,7 @@ pub(crate) fn request(
         .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
     let facts =
-        facts(down, host, parts.method.as_str(), &normalised, &parts.headers, auth.as_ref());
+        facts(down, host, parts.method.as_str(), &normalised, &parts.headers, auth.as_deref());
     let decision = judge(&applicable.http, &applicable.http_with_dry_run, &facts, "request");
     if decision.allowed { Ok(decision.reason) } else { Err(Refusal::Denied(decision.reason)) }
 }

@@ -77,7 +77,7 @@ pub struct JwtRule {
     /// same token many times, and a signature check costs more than the
     /// rest of the request (Envoy keeps such a cache too). Bounded; a rule
     /// with new keys is a new rule, with an empty cache.
-    validated: Mutex<HashMap<String, serde_json::Value>>,
+    validated: Mutex<HashMap<String, Arc<AuthFacts>>>,
 }
 
 /// Tokens remembered per rule.
@@ -141,29 +141,29 @@ impl JwtRule {
         })
     }
 
-    /// The claims of `token` if this rule validated it before and it is
+    /// What `token` proved, if this rule validated it before and it is
     /// still within its time.
-    fn remembered(&self, token: &str) -> Option<serde_json::Value> {
+    fn remembered(&self, token: &str) -> Option<Arc<AuthFacts>> {
         let mut cache = self.validated.lock().unwrap_or_else(|p| p.into_inner());
-        let claims = cache.get(token)?;
+        let facts = cache.get(token)?;
         let now = jsonwebtoken::get_current_timestamp();
-        let time = |k: &str| claims.get(k).and_then(serde_json::Value::as_u64);
+        let time = |k: &str| facts.claims.get(k).and_then(serde_json::Value::as_u64);
         let live = time("exp").is_none_or(|exp| now <= exp + LEEWAY)
             && time("nbf").is_none_or(|nbf| now + LEEWAY >= nbf);
         if live {
-            Some(claims.clone())
+            Some(facts.clone())
         } else {
             cache.remove(token);
             None
         }
     }
 
-    fn remember(&self, token: &str, claims: &serde_json::Value) {
+    fn remember(&self, token: &str, facts: &Arc<AuthFacts>) {
         let mut cache = self.validated.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= VALIDATED_TOKENS {
             cache.clear();
         }
-        cache.insert(token.to_string(), claims.clone());
+        cache.insert(token.to_string(), facts.clone());
     }
 
     /// The headers this rule writes (removed from every request first).
@@ -358,7 +358,7 @@ fn validate(
 pub fn authenticate(
     rules: &[Arc<JwtRule>],
     parts: &mut Parts,
-) -> Result<Option<AuthFacts>, JwtError> {
+) -> Result<Option<Arc<AuthFacts>>, JwtError> {
     for rule in rules {
         for h in rule.output_headers() {
             parts.headers.remove(h);
@@ -370,8 +370,9 @@ pub fn authenticate(
     }
     let Some(Found { token, at }) = found.pop() else { return Ok(None) };
     for rule in rules.iter().filter(|r| r.locations.contains(&at)) {
-        if let Some(claims) = rule.remembered(&token) {
-            return Ok(Some(accept(rule, &token, &at, claims, parts)));
+        if let Some(facts) = rule.remembered(&token) {
+            accept(rule, &token, &at, &facts, parts);
+            return Ok(Some(facts));
         }
     }
     let header =
@@ -390,8 +391,10 @@ pub fn authenticate(
     for rule in candidates {
         match validate(rule, &token, &header) {
             Ok(claims) => {
-                rule.remember(&token, &claims);
-                return Ok(Some(accept(rule, &token, &at, claims, parts)));
+                let facts = Arc::new(facts(rule, claims));
+                rule.remember(&token, &facts);
+                accept(rule, &token, &at, &facts, parts);
+                return Ok(Some(facts));
             }
             Err(e) => last = e,
         }
@@ -400,39 +403,8 @@ pub fn authenticate(
 }
 
 /// The facts of a validated token; the rule's outputs written.
-fn accept(
-    rule: &JwtRule,
-    token: &str,
-    at: &Location,
-    claims: serde_json::Value,
-    parts: &mut Parts,
-) -> AuthFacts {
-    if !rule.forward_original_token
-        && let Location::Header(name, _) = at
-    {
-        parts.headers.remove(name);
-    }
-    if let Some(h) = &rule.output_payload_to_header
-        && let Some(payload) = token.split('.').nth(1)
-        && let Ok(v) = HeaderValue::from_str(payload)
-    {
-        parts.headers.insert(h.clone(), v);
-    }
-    for (h, claim) in &rule.output_claim_to_headers {
-        let mut value = Some(&claims);
-        for part in claim.split('.') {
-            value = value.and_then(|v| v.get(part));
-        }
-        let text = match value {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        if let Some(v) = text.and_then(|t| HeaderValue::from_str(&t).ok()) {
-            parts.headers.insert(h.clone(), v);
-        }
-    }
+/// The facts policies read, from a validated token's claims.
+fn facts(rule: &JwtRule, claims: serde_json::Value) -> AuthFacts {
     let string = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let audiences = match claims.get("aud") {
         Some(serde_json::Value::String(a)) => vec![a.clone()],
@@ -449,6 +421,38 @@ fn accept(
             serde_json::Value::Object(map) => map,
             _ => serde_json::Map::new(),
         },
+    }
+}
+
+/// The rule's effects on the request: the token removed unless it is
+/// forwarded, the payload and claims written to their headers.
+fn accept(rule: &JwtRule, token: &str, at: &Location, facts: &AuthFacts, parts: &mut Parts) {
+    if !rule.forward_original_token
+        && let Location::Header(name, _) = at
+    {
+        parts.headers.remove(name);
+    }
+    if let Some(h) = &rule.output_payload_to_header
+        && let Some(payload) = token.split('.').nth(1)
+        && let Ok(v) = HeaderValue::from_str(payload)
+    {
+        parts.headers.insert(h.clone(), v);
+    }
+    for (h, claim) in &rule.output_claim_to_headers {
+        let mut path = claim.split('.');
+        let mut value = path.next().and_then(|first| facts.claims.get(first));
+        for part in path {
+            value = value.and_then(|v| v.get(part));
+        }
+        let text = match value {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        if let Some(v) = text.and_then(|t| HeaderValue::from_str(&t).ok()) {
+            parts.headers.insert(h.clone(), v);
+        }
     }
 }
 

@@ -146,6 +146,10 @@ fn paths(values: &[String], field: &str) -> Result<Vec<PathMatch>, ConfigError> 
         .collect()
 }
 
+fn lower(values: &[String]) -> Vec<String> {
+    values.iter().map(|v| v.to_ascii_lowercase()).collect()
+}
+
 fn methods(values: &[String]) -> Vec<String> {
     values.iter().map(|m| m.to_ascii_uppercase()).collect()
 }
@@ -180,8 +184,9 @@ fn rule(r: &proto::AuthorizationRule, at: &str) -> Result<Rule, ConfigError> {
             .map(|(i, o)| {
                 let at = format!("{at}.to[{i}]");
                 Ok(Operation {
-                    hosts: strings(&o.hosts),
-                    not_hosts: strings(&o.not_hosts),
+                    // Compared case-insensitively: lower case once, here.
+                    hosts: strings(&lower(&o.hosts)),
+                    not_hosts: strings(&lower(&o.not_hosts)),
                     ports: ports(&o.ports, &format!("{at}.ports"))?,
                     not_ports: ports(&o.not_ports, &format!("{at}.not_ports"))?,
                     methods: methods(&o.methods),
