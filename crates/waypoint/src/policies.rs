@@ -84,6 +84,41 @@ impl PolicyStore {
     }
 }
 
+/// Applies one update of a type to its map: removals, then each resource
+/// read (its name must be its content's) or rejected, the last good
+/// version of a rejected one kept.
+fn apply_to<M: Message + Default, T>(
+    map: &mut HashMap<String, T>,
+    update: Update,
+    kind: &str,
+    read: impl Fn(&M) -> Result<T, l7::ConfigError>,
+    name_of: impl Fn(&T) -> &str,
+) -> Vec<Rejected> {
+    for name in &update.removed {
+        map.remove(name);
+    }
+    let mut rejected = Vec::new();
+    for (name, body) in update.resources {
+        let parsed = M::decode(body.value.as_slice())
+            .map_err(|e| format!("not a {kind}: {e}"))
+            .and_then(|m| read(&m).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(value) if name_of(&value) == name => {
+                map.insert(name, value);
+            }
+            Ok(value) => rejected.push(Rejected {
+                reason: format!("resource name does not match its content ({})", name_of(&value)),
+                name,
+            }),
+            Err(reason) => {
+                tracing::warn!(resource = %name, %reason, "{kind} refused; the last good version stays");
+                rejected.push(Rejected { name, reason });
+            }
+        }
+    }
+    rejected
+}
+
 /// Applies `mesh.l7.Authorization` updates.
 #[derive(Debug, Clone)]
 pub struct PolicyHandler(pub Arc<PolicyStore>);
@@ -94,34 +129,15 @@ impl Handler for PolicyHandler {
     }
 
     fn apply(&mut self, update: Update) -> Result<(), Vec<Rejected>> {
-        let store = &self.0;
-        let mut state = store.state.write().unwrap_or_else(|p| p.into_inner());
-        for name in &update.removed {
-            state.policies.remove(name);
-        }
-        let mut rejected = Vec::new();
-        for (name, body) in update.resources {
-            let parsed = proto::Authorization::decode(body.value.as_slice())
-                .map_err(|e| format!("not a mesh.l7.Authorization: {e}"))
-                .and_then(|p| AttachedPolicy::try_from(&p).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(policy) if policy.http.name == name => {
-                    state.policies.insert(name, policy);
-                }
-                Ok(policy) => rejected.push(Rejected {
-                    reason: format!(
-                        "resource name does not match its content ({})",
-                        policy.http.name
-                    ),
-                    name,
-                }),
-                Err(reason) => {
-                    tracing::warn!(resource = %name, %reason, "policy refused; the last good version stays");
-                    rejected.push(Rejected { name, reason });
-                }
-            }
-        }
-        state.reindex(&store.waypoint);
+        let mut state = self.0.state.write().unwrap_or_else(|p| p.into_inner());
+        let rejected = apply_to(
+            &mut state.policies,
+            update,
+            "mesh.l7.Authorization",
+            |p: &proto::Authorization| AttachedPolicy::try_from(p),
+            |p| p.http.name.as_str(),
+        );
+        state.reindex(&self.0.waypoint);
         state.synced_policies = true;
         if rejected.is_empty() { Ok(()) } else { Err(rejected) }
     }
@@ -137,31 +153,15 @@ impl Handler for AuthenticationHandler {
     }
 
     fn apply(&mut self, update: Update) -> Result<(), Vec<Rejected>> {
-        let store = &self.0;
-        let mut state = store.state.write().unwrap_or_else(|p| p.into_inner());
-        for name in &update.removed {
-            state.authentications.remove(name);
-        }
-        let mut rejected = Vec::new();
-        for (name, body) in update.resources {
-            let parsed = proto::Authentication::decode(body.value.as_slice())
-                .map_err(|e| format!("not a mesh.l7.Authentication: {e}"))
-                .and_then(|a| AttachedAuthentication::try_from(&a).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(a) if a.name == name => {
-                    state.authentications.insert(name, a);
-                }
-                Ok(a) => rejected.push(Rejected {
-                    reason: format!("resource name does not match its content ({})", a.name),
-                    name,
-                }),
-                Err(reason) => {
-                    tracing::warn!(resource = %name, %reason, "JWT rules refused; the last good version stays");
-                    rejected.push(Rejected { name, reason });
-                }
-            }
-        }
-        state.reindex(&store.waypoint);
+        let mut state = self.0.state.write().unwrap_or_else(|p| p.into_inner());
+        let rejected = apply_to(
+            &mut state.authentications,
+            update,
+            "mesh.l7.Authentication",
+            |a: &proto::Authentication| AttachedAuthentication::try_from(a),
+            |a| a.name.as_str(),
+        );
+        state.reindex(&self.0.waypoint);
         state.synced_authentications = true;
         if rejected.is_empty() { Ok(()) } else { Err(rejected) }
     }

@@ -190,9 +190,7 @@ impl Model {
             pods,
         }
     }
-}
 
-impl Model {
     /// Adds the RequestAuthentications, with the keys fetched from their
     /// `jwksUri`s (`jwks`), their warnings and their scopes. Kept apart
     /// from [`Model::compute`] because keys arrive on their own schedule:
