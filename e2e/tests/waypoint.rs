@@ -361,6 +361,9 @@ spec:
     support::eventually("a request without a token refused on /secure", 30, || {
         count(&request(&sleep, secure, &[]), "statuses", "403") == 1
     });
+    let dump = localmesh::net::ztunnel_admin_json(&wp.netns, "/config_dump").unwrap();
+    assert_eq!(dump["authentications"][0]["name"], "apps/jwt", "{dump}");
+    assert_eq!(dump["authentications"][0]["issuers"][0], "https://issuer.test", "{dump}");
     let with = |token: &str| format!("authorization: Bearer {token}");
     let ok = request(&sleep, secure, &["--header", &with(&good)]);
     assert_eq!(count(&ok, "statuses", "200"), 1, "{ok}");

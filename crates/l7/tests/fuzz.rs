@@ -12,7 +12,7 @@ use bolero::check;
 use l7::balance::Endpoint;
 use l7::clients::Connector;
 use l7::metrics::Peer;
-use l7::policies::{Applicable, AttachedPolicy, PolicyIndex};
+use l7::policies::{Applicable, AttachedAuthentication, AttachedPolicy, PolicyIndex};
 use l7::{Destinations, Downstream, Engine, EngineSettings, ServiceRoutes, Target};
 use mesh_proto::l7 as proto;
 use prost::Message;
@@ -130,5 +130,51 @@ fn any_client_bytes_end_in_an_answer_or_a_close() {
                 .expect("served to the end")
                 .unwrap();
         });
+    });
+}
+
+/// Policies and JWT rules come from the control plane, tokens from
+/// clients: whatever the bytes, reading them ends in a value or an error.
+#[test]
+fn any_policy_bytes_and_any_token_end_in_a_verdict() {
+    check!().with_iterations(2_000).for_each(|bytes: &[u8]| {
+        if let Ok(p) = proto::Authorization::decode(bytes) {
+            let _ = AttachedPolicy::try_from(&p);
+        }
+        if let Ok(a) = proto::Authentication::decode(bytes) {
+            let _ = AttachedAuthentication::try_from(&a);
+        }
+    });
+    let rule = proto::JwtRule {
+        issuer: "https://issuer.example".into(),
+        jwks: r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k",
+            "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#
+            .into(),
+        ..Default::default()
+    };
+    let rules = vec![Arc::new(l7::jwt::JwtRule::new(&rule, "rules[0]").unwrap())];
+    check!().with_iterations(5_000).for_each(|bytes: &[u8]| {
+        let token = String::from_utf8_lossy(bytes);
+        // As a header (when it is a valid header value) and as a parameter.
+        if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
+            let mut parts = http::Request::new(()).into_parts().0;
+            parts.headers.insert(http::header::AUTHORIZATION, value);
+            let _ = l7::jwt::authenticate(&rules, &mut parts);
+        }
+        let encoded: String = token
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        if let Ok(uri) = format!("/?access_token={encoded}").parse::<http::Uri>() {
+            let mut parts = http::Request::builder().uri(uri).body(()).unwrap().into_parts().0;
+            let _ = l7::jwt::authenticate(&rules, &mut parts);
+        }
     });
 }

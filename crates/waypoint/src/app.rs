@@ -211,6 +211,12 @@ impl AdminRoute {
                 "services": p.services,
                 "dryRun": p.dry_run,
             })).collect::<Vec<_>>(),
+            "authentications": self.policies.authentications().iter().map(|a| json!({
+                "name": a.name,
+                "issuers": a.rules.iter().map(|r| r.issuer.as_str()).collect::<Vec<_>>(),
+                "waypoints": a.waypoints,
+                "services": a.services,
+            })).collect::<Vec<_>>(),
         })
     }
 }

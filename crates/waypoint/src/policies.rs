@@ -75,6 +75,14 @@ impl PolicyStore {
         }
     }
 
+    /// Every RequestAuthentication, sorted by name.
+    pub fn authentications(&self) -> Vec<AttachedAuthentication> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = state.authentications.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
     /// Every policy by name, sorted: `(name, policy)`.
     pub fn all(&self) -> Vec<(String, AttachedPolicy)> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
