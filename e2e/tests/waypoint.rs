@@ -304,6 +304,26 @@ fn a_waypoint_routes_retries_times_out_injects_faults_and_fails_closed() {
         .unwrap_or_else(|| panic!("{report}"));
     assert_eq!(readers["layer"], "waypoint", "{report}");
     assert_eq!(readers["enforcedBy"], serde_json::json!(["apps/waypoint"]), "{report}");
+    // A DENY of only HTTP attributes on a selector: ztunnel enforces it as
+    // a deny of everything it selects, and the report says so.
+    let selector_deny = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-posts-at-l4, namespace: apps}
+spec: {selector: {matchLabels: {app: ratings-only}}, action: DENY, rules: [{to: [{operation: {methods: [POST]}}]}]}
+"#;
+    c.apply("selector.yaml", &authz(selector_deny)).unwrap();
+    support::eventually("the selector policy reported", 30, || {
+        let (_, report) =
+            localmesh::net::http_get(&cp.netns, cp_admin, "/debug/policies").unwrap_or_default();
+        let report: Value = serde_json::from_str(&report).unwrap_or(Value::Null);
+        report["policies"].as_array().into_iter().flatten().any(|p| {
+            p["policy"] == "apps/no-posts-at-l4"
+                && p["layer"] == "ztunnel"
+                && p["notes"].to_string().contains("matches no running pod")
+        })
+    });
+    c.apply("selector.yaml", &[]).unwrap();
     // A broken edit (a typo that would also let curl in) keeps the last
     // good version in force.
     let widened = AUTHZ.replace(
