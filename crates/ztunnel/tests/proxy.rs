@@ -486,7 +486,7 @@ async fn bytes_sent_before_the_tunnel_opens_arrive_once_and_are_counted() {
 }
 
 #[tokio::test]
-async fn a_failed_tunnel_resets_a_client_that_already_sent() {
+async fn a_failed_tunnel_resets_its_client_whether_it_sent_or_not() {
     let m = two_nodes(15).await;
     // Nothing listens on web:8081: the destination answers 503. The client's
     // bytes were read for the tunnel, so it must see a reset, not an
@@ -496,6 +496,11 @@ async fn a_failed_tunnel_resets_a_client_that_already_sent() {
     let err = stream.read_to_end(&mut out).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     assert!(out.is_empty());
+    // A client that sent nothing (it waits for the server to speak first)
+    // gets a reset too, not an orderly end it could take for a hang-up.
+    let mut silent = m.connect(SocketAddr::new(m.server_ip, 8081)).await;
+    let err = silent.read_to_end(&mut out).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
 
 /// [`two_nodes`] plus `web-2`, a second pod of web's service account on

@@ -152,12 +152,11 @@ async fn tunnel(
             }
             Err(_) => (Failure::UpstreamConnect, "tunnel timed out".to_string()),
         };
-    if first_len > 0 {
-        // Closing a socket with unread bytes resets it; we read them
-        // for the tunnel, so reset explicitly: the client must not
-        // mistake a failed tunnel for a server that answered nothing.
-        let _ = client.set_zero_linger();
-    }
+    // A failed tunnel is a reset, whether or not the client had sent
+    // anything: an orderly close would let it take the failure for a
+    // server that answered nothing (or, for a server-speaks-first
+    // protocol, that hung up), never for a connection that did not happen.
+    let _ = client.set_zero_linger();
     fail(ctx, &facts, failure, &reason);
 }
 
