@@ -114,6 +114,11 @@ fn rule(r: &JwtRule, index: usize, jwks: &Jwks, notes: &mut Vec<String>) -> prot
     if !r.from_cookies.is_empty() {
         notes.push(format!("jwtRules[{index}].fromCookies is not supported; ignored"));
     }
+    if let Some(t) = &r.timeout {
+        notes.push(format!(
+            "jwtRules[{index}].timeout ({t}) is not applied: the control plane gives every key fetch 5 s"
+        ));
+    }
     proto::JwtRule {
         issuer: r.issuer.clone(),
         audiences: r.audiences.clone(),

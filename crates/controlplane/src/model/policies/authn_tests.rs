@@ -120,7 +120,7 @@ fn keys_from_a_uri_are_inlined_once_fetched_and_kept_when_a_refresh_fails() {
 fn bad_keys_selectors_and_refused_objects_fail_closed() {
     let (m, bad) = model(
         &format!(
-            "{}---\n{}---\n{}",
+            "{}---\n{}---\n{}---\n{}",
             ra(
                 "garbage-keys",
                 "{targetRefs: [{kind: Gateway, name: waypoint}], jwtRules: [{issuer: a, jwks: 'nope'}]}"
@@ -130,6 +130,12 @@ fn bad_keys_selectors_and_refused_objects_fail_closed() {
                 "{selector: {matchLabels: {app: web}}, jwtRules: [{issuer: a, jwks: 'x'}]}"
             ),
             ra("typo", "{targetRefs: [{kind: Gateway, name: waypoint}], jwtRules: [{isuer: a}]}"),
+            ra(
+                "cookies",
+                &format!(
+                    "{{targetRefs: [{{kind: Gateway, name: waypoint}}], jwtRules: [{{issuer: a, jwks: '{KEYS}', fromCookies: [session], timeout: 10s}}]}}"
+                )
+            ),
         ),
         &Jwks::default(),
     );
@@ -138,6 +144,9 @@ fn bad_keys_selectors_and_refused_objects_fail_closed() {
     assert!(notes(&m, "garbage-keys").contains("not a JSON Web Key Set"));
     assert!(m.l7_authentications.iter().all(|a| a.name != "by-selector"));
     assert!(notes(&m, "by-selector").contains("targetRefs"));
+    let cookies = notes(&m, "cookies");
+    assert!(cookies.contains("fromCookies") && cookies.contains("timeout (10s)"), "{cookies}");
+    assert_eq!(authn(&m, "cookies").rules[0].jwks, KEYS, "the rest of the rule applies");
     let typo = authn(&m, "typo");
     assert_eq!(typo.waypoints, ["apps/waypoint"], "its targets are kept");
     assert_eq!(typo.rules.len(), 1);
