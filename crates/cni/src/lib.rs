@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod desired;
+pub mod install;
 pub mod locate;
 pub mod netns_exec;
 pub mod node;

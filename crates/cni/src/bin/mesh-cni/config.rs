@@ -13,6 +13,7 @@ use cni::node::{NodeSettings, Source};
 use cni::rules::{Backend, RuleSettings};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 /// The mesh's node agent (`mesh-cni agent`); as a CNI plugin the container
 /// runtime runs it with `CNI_COMMAND` set.
@@ -40,6 +41,14 @@ pub(crate) struct Flags {
     /// Socket the CNI plugin asks (none: no plugin, as in the local mesh).
     #[arg(long, env = "PLUGIN_SOCKET")]
     plugin_socket: Option<PathBuf>,
+    /// The host's CNI bin directory: install the plugin there (with
+    /// `--cni-conf-dir`) while the agent runs, and take it out on exit.
+    #[arg(long, env = "CNI_BIN_DIR", requires = "cni_conf_dir")]
+    cni_bin_dir: Option<PathBuf>,
+    /// The host's CNI configuration directory, whose network configuration
+    /// the plugin is chained into.
+    #[arg(long, env = "CNI_CONF_DIR", requires = "cni_bin_dir")]
+    cni_conf_dir: Option<PathBuf>,
     /// How rules are installed.
     #[arg(long, env = "REDIRECT_BACKEND", value_enum, default_value = "iptables")]
     backend: BackendFlag,
@@ -74,6 +83,7 @@ pub(crate) struct Process {
     source: Option<(PathBuf, Duration)>,
     zds_socket: PathBuf,
     plugin_socket: Option<PathBuf>,
+    install: Option<(PathBuf, PathBuf)>,
     metrics: SocketAddr,
 }
 
@@ -99,6 +109,12 @@ impl Flags {
                 }
             },
         };
+        if self.cni_bin_dir.is_some() && self.plugin_socket.is_none() {
+            problems.push(
+                "  CNI_BIN_DIR: the plugin it installs asks the agent: set PLUGIN_SOCKET too"
+                    .into(),
+            );
+        }
         let metrics = match self.metrics_addr.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(e) => {
@@ -128,6 +144,7 @@ impl Flags {
             source: self.config_dir.map(|d| (d, Duration::from_millis(self.poll_interval_ms))),
             zds_socket: self.zds_socket,
             plugin_socket: self.plugin_socket,
+            install: self.cni_bin_dir.zip(self.cni_conf_dir),
             metrics,
         };
         Ok((config, process))
@@ -195,6 +212,50 @@ pub(crate) async fn run(
             shutdown.cancel();
         }
     });
+    let install = match (&process.install, &process.plugin_socket) {
+        (Some((bin_dir, conf_dir)), Some(socket)) => Some(cni::install::InstallOptions {
+            plugin_binary: std::env::current_exe().context("finding our own binary")?,
+            bin_dir: bin_dir.clone(),
+            conf_dir: conf_dir.clone(),
+            agent_socket: socket.display().to_string(),
+            exclude_namespaces: vec!["kube-system".into()],
+        }),
+        _ => None,
+    };
+    if let Some(options) = install.clone() {
+        tokio::spawn(install_plugin(options, shutdown.clone()));
+    }
     cni::node::run(agent, settings, shutdown).await;
+    if let Some(options) = install {
+        match cni::install::uninstall(&options) {
+            Ok(()) => info!("CNI plugin uninstalled"),
+            Err(e) => warn!(error = %e, "uninstalling the CNI plugin failed"),
+        }
+    }
     Ok(())
+}
+
+/// Installs the plugin once the node has a network configuration to chain
+/// into (the network plugin's installer may come after us), retrying.
+async fn install_plugin(options: cni::install::InstallOptions, shutdown: CancellationToken) {
+    loop {
+        let pause = match cni::install::install(&options) {
+            Ok(path) => {
+                info!(config = %path.display(), "CNI plugin installed");
+                return;
+            }
+            Err(e @ cni::install::InstallError::NoNetworkConfig(_)) => {
+                info!("{e}; waiting for the network plugin");
+                Duration::from_secs(2)
+            }
+            Err(e) => {
+                warn!(error = %e, "installing the CNI plugin failed; retrying");
+                Duration::from_secs(10)
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
 }
