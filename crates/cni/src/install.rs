@@ -116,6 +116,12 @@ fn read_config(path: &Path) -> Result<Value, InstallError> {
     Ok(value)
 }
 
+/// The configuration's text; never an empty file in its place.
+fn to_json(value: &Value, path: &Path) -> Result<Vec<u8>, InstallError> {
+    serde_json::to_vec_pretty(value)
+        .map_err(|e| InstallError::BadConfig { path: path.to_path_buf(), reason: e.to_string() })
+}
+
 fn is_ours(plugin: &Value) -> bool {
     plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
 }
@@ -150,8 +156,7 @@ pub fn install(options: &InstallOptions) -> Result<PathBuf, InstallError> {
         "agentSocket": options.agent_socket,
         "excludeNamespaces": options.exclude_namespaces,
     }));
-    let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
-    write_atomically(&target, &text, 0o644)?;
+    write_atomically(&target, &to_json(&list, &target)?, 0o644)?;
     if target != path {
         std::fs::remove_file(&path).map_err(io_error(&path))?;
     }
@@ -167,8 +172,7 @@ pub fn uninstall(options: &InstallOptions) -> Result<(), InstallError> {
             let before = plugins.len();
             plugins.retain(|p| !is_ours(p));
             if plugins.len() != before {
-                let text = serde_json::to_vec_pretty(&config).unwrap_or_default();
-                write_atomically(&path, &text, 0o644)?;
+                write_atomically(&path, &to_json(&config, &path)?, 0o644)?;
             }
         }
     }
