@@ -36,9 +36,10 @@ pub const TYPES: [&str; 5] = [
     type_url::L7_AUTHENTICATION,
 ];
 
-/// The resource name of an L7 policy: `namespace/name`.
-pub fn l7_name(p: &mesh_proto::l7::Authorization) -> String {
-    format!("{}/{}", p.namespace, p.name)
+/// The resource name of an L7 policy or RequestAuthentication:
+/// `namespace/name`.
+fn l7_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 /// Brings `store` to exactly the model's resources. `previous` is the model
@@ -50,11 +51,15 @@ pub fn publish(store: &SnapshotStore, model: &Model, previous: Option<&Model>) {
             services: p.services.iter().map(|s| (s.key().to_string(), s)).collect(),
             policies: p.policies.iter().map(|a| (a.key(), a)).collect(),
             routes: p.routes.by_service.iter().map(|(k, r)| (k.as_str(), r)).collect(),
-            l7_policies: p.l7_policies.iter().map(|a| (l7_name(a), a)).collect(),
+            l7_policies: p
+                .l7_policies
+                .iter()
+                .map(|a| (l7_name(&a.namespace, &a.name), a))
+                .collect(),
             l7_authentications: p
                 .l7_authentications
                 .iter()
-                .map(|a| (format!("{}/{}", a.namespace, a.name), a))
+                .map(|a| (l7_name(&a.namespace, &a.name), a))
                 .collect(),
         })
         .unwrap_or_default();
@@ -116,7 +121,7 @@ pub fn publish(store: &SnapshotStore, model: &Model, previous: Option<&Model>) {
         put(type_url::SERVICE_ROUTES, name.clone(), Any::from_msg(routes));
     }
     for p in &model.l7_policies {
-        let name = l7_name(p);
+        let name = l7_name(&p.namespace, &p.name);
         let same = before.l7_policies.get(&name) == Some(&p);
         if unchanged(type_url::L7_AUTHORIZATION, &name, same) {
             untouched.push((type_url::L7_AUTHORIZATION, name));
@@ -125,7 +130,7 @@ pub fn publish(store: &SnapshotStore, model: &Model, previous: Option<&Model>) {
         put(type_url::L7_AUTHORIZATION, name, Any::from_msg(p));
     }
     for a in &model.l7_authentications {
-        let name = format!("{}/{}", a.namespace, a.name);
+        let name = l7_name(&a.namespace, &a.name);
         let same = before.l7_authentications.get(&name) == Some(&a);
         if unchanged(type_url::L7_AUTHENTICATION, &name, same) {
             untouched.push((type_url::L7_AUTHENTICATION, name));

@@ -21,7 +21,7 @@ use mesh_core::Service;
 use mesh_proto::l7 as proto;
 use serde_json::Value;
 
-use super::targeted::{enforced_by, targets};
+use super::targeted::{ServiceIndex, add_to_scopes, targets};
 use super::{MeshConfig, Warning};
 use crate::config::istio::JwtRule;
 use crate::config::{ClusterState, ObjectRef};
@@ -147,6 +147,7 @@ pub fn translate(
     jwks: &Jwks,
     warnings: &mut Vec<Warning>,
 ) -> Vec<proto::Authentication> {
+    let index = ServiceIndex::new(services);
     let mut out = Vec::new();
     for ((namespace, name), ra) in &state.request_authentications {
         let object = ObjectRef {
@@ -165,7 +166,7 @@ pub fn translate(
         let refs: Vec<&Value> =
             ra.spec.target_ref.iter().chain(ra.spec.target_refs.iter()).collect();
         let (waypoints, services_targeted) =
-            targets(namespace, &refs, state, mesh, services, &mut notes);
+            targets(namespace, &refs, state, mesh, &index, &mut notes);
         let mut rules: Vec<proto::JwtRule> = ra
             .spec
             .jwt_rules
@@ -176,7 +177,7 @@ pub fn translate(
         if ra.fail_closed {
             rules = vec![proto::JwtRule { issuer: REFUSED_ISSUER.into(), ..Default::default() }];
         }
-        if enforced_by(&waypoints, &services_targeted, services).is_empty() {
+        if index.enforced_by(&waypoints, &services_targeted).is_empty() {
             notes.push(
                 "no waypoint validates these JWTs: none of its targets is served by one".into(),
             );
@@ -196,15 +197,10 @@ pub fn translate(
 
 /// Adds, for every waypoint, the RequestAuthentications it must be sent.
 pub fn scope(authentications: &[proto::Authentication], services: &[Service], scopes: &mut Scopes) {
+    let index = ServiceIndex::new(services);
     for a in authentications {
-        let targeted = a.services.iter().cloned().collect();
-        let waypoints = a.waypoints.iter().cloned().collect();
-        for waypoint in enforced_by(&waypoints, &targeted, services) {
-            scopes
-                .entry(waypoint)
-                .or_default()
-                .insert(format!("{AUTHN_SCOPE_PREFIX}{}/{}", a.namespace, a.name));
-        }
+        let entry = format!("{AUTHN_SCOPE_PREFIX}{}/{}", a.namespace, a.name);
+        add_to_scopes(scopes, &index, &entry, &a.waypoints, &a.services);
     }
 }
 

@@ -27,7 +27,7 @@
 //! `source` or `operation` is such a value: it never makes an ALLOW rule
 //! match every caller.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mesh_core::policy::IpNet;
 use mesh_core::policy::http::{ConditionKey, PathMatch};
@@ -52,6 +52,7 @@ pub fn translate(
     services: &[Service],
     warnings: &mut Vec<Warning>,
 ) -> Vec<proto::Authorization> {
+    let index = ServiceIndex::new(services);
     let mut out = Vec::new();
     for ((namespace, name), policy) in &state.authorization_policies {
         if !policy.spec.is_targeted() {
@@ -75,7 +76,7 @@ pub fn translate(
         let refs: Vec<&Value> =
             policy.spec.target_ref.iter().chain(policy.spec.target_refs.iter()).collect();
         let (waypoints, targeted_services) =
-            targets(namespace, &refs, state, mesh, services, &mut notes);
+            targets(namespace, &refs, state, mesh, &index, &mut notes);
         let allow =
             matches!(action, proto::AuthorizationAction::Allow | proto::AuthorizationAction::Audit);
         let mut rules = Vec::new();
@@ -98,7 +99,7 @@ pub fn translate(
                 )),
             }
         }
-        if enforced_by(&waypoints, &targeted_services, services).is_empty() {
+        if index.enforced_by(&waypoints, &targeted_services).is_empty() {
             notes.push(
                 "no waypoint enforces this policy: none of its targets is served by one".into(),
             );
@@ -118,22 +119,33 @@ pub fn translate(
     out
 }
 
-/// The waypoints (`namespace/name`) that enforce a policy on `waypoints`
-/// and `services`.
-pub(super) fn enforced_by(
-    waypoints: &BTreeSet<String>,
-    targeted: &BTreeSet<String>,
-    services: &[Service],
-) -> BTreeSet<String> {
-    let mut out = waypoints.clone();
-    for s in services {
-        if targeted.contains(&s.key().to_string())
-            && let Some(w) = waypoint_of(s)
-        {
-            out.insert(w);
-        }
+/// The model's services by resource name, with the waypoint each is bound
+/// to by name: built once per translation, so that resolving a policy's
+/// targets costs a lookup per target, not a pass over every service.
+pub(super) struct ServiceIndex<'a> {
+    by_key: HashMap<String, &'a Service>,
+}
+
+impl<'a> ServiceIndex<'a> {
+    pub(super) fn new(services: &'a [Service]) -> Self {
+        Self { by_key: services.iter().map(|s| (s.key().to_string(), s)).collect() }
     }
-    out
+
+    fn get(&self, key: &str) -> Option<&'a Service> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The waypoints (`namespace/name`) that enforce a policy attached to
+    /// `waypoints` and to the services `targeted`.
+    pub(super) fn enforced_by<'s>(
+        &self,
+        waypoints: impl IntoIterator<Item = &'s String>,
+        targeted: impl IntoIterator<Item = &'s String>,
+    ) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = waypoints.into_iter().cloned().collect();
+        out.extend(targeted.into_iter().filter_map(|key| self.get(key).and_then(waypoint_of)));
+        out
+    }
 }
 
 /// The waypoint (`namespace/name`) a service is bound to by name.
@@ -146,17 +158,27 @@ fn waypoint_of(s: &Service) -> Option<String> {
     }
 }
 
+/// Adds `entry` to the scope of every waypoint that enforces an object
+/// attached to `waypoints` and `targeted` (AuthorizationPolicies and
+/// RequestAuthentications alike).
+pub(super) fn add_to_scopes(
+    scopes: &mut Scopes,
+    index: &ServiceIndex<'_>,
+    entry: &str,
+    waypoints: &[String],
+    targeted: &[String],
+) {
+    for waypoint in index.enforced_by(waypoints, targeted) {
+        scopes.entry(waypoint).or_default().insert(entry.to_string());
+    }
+}
+
 /// Adds, for every waypoint, the policies it must be sent.
 pub fn scope(policies: &[proto::Authorization], services: &[Service], scopes: &mut Scopes) {
+    let index = ServiceIndex::new(services);
     for p in policies {
-        let targeted: BTreeSet<String> = p.services.iter().cloned().collect();
-        let waypoints: BTreeSet<String> = p.waypoints.iter().cloned().collect();
-        for waypoint in enforced_by(&waypoints, &targeted, services) {
-            scopes
-                .entry(waypoint)
-                .or_default()
-                .insert(format!("{SCOPE_PREFIX}{}/{}", p.namespace, p.name));
-        }
+        let entry = format!("{SCOPE_PREFIX}{}/{}", p.namespace, p.name);
+        add_to_scopes(scopes, &index, &entry, &p.waypoints, &p.services);
     }
 }
 
@@ -176,7 +198,7 @@ pub(super) fn targets(
     refs: &[&Value],
     state: &ClusterState,
     mesh: &MeshConfig,
-    services: &[Service],
+    index: &ServiceIndex<'_>,
     notes: &mut Vec<String>,
 ) -> (BTreeSet<String>, BTreeSet<String>) {
     let root = *namespace == mesh.root_namespace;
@@ -223,7 +245,7 @@ pub(super) fn targets(
             }
             ("" | "core", "Service") => {
                 let key = format!("{namespace}/{name}.{namespace}.svc.{}", mesh.cluster_domain);
-                service_note(i, &key, services, notes);
+                service_note(i, &key, index, notes);
                 keys.insert(key);
             }
             ("networking.istio.io" | "", "ServiceEntry") => {
@@ -231,7 +253,7 @@ pub(super) fn targets(
                     Some(entry) => {
                         for host in &entry.spec.hosts {
                             let key = format!("{namespace}/{host}");
-                            service_note(i, &key, services, notes);
+                            service_note(i, &key, index, notes);
                             keys.insert(key);
                         }
                     }
@@ -260,8 +282,8 @@ pub(super) fn targets(
     (waypoints, keys)
 }
 
-fn service_note(i: usize, key: &str, services: &[Service], notes: &mut Vec<String>) {
-    match services.iter().find(|s| s.key().to_string() == key) {
+fn service_note(i: usize, key: &str, index: &ServiceIndex<'_>, notes: &mut Vec<String>) {
+    match index.get(key) {
         None => notes.push(format!("targetRefs[{i}]: service {key} does not exist yet")),
         Some(s) if s.waypoint.is_none() => notes.push(format!(
             "targetRefs[{i}]: service {key} is not bound to a waypoint (istio.io/use-waypoint); nothing enforces this policy for it"
@@ -433,12 +455,11 @@ pub fn enforcers(
     policies: &[proto::Authorization],
     services: &[Service],
 ) -> BTreeMap<String, BTreeSet<String>> {
+    let index = ServiceIndex::new(services);
     policies
         .iter()
         .map(|p| {
-            let targeted = p.services.iter().cloned().collect();
-            let waypoints = p.waypoints.iter().cloned().collect();
-            (format!("{}/{}", p.namespace, p.name), enforced_by(&waypoints, &targeted, services))
+            (format!("{}/{}", p.namespace, p.name), index.enforced_by(&p.waypoints, &p.services))
         })
         .collect()
 }
